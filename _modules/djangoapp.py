@@ -1,0 +1,244 @@
+"""
+Release Django projects from git to production, and back, with no failed
+request.
+
+Each app is described by ``/etc/djangoapp/<app>/app.json`` (written by the
+djangoapp formula's states); its secrets live in ``env.json`` next to it.
+A release fetches the ref into a bare mirror, builds
+``<base>/releases/<id>/`` (code and its own virtualenv), checks it as the app
+user with the production environment, backs up the database and migrates
+when migrations are pending, switches ``current`` atomically, reloads
+gunicorn gracefully and verifies that every worker runs the new code and that
+the site answers. Anything failing before the switch leaves the site
+untouched; anything failing after it puts the previous release back.
+
+The directory holding the ``app.json`` files can be changed with the minion
+option ``djangoapp.config_dir`` (default ``/etc/djangoapp``).
+
+:depends: git, tar; uv (``/opt/djangoapp/tools/bin/uv``) or python3-venv;
+    pg_dump/pg_restore or mysqldump when the app has a database.
+"""
+
+import logging
+
+import salt.utils.args
+import salt.utils.platform
+from salt.exceptions import SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "djangoapp"
+
+CONFIG_DIR = "/etc/djangoapp"
+
+
+def __virtual__():
+    if salt.utils.platform.is_windows():
+        return (False, "djangoapp: Windows is not supported")
+    if "djangoapp_release.release" not in __utils__:
+        return (False, "djangoapp: the djangoapp_release utility is not synced")
+    return __virtualname__
+
+
+def _config_dir():
+    return __opts__.get("djangoapp.config_dir", CONFIG_DIR)
+
+
+def _make_host():
+    send = __salt__.get("event.send")
+    return __utils__["djangoapp_release.make_host"](__salt__["cmd.run_all"], send)
+
+
+def _caller(kwargs):
+    user = kwargs.get("__pub_user") or __utils__["djangoapp_release.os_user"]()
+    return user, kwargs.get("__pub_jid")
+
+
+def _app(app):
+    """Validate or guess the app name; return its configuration."""
+    config_dir = _config_dir()
+    if app is None or app == "":
+        apps = __utils__["djangoapp_release.list_apps"](config_dir)
+        if len(apps) == 1:
+            app = apps[0]
+        elif not apps:
+            raise SaltInvocationError(
+                f"app is required: no app is configured in {config_dir}"
+            )
+        else:
+            raise SaltInvocationError(
+                "app is required: this host has {} apps: {}".format(
+                    len(apps), ", ".join(apps)
+                )
+            )
+    __utils__["djangoapp_validate.app_name"](app, "app")
+    return __utils__["djangoapp_release.load_app"](app, config_dir)
+
+
+def _fail(ret):
+    if not ret.get("result") and ret.get("result") is not None:
+        __context__["retcode"] = 1
+    return ret
+
+
+def release(version=None, app=None, test=None, **kwargs):
+    """
+    Release ``version`` (a tag, branch or commit) of ``app``.
+
+    version
+        The git ref to release. Defaults to the ``version`` in app.json (the
+        pillar's ``djangoapp:apps:<app>:version``).
+
+    app
+        The app name; may be left out when the host has a single app.
+
+    test
+        Report what would be released (resolving the ref against the origin
+        with ``git ls-remote``) and change nothing: ``changed`` says whether
+        a release would happen, ``id`` which one.
+
+    Returns a dict with ``app``, ``version``, ``sha``, ``id`` (the release
+    id), ``previous``, ``steps`` (name, seconds, ok and, when failed, output),
+    ``seconds``, ``migrations_ran``, ``backup``, ``check_warnings``,
+    ``result`` and, on failure, ``failed_step``, ``error`` and ``restored``.
+    The exit code of ``salt-call`` is non-zero on failure.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.release v1.2.0
+        salt '*' djangoapp.release version=main app=shop
+        salt '*' djangoapp.release v1.3.0 test=True
+    """
+    if version is not None and not isinstance(version, str):
+        version = str(version)
+    if version:
+        __utils__["djangoapp_validate.ref"](version, "version")
+    cfg = _app(app)
+    if not version:
+        version = cfg.get("version")
+        if not version:
+            raise SaltInvocationError("version is required (app.json has none)")
+        __utils__["djangoapp_validate.ref"](version, "version")
+    if test is None:
+        test = salt.utils.args.test_mode(**kwargs) or bool(__opts__.get("test"))
+    else:
+        test = salt.utils.args.test_mode(test=test)
+    host = _make_host()
+    if test:
+        return _fail(__utils__["djangoapp_release.plan_release"](cfg, version, host))
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.release"](cfg, version, host, user=user, jid=jid)
+    return _fail(ret)
+
+
+def rollback(app=None, to=None, **kwargs):
+    """
+    Make the previous good release of ``app`` live again (or the release
+    ``to``): switch ``current``, reload gracefully, verify, record it. Nothing
+    is rebuilt; the database is left as it is.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.rollback
+        salt '*' djangoapp.rollback shop to=v1.1.0-3f2a9c1e
+    """
+    cfg = _app(app)
+    if to is not None:
+        __utils__["djangoapp_validate.release_id"](str(to), "to")
+        to = str(to)
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.rollback"](
+        cfg, _make_host(), to=to, user=user, jid=jid
+    )
+    return _fail(ret)
+
+
+def status(app=None):
+    """
+    Show the live release of ``app``: id, version, commit, when and by whom it
+    was deployed, the service state, and the release each gunicorn worker
+    runs from.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.status
+        salt '*' djangoapp.status shop
+    """
+    cfg = _app(app)
+    return __utils__["djangoapp_release.status"](cfg, _make_host())
+
+
+def releases(app=None):
+    """
+    List the release history of ``app`` (the ledger), the releases on disk,
+    the current one and the one a rollback would go back to.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.releases shop
+    """
+    cfg = _app(app)
+    return __utils__["djangoapp_release.releases"](cfg)
+
+
+def static_location(app=None):
+    """
+    Where nginx finds the static and media files of the live release:
+    ``{"static": {"url": STATIC_URL, "path": ...}, "media": {...}}``. A
+    STATIC_ROOT inside the release directory is given through
+    ``<base>/current`` so that it follows each release. Both are None before
+    the first release.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.static_location shop
+    """
+    cfg = _app(app)
+    return __utils__["djangoapp_release.static_location"](cfg)
+
+
+def reload(app=None):
+    """
+    Reload the app's gunicorn gracefully (HUP through supervisor or systemd).
+    Returns False when the service is not running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.reload shop
+    """
+    cfg = _app(app)
+    return __utils__["djangoapp_release.reload_service"](cfg, _make_host())
+
+
+def validate_pillar(djangoapp=None, **kwargs):
+    """
+    Validate the ``djangoapp`` pillar (the apps and the host sections).
+    Raises an error naming every offending key, e.g.
+    ``djangoapp:apps:demo:database:password is required``; returns True
+    otherwise. The formula calls it from map.jinja, before anything changes.
+
+    djangoapp
+        The mapping to validate; defaults to the minion's ``djangoapp``
+        pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.validate_pillar
+    """
+    if djangoapp is None:
+        djangoapp = __salt__["pillar.get"]("djangoapp", {})
+    return __utils__["djangoapp_validate.pillar"](djangoapp)

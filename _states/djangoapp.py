@@ -1,0 +1,103 @@
+"""
+Keep a Django app released at a given git ref.
+
+The work is done by the ``djangoapp`` execution module
+(``djangoapp.release``), so a state run and the command line share one code
+path.
+
+.. code-block:: yaml
+
+    djangoapp-demo-released:
+      djangoapp.released:
+        - name: demo
+        - version: v1.2.0
+        - require:
+          - file: djangoapp-demo-app-json-managed
+"""
+
+__virtualname__ = "djangoapp"
+
+
+def __virtual__():
+    if "djangoapp.release" in __salt__:
+        return __virtualname__
+    return (False, "djangoapp: the djangoapp execution module is not available")
+
+
+def _summary(res):
+    lines = []
+    for step in res.get("steps") or []:
+        mark = "ok" if step.get("ok") else "FAILED"
+        lines.append("{name}: {seconds:.2f}s {mark}".format(mark=mark, **step))
+    return lines
+
+
+def released(name, version=None, **kwargs):
+    """
+    Ensure that the live release of app ``name`` is ``version`` (a tag,
+    branch or commit). For a branch, the origin is fetched and the commit
+    compared, so new commits on the branch are released.
+
+    name
+        The app name (a directory of ``/etc/djangoapp`` with an app.json).
+
+    version
+        The git ref; defaults to the ``version`` in app.json.
+
+    Nothing changes when the current release already is that ref at that
+    commit. With ``test=True`` the state reports what it would release.
+    """
+    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
+    try:
+        res = __salt__["djangoapp.release"](
+            version=version, app=name, test=bool(__opts__.get("test"))
+        )
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["comment"] = str(exc)
+        return ret
+
+    previous = (res.get("previous") or {}).get("id")
+    if __opts__.get("test"):
+        if res.get("result") is False:
+            ret["comment"] = res.get("error") or "cannot resolve the version"
+            return ret
+        if res.get("changed"):
+            ret["result"] = None
+            ret["changes"] = {"release": {"old": previous, "new": res.get("id")}}
+        else:
+            ret["result"] = True
+        ret["comment"] = res.get("comment") or ""
+        return ret
+
+    if res.get("result"):
+        ret["result"] = True
+        if res.get("changed"):
+            ret["changes"] = {
+                "release": {"old": previous, "new": res.get("id")},
+                "sha": res.get("sha"),
+                "migrations_ran": res.get("migrations_ran"),
+                "backup": res.get("backup"),
+                "seconds": res.get("seconds"),
+            }
+            if res.get("check_warnings"):
+                ret["changes"]["check_warnings"] = res["check_warnings"]
+            comment = ["Released {} in {}s".format(res.get("id"), res.get("seconds"))]
+        else:
+            comment = [res.get("comment") or "{} is already live".format(res.get("id"))]
+        comment.extend(res.get("notes") or [])
+        comment.extend(_summary(res))
+        ret["comment"] = "\n".join(comment)
+        return ret
+
+    comment = [
+        "Release of {} failed at {}: {}".format(
+            res.get("version") or version, res.get("failed_step"), res.get("error")
+        )
+    ]
+    restored = res.get("restored") or []
+    if restored:
+        comment.append("Restored: " + "; ".join(restored))
+    comment.extend(res.get("notes") or [])
+    comment.extend(_summary(res))
+    ret["comment"] = "\n".join(comment)
+    return ret

@@ -1,0 +1,262 @@
+"""
+Django-side checks of a new djangoapp release, in one Python process.
+
+This file is not a Salt utility: the release engine runs it with the new
+release's own interpreter (``<release>/venv/bin/python``), as the app user,
+with the app's production environment and the project directory as working
+directory. Salt syncs it with the other ``_utils`` files, and its loader may
+import it: importing it does nothing (``__virtual__`` declines).
+
+Arguments: one JSON object (``argv[1]``) with
+
+- ``app_callable``: ``module:callable`` of the WSGI or ASGI application
+- ``fail_level``: ``check --deploy`` messages at or above this level fail
+- ``collectstatic``: run collectstatic (bool)
+- ``release_dir``: the release directory (real path)
+- ``static_staging``: a directory writable by this user inside the release;
+  when STATIC_ROOT lies inside the release, the files are collected there
+  and the engine (as root) moves them to STATIC_ROOT afterwards
+
+Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
+the project prints goes to stderr. Exit code 0 when every check passed.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+MARKER = "DJANGOAPP-PREFLIGHT "
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+def __virtual__():
+    return (False, "run by the djangoapp release engine, not a Salt utility")
+
+
+def _inside(path, directory):
+    if not path or not directory:
+        return False
+    path = os.path.realpath(str(path))
+    directory = os.path.realpath(str(directory))
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _import_callable(spec):
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if not attr:
+        attr = "application"
+    factory = attr.endswith("()")
+    obj = module
+    for part in attr[: -2 if factory else None].split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    return f"{type(obj).__module__}.{type(obj).__name__}"
+
+
+def _run_checks(fail_level):
+    from django.core import checks
+
+    messages = checks.run_checks(include_deployment_checks=True)
+    found = []
+    failing = []
+    for message in messages:
+        if message.is_silenced():
+            continue
+        level_name = "DEBUG"
+        for name, number in sorted(LEVELS.items(), key=lambda kv: kv[1]):
+            if message.level >= number:
+                level_name = name
+        item = {
+            "id": message.id or "",
+            "level": level_name,
+            "msg": str(message.msg),
+            "hint": str(message.hint) if message.hint else None,
+            "obj": str(message.obj) if message.obj is not None else None,
+        }
+        found.append(item)
+        if message.level >= LEVELS.get(fail_level, 40):
+            failing.append(item)
+    return found, failing
+
+
+def _missing_migrations():
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    try:
+        call_command(
+            "makemigrations",
+            check=True,
+            dry_run=True,
+            interactive=False,
+            verbosity=1,
+            stdout=out,
+            stderr=out,
+        )
+    except SystemExit as exc:
+        if exc.code:
+            return out.getvalue().strip() or "models have changes without migrations"
+    return None
+
+
+def _pending_migrations():
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    connection = connections[DEFAULT_DB_ALIAS]
+    executor = MigrationExecutor(connection)
+    targets = executor.loader.graph.leaf_nodes()
+    plan = executor.migration_plan(targets)
+    pending = []
+    for migration, backwards in plan:
+        pending.append(
+            "{}.{}{}".format(
+                migration.app_label, migration.name, " (unapply)" if backwards else ""
+            )
+        )
+    connection.close()
+    return pending
+
+
+def _collectstatic(target):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    if target:
+        from django.test.utils import override_settings
+
+        with override_settings(STATIC_ROOT=target):
+            call_command("collectstatic", interactive=False, verbosity=1, stdout=out)
+    else:
+        call_command("collectstatic", interactive=False, verbosity=1, stdout=out)
+    return out.getvalue().strip().splitlines()[-1:] or [""]
+
+
+def main(argv):
+    options = json.loads(argv[1]) if len(argv) > 1 else {}
+    # Keep stdout for the result alone: the project's own output (and any C
+    # extension writing to fd 1) goes to stderr.
+    result_stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    result = {
+        "ok": False,
+        "failed": None,
+        "error": None,
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
+        "timings": {},
+        "checks": [],
+        "missing_migrations": None,
+        "pending_migrations": [],
+        "static_url": None,
+        "static_root": None,
+        "media_url": None,
+        "media_root": None,
+        "collectstatic": None,
+    }
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+    step = "setup"
+    started = time.monotonic()
+
+    def lap(name):
+        nonlocal started
+        now = time.monotonic()
+        result["timings"][name] = round(now - started, 3)
+        started = now
+
+    try:
+        import django
+
+        result["django"] = django.get_version()
+        django.setup()
+        lap("setup")
+
+        step = "import"
+        result["app_type"] = _import_callable(options.get("app_callable") or "")
+        lap("import")
+
+        step = "check"
+        found, failing = _run_checks(options.get("fail_level") or "ERROR")
+        result["checks"] = found
+        lap("check")
+        if failing:
+            raise RuntimeError(
+                "check --deploy: "
+                + "; ".join(
+                    "{} {}: {}".format(m["level"], m["id"], m["msg"]) for m in failing
+                )
+            )
+
+        from django.conf import settings
+
+        result["static_url"] = settings.STATIC_URL
+        result["static_root"] = (
+            str(settings.STATIC_ROOT) if settings.STATIC_ROOT else None
+        )
+        result["media_url"] = settings.MEDIA_URL or None
+        result["media_root"] = str(settings.MEDIA_ROOT) if settings.MEDIA_ROOT else None
+
+        step = "makemigrations"
+        result["missing_migrations"] = _missing_migrations()
+        lap("makemigrations")
+        if result["missing_migrations"]:
+            raise RuntimeError(
+                "models have changes that have no migration: "
+                + result["missing_migrations"]
+            )
+
+        step = "migrate_plan"
+        result["pending_migrations"] = _pending_migrations()
+        lap("migrate_plan")
+
+        step = "collectstatic"
+        from django.apps import apps
+
+        if not options.get("collectstatic", True):
+            result["collectstatic"] = {"ran": False, "reason": "not requested"}
+        elif not apps.is_installed("django.contrib.staticfiles"):
+            result["collectstatic"] = {
+                "ran": False,
+                "reason": "staticfiles not installed",
+            }
+        elif not result["static_root"]:
+            result["collectstatic"] = {"ran": False, "reason": "STATIC_ROOT not set"}
+        else:
+            staging = None
+            if _inside(result["static_root"], options.get("release_dir")):
+                staging = options.get("static_staging")
+            summary = _collectstatic(staging)
+            result["collectstatic"] = {
+                "ran": True,
+                "staged": staging,
+                "summary": summary[0],
+            }
+        lap("collectstatic")
+
+        result["ok"] = True
+    except BaseException as exc:  # report everything, including SystemExit
+        result["failed"] = step
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        result["error"] = text
+        result["traceback"] = traceback.format_exc()[-4000:]
+    result_stream.write("\n" + MARKER + json.dumps(result, default=str) + "\n")
+    result_stream.flush()
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

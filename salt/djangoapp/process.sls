@@ -1,0 +1,92 @@
+{#- The process manager that keeps each app's Gunicorn running: Supervisor (default) or
+    systemd, per app. Started after the first release exists. #}
+{%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- set supervisor = djangoapp.supervisor %}
+{%- set supervised_apps = djangoapp.apps.values()
+      | selectattr("process_manager", "equalto", "supervisor") | list %}
+
+include:
+  - .packages
+  - .release
+
+{%- if supervised_apps %}
+
+djangoapp-supervisor-package-installed:
+  pkg.installed:
+    - pkgs: {{ djangoapp.pkgs.supervisor | json }}
+    - require:
+      - pkg: djangoapp-base-packages-installed
+
+djangoapp-supervisor-service-running:
+  service.running:
+    - name: {{ supervisor.service }}
+    - enable: true
+    - require:
+      - pkg: djangoapp-supervisor-package-installed
+{%- endif %}
+
+{%- for name, app in djangoapp.apps.items() %}
+{%-   if app.process_manager == "supervisor" %}
+
+djangoapp-{{ name }}-supervisor-program-file-managed:
+  file.managed:
+    - name: {{ supervisor.conf_dir }}/{{ app.service }}.{{ supervisor.conf_ext }}
+    - source: salt://{{ tpldir }}/files/supervisor-program.conf.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        app: {{ app | json }}
+    - require:
+      - pkg: djangoapp-supervisor-package-installed
+
+djangoapp-{{ name }}-supervisor-program-updated:
+  cmd.run:
+    # Adds the program, or restarts it with its changed definition.
+    - name: supervisorctl update {{ app.service }}
+    - onchanges:
+      - file: djangoapp-{{ name }}-supervisor-program-file-managed
+    - require:
+      - service: djangoapp-supervisor-service-running
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+
+djangoapp-{{ name }}-gunicorn-running:
+  cmd.run:
+    - name: supervisorctl start {{ app.service }}
+    - unless: supervisorctl status {{ app.service }} | grep -q RUNNING
+    - require:
+      - cmd: djangoapp-{{ name }}-supervisor-program-updated
+{%-   else %}
+
+djangoapp-{{ name }}-systemd-unit-file-managed:
+  file.managed:
+    - name: /etc/systemd/system/{{ app.service }}.service
+    - source: salt://{{ tpldir }}/files/systemd.service.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        app: {{ app | json }}
+
+djangoapp-{{ name }}-gunicorn-running:
+  service.running:
+    - name: {{ app.service }}
+    - enable: true
+    - require:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+    - watch:
+      - file: djangoapp-{{ name }}-systemd-unit-file-managed
+{%-   endif %}
+
+djangoapp-{{ name }}-gunicorn-reloaded:
+  module.run:
+    - djangoapp.reload:
+      - app: {{ name }}
+    - onchanges:
+      - file: djangoapp-{{ name }}-gunicorn-config-file-managed
+      - file: djangoapp-{{ name }}-environment-file-serialized
+    - require:
+{%-   if app.process_manager == "supervisor" %}
+      - cmd: djangoapp-{{ name }}-gunicorn-running
+{%-   else %}
+      - service: djangoapp-{{ name }}-gunicorn-running
+{%-   endif %}
+{%- endfor %}

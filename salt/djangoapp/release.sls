@@ -1,0 +1,32 @@
+{#- Deploys each app's pillar `version` through the release engine, the same code path
+    as `salt <minion> djangoapp.release version=...`. #}
+{%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+
+include:
+  - .tools
+  - .postgresql
+  - .app
+
+{%- for name, app in djangoapp.apps.items() %}
+
+djangoapp-{{ name }}-release-deployed:
+  djangoapp.released:
+    - name: {{ name }}
+    - version: {{ app.version | json }}
+    - require:
+      - cmd: djangoapp-tools-uv-installed
+      - file: djangoapp-{{ name }}-environment-file-serialized
+      - file: djangoapp-{{ name }}-gunicorn-config-file-managed
+{%-   if app.deploy_key_file %}
+      - file: djangoapp-{{ name }}-deploy-key-file-managed
+{%-   endif %}
+{%-   if app.known_hosts_file %}
+      - file: djangoapp-{{ name }}-known-hosts-file-managed
+{%-   endif %}
+{%-   if app.database.local and app.database.engine == "postgresql" %}
+      - postgres_database: djangoapp-{{ name }}-postgresql-database-present
+{%-   endif %}
+{%-   if app.database.engine == "postgresql" %}
+      - pkg: djangoapp-postgresql-client-packages-installed
+{%-   endif %}
+{%- endfor %}

@@ -1,0 +1,28 @@
+{#- uv, in a virtualenv of its own, builds each release's virtualenv. #}
+{%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- set tools_dir = djangoapp.paths.tools_dir %}
+{%- set uv_requirement = "uv==" ~ djangoapp.tools.uv_version %}
+
+include:
+  - .packages
+
+djangoapp-tools-virtualenv-created:
+  cmd.run:
+    - name: python3 -m venv {{ tools_dir }}
+    - creates: {{ tools_dir }}/bin/python
+    - require:
+      - pkg: djangoapp-base-packages-installed
+
+djangoapp-tools-uv-installed:
+  cmd.run:
+    - name: {{ tools_dir }}/bin/python -m pip install --quiet {{ uv_requirement }}
+    - unless: {{ tools_dir }}/bin/python -m pip show uv | grep -qx "Version: {{ djangoapp.tools.uv_version }}"
+    - env: {{ djangoapp.proxy_env | json }}
+    - require:
+      - cmd: djangoapp-tools-virtualenv-created
+
+djangoapp-tools-uv-cache-directory:
+  file.directory:
+    - name: {{ djangoapp.paths.uv_cache }}
+    - mode: "0700"
+    - makedirs: true

@@ -1,0 +1,74 @@
+"""`salt <minion> state.apply` on a fresh Debian 12 host: it converges, a second run
+changes nothing, and a bad pillar stops before anything changes."""
+
+import pytest
+
+from stack import changed_states, failed_states
+
+pytestmark = pytest.mark.integration
+
+
+def test_first_converge_has_no_failure(first_converge):
+    failures = failed_states(first_converge)
+    assert not failures, "\n".join(failures)
+    assert "djangoapp-demo-release-deployed" in " ".join(first_converge)
+
+
+def test_second_apply_changes_nothing(converged_host, salt_cli):
+    second = salt_cli("state.apply", timeout=900)
+    failures = failed_states(second)
+    assert not failures, "\n".join(failures)
+    assert changed_states(second) == []
+
+
+BAD_PILLARS = {
+    "missing repo": ({"repo": ""}, "djangoapp:apps:demo:repo"),
+    "shell in version": (
+        {"version": "v1.0.0;touch /tmp/pwned"},
+        "djangoapp:apps:demo:version",
+    ),
+    "option as version": (
+        {"version": "--upload-pack=touch /tmp/pwned"},
+        "djangoapp:apps:demo:version",
+    ),
+    "unknown engine": (
+        {"database": {"engine": "oracle"}},
+        "djangoapp:apps:demo:database:engine",
+    ),
+    "no database password": (
+        {"database": {"password": ""}},
+        "djangoapp:apps:demo:database:password",
+    ),
+}
+
+
+def live_release(host):
+    return host.file("/srv/djangoapp/demo/current").linked_to
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PILLARS))
+def test_bad_pillar_stops_before_anything_changes(
+    case, converged_host, salt_cli, http_get
+):
+    override, key = BAD_PILLARS[case]
+    before = live_release(converged_host)
+    result = salt_cli.run(
+        "state.apply", pillar={"djangoapp": {"apps": {"demo": override}}}, timeout=300
+    )
+    assert result.returncode != 0
+    assert key in str(result.data)
+    assert not converged_host.file("/tmp/pwned").exists
+    assert live_release(converged_host) == before
+    assert http_get("http://127.0.0.1/healthz/", "demo.test")["status"] == 200
+
+
+def test_bad_app_name_stops_before_anything_changes(
+    converged_host, salt_cli, demo_pillar
+):
+    bad_app = {"Bad-Name": demo_pillar["djangoapp"]["apps"]["demo"]}
+    result = salt_cli.run(
+        "state.apply", pillar={"djangoapp": {"apps": bad_app}}, timeout=300
+    )
+    assert result.returncode != 0
+    assert "Bad-Name" in str(result.data)
+    assert not converged_host.user("Bad-Name").exists

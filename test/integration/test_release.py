@@ -1,0 +1,178 @@
+"""`djangoapp.release` and `djangoapp.rollback` on the converged host, under a
+concurrent load through Nginx: no request fails, whatever happens to the release."""
+
+import threading
+import time
+
+import pytest
+
+import testhost
+from loadgen import Load
+
+pytestmark = [pytest.mark.integration, pytest.mark.release]
+
+CLIENTS = 24
+RELEASE_TIMEOUT = 900
+
+
+@pytest.fixture
+def page_load(demo_app):
+    """A load on the demo page through Nginx, from this machine."""
+    return Load(
+        testhost.HOST_IP,
+        80,
+        "/",
+        host_header=demo_app["server_names"][0],
+        clients=CLIENTS,
+    )
+
+
+def live_version(http_get, demo_app) -> str:
+    page = http_get("http://127.0.0.1/", demo_app["server_names"][0])
+    assert page["status"] == 200
+    return page["body"].split('<span class="version">')[1].split("<")[0]
+
+
+def note_count(host) -> int:
+    count = host.run(
+        "runuser -u postgres -- psql -tA -d demo -c %s",
+        "SELECT count(*) FROM notes_note",
+    )
+    assert count.rc == 0, count.stderr
+    return int(count.stdout)
+
+
+def release(salt_cli, version, **kwargs):
+    result = salt_cli.run(
+        "djangoapp.release",
+        f"version={version}",
+        "app=demo",
+        timeout=RELEASE_TIMEOUT,
+        **kwargs,
+    )
+    print(f"release {version}: exit {result.returncode}")
+    if isinstance(result.data, dict):
+        for step in result.data.get("steps", []):
+            outcome = "ok" if step["ok"] else "FAILED"
+            print(f"  {step['name']}: {step['seconds']:.2f} s {outcome}")
+        print(f"  total: {result.data.get('seconds')} s")
+    return result
+
+
+def test_release_with_a_migration_under_load(
+    converged_host, salt_cli, http_get, demo_app, page_load
+):
+    assert live_version(http_get, demo_app) == "v1.0.0"
+    with page_load:
+        result = release(salt_cli, "v1.1.0")
+    print(page_load.result)
+    assert result.returncode == 0, result.data
+    data = result.data
+    assert data["result"] is True
+    assert data["version"] == "v1.1.0"
+    assert data["migrations_ran"] is True
+    assert data["backup"] and converged_host.file(data["backup"]).exists
+    assert page_load.result.failed == 0, page_load.result.failures
+    assert page_load.result.succeeded > 100
+    assert live_version(http_get, demo_app) == "v1.1.0"
+
+
+def test_rollback_under_load(converged_host, salt_cli, http_get, demo_app, page_load):
+    with page_load:
+        result = salt_cli.run("djangoapp.rollback", "app=demo", timeout=RELEASE_TIMEOUT)
+    print(page_load.result)
+    assert result.returncode == 0, result.data
+    assert result.data["result"] is True
+    assert page_load.result.failed == 0, page_load.result.failures
+    assert live_version(http_get, demo_app) == "v1.0.0"
+
+
+def test_code_only_release_is_fast(salt_cli, http_get, demo_app, page_load):
+    with page_load:
+        result = release(salt_cli, "v1.0.1")
+    assert result.returncode == 0, result.data
+    assert result.data["migrations_ran"] is False
+    assert page_load.result.failed == 0, page_load.result.failures
+    assert live_version(http_get, demo_app) == "v1.0.1"
+    back = salt_cli.run("djangoapp.rollback", "app=demo", timeout=RELEASE_TIMEOUT)
+    assert back.returncode == 0, back.data
+    assert live_version(http_get, demo_app) == "v1.0.0"
+
+
+FAILURES = {
+    "unknown tag": ("v9.9.9", None),
+    "shell metacharacters": ("v1.0.0;touch /tmp/pwned", None),
+    "command substitution": ("$(touch /tmp/pwned)", None),
+    "option injection": ("--upload-pack=touch /tmp/pwned", None),
+    "missing requirement": ("bad-requirement", "build"),
+    "app fails to import": ("broken-import", "preflight"),
+    "failing migration": ("failing-migration", "migrate"),
+    "failing collectstatic": ("failing-collectstatic", "preflight"),
+    "health check fails after the switch": ("unhealthy", "health"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_failed_release_leaves_the_old_one_serving(
+    case, converged_host, salt_cli, http_get, demo_app, page_load
+):
+    version, failed_step = FAILURES[case]
+    before = note_count(converged_host)
+    with page_load:
+        result = release(salt_cli, version)
+    print(page_load.result)
+    assert result.returncode != 0
+    if failed_step is None:
+        assert "version" in str(result.data)
+    else:
+        assert result.data["result"] is False
+        assert result.data["failed_step"] == failed_step, result.data
+        assert result.data["error"]
+    assert page_load.result.failed == 0, page_load.result.failures
+    assert live_version(http_get, demo_app) == "v1.0.0"
+    assert note_count(converged_host) == before
+    assert not converged_host.file("/tmp/pwned").exists
+
+
+def test_release_with_the_database_down_fails_cleanly(
+    converged_host, salt_cli, http_get, demo_app
+):
+    converged_host.run_expect([0], "systemctl stop postgresql")
+    try:
+        result = release(salt_cli, "v1.1.0")
+    finally:
+        converged_host.run_expect([0], "systemctl start postgresql")
+    assert result.returncode != 0
+    assert result.data["result"] is False
+    assert live_version(http_get, demo_app) == "v1.0.0"
+
+
+def test_a_second_release_at_the_same_time_is_refused(salt_cli, http_get, demo_app):
+    first = {}
+    runner = threading.Thread(
+        target=lambda: first.update(r=release(salt_cli, "v1.0.1"))
+    )
+    runner.start()
+    time.sleep(1.0)
+    second = release(salt_cli, "v1.1.0")
+    runner.join()
+    assert second.returncode != 0
+    assert (
+        "lock" in str(second.data).lower() or "in progress" in str(second.data).lower()
+    )
+    assert first["r"].returncode == 0, first["r"].data
+    assert live_version(http_get, demo_app) == "v1.0.1"
+
+
+def test_a_killed_release_does_not_block_the_next(
+    converged_host, salt_cli, http_get, demo_app, page_load
+):
+    started = salt_cli.run("djangoapp.release", "version=v1.1.0", "app=demo", "--async")
+    jid = started.stdout.split()[-1]
+    time.sleep(2.0)
+    salt_cli.run("saltutil.kill_job", jid)
+    with page_load:
+        result = release(salt_cli, "v1.1.0")
+    assert result.returncode == 0, result.data
+    assert page_load.result.failed == 0, page_load.result.failures
+    assert live_version(http_get, demo_app) == "v1.1.0"

@@ -1,0 +1,150 @@
+"""A bounded HTTP load for release tests and benchmarks: N clients request one URL in a
+loop until stopped, and every response that is not 2xx, and every connection error,
+counts as a failure.
+
+    with Load("10.213.47.2", 80, "/", host_header="demo.test", clients=24) as load:
+        ...  # release
+    print(load.result)
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+MAX_SECONDS = 600
+MAX_REQUESTS_PER_CLIENT = 200_000
+
+
+@dataclass
+class LoadResult:
+    sent: int
+    succeeded: int
+    failed: int
+    seconds: float
+    longest_gap: float
+    p50_ms: float
+    p99_ms: float
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "sent": self.sent,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 2),
+            "longest_gap_s": round(self.longest_gap, 3),
+            "p50_ms": round(self.p50_ms, 1),
+            "p99_ms": round(self.p99_ms, 1),
+            "first_failures": self.failures[:5],
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"{self.sent} requests in {self.seconds:.1f} s, {self.failed} failed, "
+            f"longest gap {self.longest_gap:.3f} s, p50 {self.p50_ms:.1f} ms, "
+            f"p99 {self.p99_ms:.1f} ms"
+        )
+
+
+class Load:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        path: str,
+        host_header: str,
+        clients: int = 24,
+        timeout: float = 10.0,
+    ):
+        self.address, self.port, self.path = address, port, path
+        self.host_header = host_header
+        self.clients = clients
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._successes: list[float] = []
+        self._latencies: list[float] = []
+        self._failures: list[str] = []
+        self._failed = 0
+        self._started = 0.0
+        self.result: LoadResult | None = None
+
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        for _ in range(self.clients):
+            thread = threading.Thread(target=self._client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        seconds = time.monotonic() - self._started
+        successes = sorted(self._successes)
+        edges = [self._started, *successes, self._started + seconds]
+        gaps = [
+            later - earlier for earlier, later in zip(edges, edges[1:], strict=False)
+        ]
+        latencies = sorted(self._latencies) or [0.0]
+        self.result = LoadResult(
+            sent=len(successes) + self._failed,
+            succeeded=len(successes),
+            failed=self._failed,
+            seconds=seconds,
+            longest_gap=max(gaps),
+            p50_ms=statistics.median(latencies) * 1000,
+            p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            * 1000,
+            failures=list(self._failures),
+        )
+        return self.result
+
+    def _client(self) -> None:
+        deadline = self._started + MAX_SECONDS
+        connection = None
+        for _ in range(MAX_REQUESTS_PER_CLIENT):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                break
+            if connection is None:
+                connection = http.client.HTTPConnection(
+                    self.address, self.port, timeout=self.timeout
+                )
+            sent = time.monotonic()
+            try:
+                connection.request("GET", self.path, headers={"Host": self.host_header})
+                response = connection.getresponse()
+                response.read()
+                outcome = (
+                    None if 200 <= response.status < 300 else f"HTTP {response.status}"
+                )
+                if response.will_close:
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException) as error:
+                outcome = f"{type(error).__name__}: {error}"
+                connection.close()
+                connection = None
+            done = time.monotonic()
+            with self._lock:
+                if outcome is None:
+                    self._successes.append(done)
+                    self._latencies.append(done - sent)
+                else:
+                    self._failed += 1
+                    if len(self._failures) < 20:
+                        self._failures.append(outcome)
+        if connection is not None:
+            connection.close()

@@ -1,0 +1,95 @@
+"""Deploy the demo app with this formula on a throwaway systemd host (test/try)."""
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+import demorepo
+import testhost
+
+REPO = Path(__file__).resolve().parents[1]
+WORK_DIR = Path("/var/lib/djangoapp-try")
+FORMULA_MOUNT = "/srv/formula"
+PILLAR_MOUNT = "/srv/pillar"
+GIT_MOUNT = "/srv/git"
+
+
+def write_pillar(pillar_dir: Path) -> dict:
+    """The demo pillar, plus the proxy through which the host reaches out."""
+    pillar_dir.mkdir(parents=True)
+    shutil.copy(REPO / "pillar" / "demo.sls", pillar_dir / "demo.sls")
+    proxy = {"http": testhost.PROXY_URL, "https": testhost.PROXY_URL}
+    (pillar_dir / "try.sls").write_text(yaml.safe_dump({"djangoapp": {"proxy": proxy}}))
+    (pillar_dir / "top.sls").write_text(
+        yaml.safe_dump({"base": {"*": ["demo", "try"]}})
+    )
+    return yaml.safe_load((REPO / "pillar" / "demo.sls").read_text())
+
+
+def up() -> int:
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    demorepo.build_repo(WORK_DIR / "git" / "demo.git")
+    demo = write_pillar(WORK_DIR / "pillar")
+    host = testhost.TestHost(
+        binds_ro={
+            WORK_DIR / "git": GIT_MOUNT,
+            WORK_DIR / "pillar": PILLAR_MOUNT,
+            REPO: FORMULA_MOUNT,
+        },
+        owned_by_caller=False,
+    )
+    try:
+        host.start()
+    except BaseException:
+        host.stop()
+        raise
+    print(
+        "host is up; applying the formula (a few minutes on a fresh host)", flush=True
+    )
+    converge = host.exec(
+        [
+            "/opt/salt/bin/salt-call",
+            "--local",
+            "--retcode-passthrough",
+            "--state-output=terse",
+            f"--file-root={FORMULA_MOUNT}/salt",
+            f"--pillar-root={PILLAR_MOUNT}",
+            "state.apply",
+        ],
+        check=False,
+        timeout=1800,
+    )
+    print(converge.stdout, converge.stderr, sep="\n")
+    if converge.rc != 0:
+        print("state.apply failed; the host stays up: test/try down", file=sys.stderr)
+        return 1
+    app = next(iter(demo["djangoapp"]["apps"].values()))
+    server_name = app["server_names"][0]
+    print(
+        f"\nThe demo app answers on http://{host.ip}/ for Host {server_name}:\n"
+        f"  curl -H 'Host: {server_name}' http://{host.ip}/\n"
+        "Release another version on it:\n"
+        "  test/testhost.py exec /opt/salt/bin/salt-call --local djangoapp.release "
+        "version=v1.1.0\n"
+        "Stop it: test/try down"
+    )
+    return 0
+
+
+def down() -> int:
+    status = testhost.main(["down"])
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    return status
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["up", "down"])
+    return up() if parser.parse_args().command == "up" else down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
