@@ -34,6 +34,10 @@ CHECK_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DB_ENGINES = ("postgresql", "mysql", "none")
 CACHE_ENGINES = ("none", "redis", "memcached")
 PROCESS_MANAGERS = ("supervisor", "systemd")
+TLS_MODES = ("off", "selfsigned", "provided", "acme")
+CACHE_KEYS = ("engine", "db")
+TLS_KEYS = ("mode", "cert", "key", "email", "hsts_max_age")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 # Keys of ``djangoapp:apps:<name>`` that are validated below.
 APP_KEYS = (
@@ -52,6 +56,7 @@ APP_KEYS = (
     "env",
     "database",
     "cache",
+    "tls",
     "keep_releases",
     "health_path",
     "process_manager",
@@ -63,7 +68,6 @@ APP_KEYS = (
 
 # Keys accepted without validation: reserved for the state tree and for later.
 RESERVED_APP_KEYS = (
-    "tls",
     "media",
     "static",
     "threads",
@@ -89,6 +93,7 @@ SECTION_KEYS = (
     "fail2ban",
     "auto_updates",
     "backups",
+    "logrotate",
     "monitoring",
     "proxy",
 )
@@ -302,6 +307,119 @@ def _check_database(errors, path, db):
     _check_int(errors, path + ["port"], db.get("port"), 1, 65535)
 
 
+def _check_known_keys(errors, path, section, known):
+    for key in section:
+        if key not in known:
+            errors.add(
+                path + [key],
+                "is not a known key (allowed: {})".format(", ".join(known)),
+            )
+
+
+def _check_cache(errors, path, cache):
+    if cache is None:
+        return
+    if not isinstance(cache, dict):
+        errors.add(path, "must be a mapping")
+        return
+    _check_known_keys(errors, path, cache, CACHE_KEYS)
+    if cache.get("engine", "none") not in CACHE_ENGINES:
+        errors.add(
+            path + ["engine"], "must be one of {}".format(", ".join(CACHE_ENGINES))
+        )
+    _check_int(errors, path + ["db"], cache.get("db"), 0, 9999)
+
+
+def tls_mode(tls):
+    """The ``tls.mode`` of an app's pillar, ``off`` when unset (or YAML's false)."""
+    mode = (tls or {}).get("mode") if isinstance(tls, dict) else None
+    return "off" if mode in (None, False, "") else mode
+
+
+def _check_pem(errors, path, value, label):
+    if _check_str(errors, path, value, required=True) and (
+        f"-----BEGIN {label}" not in value or "-----END " not in value
+    ):
+        errors.add(path, f"must be PEM text (-----BEGIN {label}...)")
+
+
+def _check_tls(errors, path, tls):
+    if tls is None:
+        return
+    if not isinstance(tls, dict):
+        errors.add(path, "must be a mapping")
+        return
+    _check_known_keys(errors, path, tls, TLS_KEYS)
+    mode = tls_mode(tls)
+    if mode not in TLS_MODES:
+        errors.add(path + ["mode"], "must be one of {}".format(", ".join(TLS_MODES)))
+    if mode == "provided":
+        _check_pem(errors, path + ["cert"], tls.get("cert"), "CERTIFICATE")
+        # "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"
+        key = tls.get("key")
+        _check_pem(errors, path + ["key"], key, "")
+        if isinstance(key, str) and "PRIVATE KEY-----" not in key:
+            errors.add(path + ["key"], "must be a PEM private key")
+    email = tls.get("email")
+    if (
+        _check_str(errors, path + ["email"], email)
+        and email
+        and (not EMAIL_RE.match(email) or email.startswith("-"))
+    ):
+        errors.add(path + ["email"], f"{email!r} is not an email address")
+    _check_int(errors, path + ["hsts_max_age"], tls.get("hsts_max_age"), 0)
+
+
+def _check_apps_apart(errors, apps):
+    """What two apps of one host must not share: a server name, a Redis database
+    number, a database or a database user on the same server."""
+    seen = {}
+
+    def claim(kind, key, shown, name, path):
+        other = seen.setdefault((kind, key), name)
+        if other != name:
+            errors.add(path, f"{shown!r} is also the {kind} of app {other!r}")
+
+    for name in sorted(apps):
+        app = apps[name]
+        if not isinstance(app, dict):
+            continue
+        path = ["djangoapp", "apps", name]
+        names = app.get("server_names")
+        for index, server_name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(server_name, str):
+                claim(
+                    "server name",
+                    server_name,
+                    server_name,
+                    name,
+                    path + ["server_names", index],
+                )
+        cache = app.get("cache")
+        if (
+            isinstance(cache, dict)
+            and cache.get("engine") == "redis"
+            and _is_int(cache.get("db"))
+        ):
+            db_number = cache["db"]
+            claim("Redis database", db_number, db_number, name, path + ["cache", "db"])
+        db = app.get("database")
+        db = db if isinstance(db, dict) else {}
+        engine = db.get("engine", "postgresql")
+        if engine == "none":
+            continue
+        server = (engine, db.get("host") or "localhost", db.get("port"))
+        for key in ("name", "user"):
+            value = db.get(key) or name
+            claim(
+                f"database {key}" if key == "user" else "database",
+                (*server, value),
+                value,
+                name,
+                path + ["database", key],
+            )
+
+
 def _check_app(errors, name, app):
     path = ["djangoapp", "apps", name]
     problem = app_name_problem(name)
@@ -402,15 +520,8 @@ def _check_app(errors, name, app):
 
     _check_database(errors, path + ["database"], app.get("database"))
 
-    cache = app.get("cache")
-    if cache is not None:
-        if not isinstance(cache, dict):
-            errors.add(path + ["cache"], "must be a mapping")
-        elif cache.get("engine", "none") not in CACHE_ENGINES:
-            errors.add(
-                path + ["cache", "engine"],
-                "must be one of {}".format(", ".join(CACHE_ENGINES)),
-            )
+    _check_cache(errors, path + ["cache"], app.get("cache"))
+    _check_tls(errors, path + ["tls"], app.get("tls"))
 
     _check_int(errors, path + ["keep_releases"], app.get("keep_releases"), 1)
     _check_int(errors, path + ["workers"], app.get("workers"), 1)
@@ -442,6 +553,107 @@ def _check_app(errors, name, app):
         )
 
 
+PORT_RE = re.compile(r"^([0-9]{1,5})(/(tcp|udp))?$")
+FAIL2BAN_TIME_RE = re.compile(r"^-?[0-9]+(s|m|h|d|w)?$")
+HOST_OR_NET_RE = re.compile(r"^[A-Za-z0-9.:/_-]+$")
+
+
+def _port_problem(value):
+    """Why ``value`` is not a port to allow (``443``, ``"443"``, ``"53/udp"``)."""
+    if _is_int(value):
+        value = str(value)
+    match = PORT_RE.match(value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match.group(1)) <= 65535:
+        return f"{value!r} must be a port 1..65535, optionally with /tcp or /udp"
+    return None
+
+
+def _check_choice(errors, path, value, choices):
+    if value is not None and value not in choices:
+        errors.add(path, "must be one of {}".format(", ".join(map(str, choices))))
+
+
+def _check_host_section(errors, key, section):
+    """The keys of the host features (host.sls) that the state tree reads."""
+    path = ["djangoapp", key]
+    allowed = {
+        "firewall": ("enabled", "allow", "zone"),
+        "ssh": ("harden", "permit_root_login", "max_auth_tries"),
+        "fail2ban": ("enabled", "bantime", "findtime", "maxretry", "ignoreip"),
+        "auto_updates": ("enabled", "upgrade_type", "reboot"),
+        "backups": ("enabled", "keep", "hour", "minute"),
+        "logrotate": ("enabled", "frequency", "rotate"),
+    }.get(key)
+    if allowed is None:
+        return
+    for name, value in section.items():
+        if name not in allowed:
+            errors.add(
+                path + [name],
+                "is not a known key (allowed: {})".format(", ".join(allowed)),
+            )
+        elif name in ("enabled", "harden", "reboot") and not isinstance(value, bool):
+            errors.add(path + [name], "must be true or false")
+    if key == "firewall":
+        allow = section.get("allow")
+        if allow is not None and not isinstance(allow, list):
+            errors.add(path + ["allow"], "must be a list of ports")
+        for index, port in enumerate(allow if isinstance(allow, list) else []):
+            problem = _port_problem(port)
+            if problem:
+                errors.add(path + ["allow", index], problem)
+        zone = section.get("zone")
+        if _check_str(errors, path + ["zone"], zone) and not DB_IDENT_RE.match(zone):
+            errors.add(path + ["zone"], f"{zone!r} is not a firewalld zone name")
+    elif key == "ssh":
+        # YAML reads an unquoted `no` as false.
+        root_login = section.get("permit_root_login")
+        _check_choice(
+            errors,
+            path + ["permit_root_login"],
+            "no" if root_login is False else root_login,
+            ("no", "prohibit-password"),
+        )
+        _check_int(
+            errors, path + ["max_auth_tries"], section.get("max_auth_tries"), 1, 10
+        )
+    elif key == "fail2ban":
+        for name in ("bantime", "findtime"):
+            value = section.get(name)
+            if value is not None and not FAIL2BAN_TIME_RE.match(str(value)):
+                errors.add(
+                    path + [name], f"{value!r} must be seconds or like 10m, 1h, 1d"
+                )
+        _check_int(errors, path + ["maxretry"], section.get("maxretry"), 1)
+        ignore = section.get("ignoreip")
+        if ignore is not None and (
+            not isinstance(ignore, list)
+            or not all(
+                isinstance(item, str) and HOST_OR_NET_RE.match(item) for item in ignore
+            )
+        ):
+            errors.add(path + ["ignoreip"], "must be a list of addresses or networks")
+    elif key == "auto_updates":
+        _check_choice(
+            errors,
+            path + ["upgrade_type"],
+            section.get("upgrade_type"),
+            ("security", "default"),
+        )
+    elif key == "backups":
+        _check_int(errors, path + ["keep"], section.get("keep"), 1)
+        _check_int(errors, path + ["hour"], section.get("hour"), 0, 23)
+        _check_int(errors, path + ["minute"], section.get("minute"), 0, 59)
+    elif key == "logrotate":
+        _check_choice(
+            errors,
+            path + ["frequency"],
+            section.get("frequency"),
+            ("daily", "weekly", "monthly"),
+        )
+        _check_int(errors, path + ["rotate"], section.get("rotate"), 1)
+
+
 def pillar(data):
     """
     Validate the ``djangoapp`` pillar mapping ``data``. Raise
@@ -458,6 +670,8 @@ def pillar(data):
         if key in SECTION_KEYS:
             if value is not None and not isinstance(value, dict):
                 errors.add(["djangoapp", key], "must be a mapping")
+            elif value:
+                _check_host_section(errors, key, value)
         elif key not in RESERVED_TOP_KEYS:
             errors.add(["djangoapp", key], "is not a known key (typo?)")
     apps = data.get("apps")
@@ -467,6 +681,7 @@ def pillar(data):
         else:
             for name, app in apps.items():
                 _check_app(errors, name, app)
+            _check_apps_apart(errors, apps)
     if errors.items:
         _fail("; ".join(errors.items))
     return True

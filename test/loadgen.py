@@ -5,6 +5,10 @@ counts as a failure.
     with Load("10.213.47.2", 80, "/", host_header="demo.test", clients=24) as load:
         ...  # release
     print(load.result)
+
+With ``classify`` (a function of a successful response's body returning a label such
+as the version the page shows, or None), the load also records when each label was
+first and last seen: ``load.labels()`` while it runs, ``result.labels`` after.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import http.client
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_SECONDS = 600
@@ -29,6 +34,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     failures: list[str] = field(default_factory=list)
+    # label -> {"first", "last": seconds since the start, "count"}
+    labels: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -40,6 +47,7 @@ class LoadResult:
             "p50_ms": round(self.p50_ms, 1),
             "p99_ms": round(self.p99_ms, 1),
             "first_failures": self.failures[:5],
+            "labels": self.labels,
         }
 
     def __str__(self) -> str:
@@ -59,11 +67,14 @@ class Load:
         host_header: str,
         clients: int = 24,
         timeout: float = 10.0,
+        classify: Callable[[bytes], str | None] | None = None,
     ):
         self.address, self.port, self.path = address, port, path
         self.host_header = host_header
         self.clients = clients
         self.timeout = timeout
+        self.classify = classify
+        self._labels: dict[str, list[float]] = {}  # label -> [first, last, count]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -88,6 +99,19 @@ class Load:
             thread.start()
             self._threads.append(thread)
 
+    @property
+    def started(self) -> float:
+        """time.monotonic() when the load started."""
+        return self._started
+
+    def labels(self) -> dict[str, tuple[float, float, int]]:
+        """label -> (first seen, last seen, count), times as time.monotonic()."""
+        with self._lock:
+            return {
+                label: (first, last, int(count))
+                for label, (first, last, count) in self._labels.items()
+            }
+
     def stop(self) -> LoadResult:
         self._stop.set()
         for thread in self._threads:
@@ -109,6 +133,14 @@ class Load:
             p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
             * 1000,
             failures=list(self._failures),
+            labels={
+                label: {
+                    "first": round(first - self._started, 3),
+                    "last": round(last - self._started, 3),
+                    "count": count,
+                }
+                for label, (first, last, count) in self.labels().items()
+            },
         )
         return self.result
 
@@ -126,10 +158,11 @@ class Load:
             try:
                 connection.request("GET", self.path, headers={"Host": self.host_header})
                 response = connection.getresponse()
-                response.read()
+                body = response.read()
                 outcome = (
                     None if 200 <= response.status < 300 else f"HTTP {response.status}"
                 )
+                label = self.classify(body) if self.classify and not outcome else None
                 if response.will_close:
                     connection.close()
                     connection = None
@@ -142,6 +175,10 @@ class Load:
                 if outcome is None:
                     self._successes.append(done)
                     self._latencies.append(done - sent)
+                    if label is not None:
+                        seen = self._labels.setdefault(label, [done, done, 0])
+                        seen[1] = done
+                        seen[2] += 1
                 else:
                     self._failed += 1
                     if len(self._failures) < 20:

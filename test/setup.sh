@@ -1,6 +1,7 @@
 # Sourced by test/run and test/try: the Debian packages and the Python virtualenv that
 # the tests and the demo need. Expects $repo to be the repository root.
 # shellcheck shell=bash
+: "${repo:?test/setup.sh needs \$repo, the repository root}"
 
 log() { printf '==> %s\n' "$*"; }
 

@@ -12,6 +12,13 @@ Command line, as root::
     python test/testhost.py exec [--user USER] -- salt-call --local test.versions
     python test/testhost.py status
     python test/testhost.py down
+
+Every command acts on the host of slot ``$DJANGOAPP_TEST_SLOT`` (default 0): slot N
+has the namespace ``djangoapp-test<N>`` (plain ``djangoapp-test`` for 0), the subnet
+10.213.(47+N).0/24 and its own proxy port, state files and work dir, so hosts of
+different slots run side by side::
+
+    DJANGOAPP_TEST_SLOT=3 python test/testhost.py up
 """
 
 from __future__ import annotations
@@ -56,12 +63,63 @@ WORK_DIR = Path("/var/tmp/djangoapp-test")
 RUN_DIR = Path("/run/djangoapp-test")
 MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-NETNS = "djangoapp-test"
-HOST_VETH = "djangoapp-veth"
-SUBNET = "10.213.47.0/24"
-MASTER_IP = "10.213.47.1"
-HOST_IP = "10.213.47.2"
-PROXY_PORT = 8888
+# A slot (DJANGOAPP_TEST_SLOT, default 0) names one host with its own namespace, veth,
+# /24, proxy port, state files and work dir, so that hosts of different slots run side
+# by side (a test run beside a benchmark, two people on one machine).
+SLOT_VARIABLE = "DJANGOAPP_TEST_SLOT"
+MAX_SLOT = 99
+FIRST_SUBNET_OCTET = 47
+FIRST_PROXY_PORT = 8888
+
+
+def slot_from_environment(environ: Mapping[str, str] = os.environ) -> int:
+    value = environ.get(SLOT_VARIABLE, "").strip() or "0"
+    if not value.isdigit() or int(value) > MAX_SLOT:
+        raise ValueError(
+            f"{SLOT_VARIABLE}={value!r}: expected a number from 0 to {MAX_SLOT}"
+        )
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """The names and addresses of the host of one slot."""
+
+    number: int
+
+    @property
+    def netns(self) -> str:
+        return "djangoapp-test" if self.number == 0 else f"djangoapp-test{self.number}"
+
+    @property
+    def veth(self) -> str:
+        # Interface names have at most 15 characters.
+        return "djangoapp-veth" if self.number == 0 else f"djangoapp-v{self.number}"
+
+    @property
+    def subnet(self) -> str:
+        return f"10.213.{FIRST_SUBNET_OCTET + self.number}.0/24"
+
+    @property
+    def master_ip(self) -> str:
+        return f"10.213.{FIRST_SUBNET_OCTET + self.number}.1"
+
+    @property
+    def host_ip(self) -> str:
+        return f"10.213.{FIRST_SUBNET_OCTET + self.number}.2"
+
+    @property
+    def proxy_port(self) -> int:
+        return FIRST_PROXY_PORT + self.number
+
+
+SLOT = Slot(slot_from_environment())
+NETNS = SLOT.netns
+HOST_VETH = SLOT.veth
+SUBNET = SLOT.subnet
+MASTER_IP = SLOT.master_ip
+HOST_IP = SLOT.host_ip
+PROXY_PORT = SLOT.proxy_port
 PROXY_URL = f"http://{MASTER_IP}:{PROXY_PORT}"
 
 STATE_FILE = RUN_DIR / f"{NETNS}.json"
@@ -513,7 +571,7 @@ class TestHost:
         """The host that is up now, to run commands in (raises when none is)."""
         state = HostState.load()
         if state is None or state.nspawn is None or not state.nspawn.alive():
-            raise TestHostError("no test host is up")
+            raise TestHostError(f"no test host is up in slot {SLOT.number}")
         host = cls()
         host.state = state
         return host
@@ -610,6 +668,10 @@ class TestHost:
             "--boot",
             f"--directory={self.root}",
             f"--network-namespace-path=/run/netns/{NETNS}",
+            # nspawn keeps CAP_NET_ADMIN only with a network it makes itself: the
+            # host's services (its nftables firewall, fail2ban's bans) need it in
+            # the host's own namespace.
+            "--capability=CAP_NET_ADMIN",
             f"--hostname={self.hostname}",
             "--link-journal=no",
             "--resolv-conf=off",
@@ -812,7 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             host.stop()
             raise
         print(
-            f"{args.hostname} is up at {HOST_IP}; proxy {PROXY_URL}; root {host.root}"
+            f"{args.hostname} (slot {SLOT.number}) is up at {HOST_IP}; "
+            f"proxy {PROXY_URL}; root {host.root}"
         )
         return 0
     if args.command == "down":
@@ -827,7 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         running = host.exec(["systemctl", "is-system-running"], check=False)
         print(
-            f"up at {HOST_IP} (systemd-nspawn pid {host.state.nspawn.pid}, "
+            f"slot {SLOT.number}: up at {HOST_IP} "
+            f"(systemd-nspawn pid {host.state.nspawn.pid}, "
             f"system {running.stdout.strip()}); proxy {PROXY_URL}; root {host.root}"
         )
         return 0

@@ -11,7 +11,11 @@ import demorepo
 import testhost
 
 REPO = Path(__file__).resolve().parents[1]
-WORK_DIR = Path("/var/lib/djangoapp-try")
+# One work dir per test host slot (testhost.SLOT), so tries in two slots coexist.
+WORK_DIR = Path(
+    "/var/lib/djangoapp-try"
+    + (str(testhost.SLOT.number) if testhost.SLOT.number else "")
+)
 FORMULA_MOUNT = "/srv/formula"
 PILLAR_MOUNT = "/srv/pillar"
 GIT_MOUNT = "/srv/git"
@@ -27,6 +31,26 @@ def write_pillar(pillar_dir: Path) -> dict:
         yaml.safe_dump({"base": {"*": ["demo", "try"]}})
     )
     return yaml.safe_load((REPO / "pillar" / "demo.sls").read_text())
+
+
+def salt_call(host: testhost.TestHost, *args: str, timeout: float = 1800):
+    """``salt-call --local ARGS`` in the host, with the formula and pillar mounted
+    the way ``up`` mounts them; returns the ExecResult (raises on nothing)."""
+    argv = [
+        "/opt/salt/bin/salt-call",
+        "--local",
+        f"--file-root={FORMULA_MOUNT}/salt",
+        f"--pillar-root={PILLAR_MOUNT}",
+        *args,
+    ]
+    return host.exec(argv, check=False, timeout=timeout)
+
+
+def apply_states(host: testhost.TestHost, *options: str, timeout: float = 1800):
+    """``state.apply`` in the host (masterless); ``options`` go to salt-call."""
+    return salt_call(
+        host, "--retcode-passthrough", *options, "state.apply", timeout=timeout
+    )
 
 
 def up() -> int:
@@ -49,19 +73,7 @@ def up() -> int:
     print(
         "host is up; applying the formula (a few minutes on a fresh host)", flush=True
     )
-    converge = host.exec(
-        [
-            "/opt/salt/bin/salt-call",
-            "--local",
-            "--retcode-passthrough",
-            "--state-output=terse",
-            f"--file-root={FORMULA_MOUNT}/salt",
-            f"--pillar-root={PILLAR_MOUNT}",
-            "state.apply",
-        ],
-        check=False,
-        timeout=1800,
-    )
+    converge = apply_states(host, "--state-output=terse")
     print(converge.stdout, converge.stderr, sep="\n")
     if converge.rc != 0:
         print("state.apply failed; the host stays up: test/try down", file=sys.stderr)

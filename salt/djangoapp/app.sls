@@ -13,6 +13,23 @@ djangoapp-envrun-file-managed:
     - makedirs: true
     - mode: "0755"
 
+{%- for path, mode in [
+      (paths.base_root, "0755"),
+      (paths.config_root, "0755"),
+      (paths.run_root, "0755"),
+      (paths.log_root, "0755"),
+      (paths.backup_root, "0700"),
+    ] %}
+
+djangoapp-directory-{{ path }}:
+  file.directory:
+    - name: {{ path }}
+    - user: root
+    - group: root
+    - mode: "{{ mode }}"
+    - makedirs: true
+{%- endfor %}
+
 {%- for name, app in djangoapp.apps.items() %}
 
 djangoapp-{{ name }}-group-present:
@@ -39,7 +56,7 @@ djangoapp-{{ name }}-user-present:
         (app.config_dir, "root", app.group, "0750"),
         (app.log_dir, app.user, app.group, "0750"),
         (app.backup_dir, "root", "root", "0700"),
-        (app.run_dir, app.user, djangoapp.nginx.group, "2750"),
+        (app.run_dir, app.user, djangoapp.nginx.group, "0750"),
       ] %}
 
 djangoapp-{{ name }}-directory-{{ path }}:
@@ -61,7 +78,7 @@ djangoapp-{{ name }}-runtime-directory-at-boot-file-managed:
     - name: /etc/tmpfiles.d/djangoapp-{{ name }}.conf
     - mode: "0644"
     - contents: |
-        d {{ app.run_dir }} 2750 {{ app.user }} {{ djangoapp.nginx.group }} -
+        d {{ app.run_dir }} 0750 {{ app.user }} {{ djangoapp.nginx.group }} -
 
 djangoapp-{{ name }}-engine-config-file-serialized:
   file.serialize:
@@ -93,7 +110,9 @@ djangoapp-{{ name }}-engine-config-file-serialized:
         service: {{ app.service | json }}
         socket: {{ app.socket | json }}
         health:
-          url: {{ ("http://127.0.0.1" ~ app.health_path) | json }}
+          # https when Nginx redirects HTTP to HTTPS: the engine never follows a
+          # redirect, and sends the host name as SNI.
+          url: {{ app.health_url | json }}
           host: {{ app.server_names[0] | json }}
           timeout: {{ app.timeout | json }}
           verify_tls: false

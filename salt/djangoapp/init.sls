@@ -1,11 +1,17 @@
-# Everything, in order: host packages, the database, each app's release, then the
-# process manager that runs Gunicorn and Nginx in front of it.
+# Everything, in order: host packages, the databases and caches, each app's release,
+# the process manager that runs Gunicorn, then certificates and Nginx in front of it.
 include:
   - .proxy
   - .packages
   - .tools
   - .postgresql
+  - .mariadb
+  - .cache
   - .app
   - .release
   - .process
+  - .selinux
+  - .tls
   - .nginx
+  - .acme
+  - .host

@@ -2,10 +2,24 @@
     proxied to the app's Gunicorn socket. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set nginx = djangoapp.nginx %}
+{#- The certificate states of tls.sls: a new certificate or key reloads Nginx. #}
+{%- set tls_state_ids = [] %}
+{%- for app in djangoapp.apps.values() if app.tls.enabled %}
+{%-   if app.tls.mode == "provided" %}
+{%-     do tls_state_ids.append({"file": "djangoapp-" ~ app.name ~ "-tls-certificate-file-managed"}) %}
+{%-     do tls_state_ids.append({"file": "djangoapp-" ~ app.name ~ "-tls-key-file-managed"}) %}
+{%-   else %}
+{%-     do tls_state_ids.append({"cmd": "djangoapp-" ~ app.name ~ "-tls-certificate-generated"}) %}
+{%-   endif %}
+{%- endfor %}
 
 include:
   - .packages
   - .release
+  - .tls
+{%- if djangoapp.selinux_active and djangoapp.apps %}
+  - .selinux
+{%- endif %}
 
 djangoapp-nginx-package-installed:
   pkg.installed:
@@ -30,6 +44,27 @@ djangoapp-nginx-http-settings-file-managed:
     - source: salt://{{ tpldir }}/files/nginx-http.conf.jinja
     - template: jinja
     - mode: "0644"
+    - context:
+        nginx: {{ nginx | json }}
+        tls_apps: {{ djangoapp.tls_apps | json }}
+    - require:
+      - pkg: djangoapp-nginx-package-installed
+      - file: djangoapp-nginx-tls-settings-file-managed
+
+djangoapp-nginx-tls-settings-file-managed:
+  file.managed:
+    - name: {{ nginx.tls_settings_file }}
+    - mode: "0644"
+    - contents: |
+        # Managed by Salt (djangoapp): Mozilla's intermediate TLS profile, included by
+        # every HTTPS server of the djangoapp sites.
+        ssl_protocols {{ djangoapp.tls.protocols }};
+        ssl_ecdh_curve {{ djangoapp.tls.ecdh_curve }};
+        ssl_ciphers {{ djangoapp.tls.ciphers }};
+        ssl_prefer_server_ciphers off;
+        ssl_session_timeout {{ djangoapp.tls.session_timeout }};
+        ssl_session_cache {{ djangoapp.tls.session_cache }};
+        ssl_session_tickets off;
     - require:
       - pkg: djangoapp-nginx-package-installed
 
@@ -44,9 +79,14 @@ djangoapp-{{ name }}-nginx-site-file-managed:
     - mode: "0644"
     - context:
         app: {{ app | json }}
+        nginx: {{ nginx | json }}
+        tls_settings: {{ djangoapp.tls | json }}
     - require:
       - pkg: djangoapp-nginx-package-installed
       - djangoapp: djangoapp-{{ name }}-release-deployed
+{%-   if app.tls.enabled %}
+      - sls: {{ tpldir }}.tls
+{%-   endif %}
     - require_in:
       - cmd: djangoapp-nginx-config-tested
     - watch_in:
@@ -71,8 +111,12 @@ djangoapp-nginx-config-tested:
     - name: nginx -t -q
     - onchanges:
       - file: djangoapp-nginx-http-settings-file-managed
+      - file: djangoapp-nginx-tls-settings-file-managed
 {%- for name in djangoapp.apps %}
       - file: djangoapp-{{ name }}-nginx-site-file-managed
+{%- endfor %}
+{%- for id in tls_state_ids %}
+      - {{ id | json }}
 {%- endfor %}
 
 djangoapp-nginx-service-running:
@@ -82,5 +126,12 @@ djangoapp-nginx-service-running:
     - reload: true
     - require:
       - cmd: djangoapp-nginx-config-tested
+{%- if djangoapp.selinux_active and djangoapp.apps %}
+      - sls: {{ tpldir }}.selinux
+{%- endif %}
     - watch:
       - file: djangoapp-nginx-http-settings-file-managed
+      - file: djangoapp-nginx-tls-settings-file-managed
+{%- for id in tls_state_ids %}
+      - {{ id | json }}
+{%- endfor %}

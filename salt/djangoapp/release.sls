@@ -5,6 +5,8 @@
 include:
   - .tools
   - .postgresql
+  - .mariadb
+  - .cache
   - .app
 
 {%- for name, app in djangoapp.apps.items() %}
@@ -28,5 +30,14 @@ djangoapp-{{ name }}-release-deployed:
 {%-   endif %}
 {%-   if app.database.engine == "postgresql" %}
       - pkg: djangoapp-postgresql-client-packages-installed
+{%-   endif %}
+{%-   if app.database.local and app.database.engine == "mysql" %}
+      - cmd: djangoapp-{{ name }}-mariadb-grants-present
+{%-   endif %}
+{%-   if app.database.engine == "mysql" %}
+      - pkg: djangoapp-mariadb-client-packages-installed
+{%-   endif %}
+{%-   if app.cache.engine != "none" %}
+      - service: djangoapp-{{ app.cache.engine }}-service-running
 {%-   endif %}
 {%- endfor %}

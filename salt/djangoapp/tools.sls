@@ -16,7 +16,9 @@ djangoapp-tools-virtualenv-created:
 djangoapp-tools-uv-installed:
   cmd.run:
     - name: {{ tools_dir }}/bin/python -m pip install --quiet {{ uv_requirement }}
-    - unless: {{ tools_dir }}/bin/python -m pip show uv | grep -qx "Version: {{ djangoapp.tools.uv_version }}"
+    - unless: >-
+        {{ tools_dir }}/bin/python -m pip show uv
+        | grep -qx "Version: {{ djangoapp.tools.uv_version }}"
     - env: {{ djangoapp.proxy_env | json }}
     - require:
       - cmd: djangoapp-tools-virtualenv-created

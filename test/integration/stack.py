@@ -18,8 +18,22 @@ from nspawn_backend import nspawn_host
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_PILLAR = REPO / "pillar" / "demo.sls"
+# The stack of the shared host (Redis, Supervisor, self-signed TLS), merged over the
+# demo pillar; kitchen.yml uses it too.
+STACK_PILLAR = REPO / "test" / "pillar" / "stack.sls"
 GIT_MOUNT = "/srv/git"
 CONVERGE_TIMEOUT = 1800
+
+# The host features of host.sls, all on for the shared host: testinfra/
+# test_hardening.py checks them, and every other test runs behind them (the firewall
+# lets this machine reach port 80; the minion's own connections go out).
+HARDENING_PILLAR = {
+    "firewall": {"enabled": True, "allow": [22, 80, 443]},
+    "ssh": {"harden": True},
+    "fail2ban": {"enabled": True},
+    "auto_updates": {"enabled": True},
+    "backups": {"enabled": True, "keep": 3, "hour": 3},
+}
 
 
 @pytest.fixture(scope="session")
@@ -38,27 +52,45 @@ def test_host_binds_ro(demo_git_dir, demo_tags) -> dict[str, str]:
     return {str(demo_git_dir): GIT_MOUNT}
 
 
+def merged(base: dict, layer: dict) -> dict:
+    """``layer`` merged over ``base`` the way Salt merges pillar files."""
+    result = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
 @pytest.fixture(scope="session")
 def demo_pillar() -> dict:
-    return yaml.safe_load(DEMO_PILLAR.read_text())
+    """The pillar of the demo app on the shared host (demo.sls and stack.sls)."""
+    return merged(
+        yaml.safe_load(DEMO_PILLAR.read_text()),
+        yaml.safe_load(STACK_PILLAR.read_text()),
+    )
 
 
 @pytest.fixture(scope="session")
 def salt_pillar_roots(tmp_path_factory) -> list[str]:
-    """The demo pillar, plus the proxy through which the test host reaches out."""
+    """The demo pillar, plus the proxy through which the test host reaches out and
+    the host hardening."""
     pillar_dir = tmp_path_factory.mktemp("pillar")
     shutil.copy(DEMO_PILLAR, pillar_dir / "demo.sls")
+    shutil.copy(STACK_PILLAR, pillar_dir / "stack.sls")
     (pillar_dir / "test_host.sls").write_text(
         yaml.safe_dump(
             {
                 "djangoapp": {
-                    "proxy": {"http": testhost.PROXY_URL, "https": testhost.PROXY_URL}
+                    "proxy": {"http": testhost.PROXY_URL, "https": testhost.PROXY_URL},
+                    **HARDENING_PILLAR,
                 }
             }
         )
     )
     (pillar_dir / "top.sls").write_text(
-        yaml.safe_dump({"base": {"*": ["demo", "test_host"]}})
+        yaml.safe_dump({"base": {"*": ["demo", "stack", "test_host"]}})
     )
     return [str(pillar_dir)]
 
@@ -95,18 +127,30 @@ def converged_host(first_converge, test_host):
     return nspawn_host(test_host.pid1)
 
 
+# One GET, never following redirects; for https the Host header is the TLS server
+# name too (Nginx refuses a handshake for a name no site has), unverified.
 HTTP_PROBE = r"""
-import json, ssl, sys, urllib.request, urllib.error
-url, host_header = sys.argv[1], sys.argv[2]
-request = urllib.request.Request(url, headers={"Host": host_header})
-context = ssl._create_unverified_context()
-try:
-    response = urllib.request.urlopen(request, timeout=15, context=context)
-    status, headers, body = response.status, dict(response.headers), response.read()
-except urllib.error.HTTPError as error:
-    status, headers, body = error.code, dict(error.headers), error.read()
-print(json.dumps({"status": status, "headers": headers,
-                  "body": body.decode("utf-8", "replace")}))
+import http.client, json, socket, ssl, sys, urllib.parse
+url, host_header = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2]
+if url.scheme == "https":
+    context = ssl._create_unverified_context()
+    connection = http.client.HTTPSConnection(
+        url.hostname, url.port or 443, timeout=15, context=context)
+    connection.sock = context.wrap_socket(
+        socket.create_connection((url.hostname, url.port or 443), timeout=15),
+        server_hostname=host_header.split(":")[0])
+else:
+    connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=15)
+path = (url.path or "/") + ("?" + url.query if url.query else "")
+connection.request("GET", path, headers={"Host": host_header})
+response = connection.getresponse()
+headers, header_lists = {}, {}
+for name, value in response.getheaders():
+    headers.setdefault(name, value)
+    header_lists.setdefault(name.lower(), []).append(value)
+print(json.dumps({"status": response.status, "headers": headers,
+                  "header_lists": header_lists,
+                  "body": response.read().decode("utf-8", "replace")}))
 """
 
 
@@ -128,8 +172,18 @@ def host(request):
 
 
 @pytest.fixture(scope="session")
+def demo_url(demo_app):
+    """``demo_url(path)``: the URL of the demo app's page ``path`` from inside the
+    host: https when its pillar turns TLS on (HTTP then only redirects)."""
+    mode = (demo_app.get("tls") or {}).get("mode")
+    scheme = "http" if mode in (None, False, "off") else "https"
+    return lambda path="/": f"{scheme}://127.0.0.1{path}"
+
+
+@pytest.fixture(scope="session")
 def http_get(host):
-    """GET a URL from inside the host; returns {"status", "headers", "body"}."""
+    """GET a URL from inside the host; returns {"status", "headers" (the first value
+    of each), "header_lists" (lower-case name: every value), "body"}."""
 
     def get(url, host_header):
         result = host.run("python3 -c %s %s %s", HTTP_PROBE, url, host_header)

@@ -2,3 +2,4 @@
 base:
   '*':
     - demo
+    - stack

@@ -52,7 +52,7 @@ PRODUCTION_ENV = {
 APP_VARS = (
     "DATABASE_URL",
     "REDIS_URL",
-    "MEMCACHED_LOCATION",
+    "MEMCACHED_URL",
     "PYTHONPATH",
     "VIRTUAL_ENV",
 )
@@ -204,6 +204,7 @@ def test_contents(repo):
             "psycopg[binary]==",
             "redis==",
             "pymemcache==",
+            "pymysql==",
         ):
             assert name in requirements
 
@@ -470,12 +471,32 @@ def test_cache_settings(repo, demo_python, tmp_path):
         demo_python, src, "-c", show, env=app_env(REDIS_URL="redis://127.0.0.1:1/0")
     ).stdout.strip() == ("django.core.cache.backends.redis.RedisCache")
     assert run(
-        demo_python, src, "-c", show, env=app_env(MEMCACHED_LOCATION="127.0.0.1:1")
+        demo_python, src, "-c", show, env=app_env(MEMCACHED_URL="127.0.0.1:1")
     ).stdout.strip() == ("django.core.cache.backends.memcached.PyMemcacheCache")
     # A configured cache that is down shows on the page, which still renders.
     pages = fetch(demo_python, src, "/", env=app_env(REDIS_URL="redis://127.0.0.1:1/0"))
     assert pages["/"]["status"] == 200
     assert "cache: error (ConnectionError)" in pages["/"]["body"]
+
+
+@pytest.mark.slow
+def test_mysql_through_pymysql(repo, demo_python, tmp_path):
+    src = checkout(repo, "v1.0.0", tmp_path / "src")
+    show = (
+        "import django; django.setup(); from django.conf import settings; "
+        "from django.db import connection; "
+        "print(settings.DATABASES['default']['ENGINE'], connection.vendor, "
+        "connection.Database.__name__)"
+    )
+    shown = run(
+        demo_python,
+        src,
+        "-c",
+        show,
+        env=app_env(DATABASE_URL="mysql://demo:secret@127.0.0.1:1/demo"),
+    ).stdout.split()
+    # The backend module loaded: Django accepted PyMySQL in place of mysqlclient.
+    assert shown == ["django.db.backends.mysql", "mysql", "pymysql"]
 
 
 @pytest.mark.slow

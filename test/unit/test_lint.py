@@ -23,7 +23,7 @@ PYTHON_DIRS = ("_modules", "_states", "_utils", "test", "bench")
 SALT_DIRS = ("salt", "pillar", "test")
 SALT_SUFFIXES = (".sls", ".jinja")
 # Shell scripts without a .sh suffix.
-SHELL_SCRIPTS = ("test/run", ".ci/run")
+SHELL_SCRIPTS = ("test/run", "test/try", ".ci/run")
 SKIP_DIRS = {"__pycache__", "node_modules"}
 
 

@@ -1,4 +1,5 @@
-"""Nginx -> Gunicorn (Supervisor) -> Django -> PostgreSQL, checked on the host."""
+"""Nginx -> Gunicorn (Supervisor) -> Django -> PostgreSQL and the cache, checked on
+the host (HTTPS when the demo pillar turns TLS on: test_tls.py checks that side)."""
 
 import re
 
@@ -7,11 +8,17 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_page_answers_through_nginx_with_a_row_from_postgresql(demo_app, http_get):
-    page = http_get("http://127.0.0.1/", demo_app["server_names"][0])
+def test_page_answers_through_nginx_with_a_row_from_postgresql(
+    demo_app, demo_url, http_get
+):
+    page = http_get(demo_url("/"), demo_app["server_names"][0])
     assert page["status"] == 200
     assert "hello from the database" in page["body"]
     assert demo_app["version"] in page["body"]
+    # The page wrote a value to its cache and read it back.
+    engine = (demo_app.get("cache") or {}).get("engine", "none")
+    expected = "cache: none" if engine == "none" else f"cache: ok ({engine})"
+    assert expected in page["body"]
 
 
 def test_unknown_host_gets_no_answer(host):
@@ -24,15 +31,18 @@ def test_unknown_host_gets_no_answer(host):
     assert "RemoteDisconnected" in probe.stderr
 
 
-def test_stylesheet_is_served_by_nginx_from_the_live_release(demo_app, host, http_get):
+def test_stylesheet_is_served_by_nginx_from_the_live_release(
+    demo_app, demo_url, host, http_get
+):
     server_name = demo_app["server_names"][0]
-    page = http_get("http://127.0.0.1/", server_name)
+    page = http_get(demo_url("/"), server_name)
     stylesheet = re.search(r'href="(/static/[^"]+\.css)"', page["body"]).group(1)
-    css = http_get("http://127.0.0.1" + stylesheet, server_name)
+    css = http_get(demo_url(stylesheet), server_name)
     assert css["status"] == 200
-    # Only the Nginx static location adds this header; Django with DEBUG off serves
-    # no static files at all.
-    assert css["headers"].get("Cache-Control") == "public"
+    # Only the Nginx static location sets an expiry; Django with DEBUG off serves no
+    # static files at all.
+    assert css["headers"].get("Cache-Control") == "max-age=604800"
+    assert "Expires" in css["headers"]
     base = f"/srv/djangoapp/{demo_app['name']}"
     on_disk = host.run(
         "find -L %s/current/src -path '*%s'", base, stylesheet.split("/static/")[1]

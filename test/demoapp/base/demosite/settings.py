@@ -92,6 +92,11 @@ WSGI_APPLICATION = "demosite.wsgi.application"
 ASGI_APPLICATION = "demosite.asgi.application"
 
 # Database: DATABASE_URL in production; a local SQLite file only when unset.
+# MySQL/MariaDB through PyMySQL (pure Python: nothing to compile on the server).
+if os.environ.get("DATABASE_URL", "").startswith("mysql://"):
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
 if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(
@@ -121,12 +126,12 @@ if os.environ.get("REDIS_URL"):
             "KEY_PREFIX": "demosite",
         }
     }
-elif os.environ.get("MEMCACHED_LOCATION"):
+elif os.environ.get("MEMCACHED_URL"):
     CACHE_BACKEND_NAME = "memcached"
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
-            "LOCATION": os.environ["MEMCACHED_LOCATION"],
+            "LOCATION": os.environ["MEMCACHED_URL"],
             "KEY_PREFIX": "demosite",
         }
     }

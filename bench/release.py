@@ -1,0 +1,1017 @@
+#!/usr/bin/env python3
+"""Release benchmark: djangoapp.release, djangoapp.rollback and state.apply against the
+in-place update of the usual guides, on one test host, one app and one load.
+
+As root, from the repository (see docs/benchmarks.md for the figures and the method)::
+
+    .venv/bin/python bench/release.py [--runs 3] [--clients 24] [--slot 1]
+
+It boots a Debian 12 test host (test/testhost.py) in its own slot (default 1, or
+$DJANGOAPP_TEST_SLOT), converges it masterless with the demo pillar the way test/try
+does, and measures each scenario ``--runs`` times while ``--clients`` clients request
+the demo page through Nginx (test/loadgen.py). Results go to
+bench/results/release-<time>.json and .md; ``--report FILE.json`` prints the tables
+of an earlier run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+WORK_ROOT = Path("/var/tmp")
+
+APP = "demo"
+PAGE = "/"
+CONFIG_DIR = "/etc/djangoapp"
+ENVRUN = "/usr/local/lib/djangoapp/envrun"
+INPLACE_ROOT = "/srv/inplace"
+INPLACE_DIR = f"{INPLACE_ROOT}/demo"
+INPLACE_VENV = f"{INPLACE_ROOT}/venv"
+INPLACE_GUNICORN_CONFIG = f"{INPLACE_ROOT}/gunicorn.conf.py"
+INPLACE_SCRIPT = "/srv/formula/bench/inplace.sh"
+BASE_VERSION = "v1.0.0"
+CODE_VERSION = "v1.0.1"
+DEPS_VERSION = "v1.2.0"  # adds humanize and two migrations over v1.0.0
+NEW_DEPENDENCY = "humanize"
+MIGRATE_BACK_TO = ("notes", "0001")
+
+LOAD_LEAD_IN = 1.0  # seconds of load before each measured command
+SETTLE = 1.0  # only the new version answered for this long: the run is over
+SETTLE_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 1800
+
+SCENARIOS = {
+    "release_code": "djangoapp.release, code only",
+    "release_deps": "djangoapp.release, new dependency + 2 migrations",
+    "rollback": "djangoapp.rollback",
+    "inplace_hup_code": "in place + HUP, code only",
+    "inplace_hup_deps": "in place + HUP, new dependency + 2 migrations",
+    "inplace_restart_code": "in place + restart, code only",
+    "inplace_restart_deps": "in place + restart, new dependency + 2 migrations",
+    "apply_idempotent": "second state.apply (no changes)",
+    "converge_fresh": "first state.apply of a fresh host",
+    "salt_call": "salt-call --local test.true (fixed cost)",
+}
+# Ours against the in-place script with a HUP, measured in the same run.
+RATIOS = {
+    "release_code": "inplace_hup_code",
+    "release_deps": "inplace_hup_deps",
+    "rollback": "inplace_hup_code",
+}
+ZERO_DOWNTIME = ("release_code", "release_deps", "rollback")
+VERSION_RE = re.compile(rb'<span class="version">([^<]*)<')
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def page_version(body: bytes) -> str | None:
+    match = VERSION_RE.search(body)
+    return match.group(1).decode() if match else None
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# --- the demo repository, with one fresh code-only commit per measured run -----------
+
+
+def git(args: list[str], cwd: Path) -> str:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_AUTHOR_NAME": "Bench",
+        "GIT_AUTHOR_EMAIL": "bench@demo.invalid",
+        "GIT_COMMITTER_NAME": "Bench",
+        "GIT_COMMITTER_EMAIL": "bench@demo.invalid",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "LC_ALL": "C",
+    }
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def add_code_only_tags(bare: Path, series: list[str], runs: int) -> dict[str, list]:
+    """Tags ``<series>-<n>``: a chain of commits from v1.0.0 whose trees alternate
+    between v1.0.1's (odd n) and v1.0.0's (even n), each with its own VERSION, so
+    that every measured code-only update moves to a commit never deployed before."""
+    work = bare.parent / "bench-work"
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    git(["clone", "--quiet", str(bare), str(work)], cwd=bare.parent)
+    tags: dict[str, list] = {}
+    for name in series:
+        git(["checkout", "--quiet", "--detach", BASE_VERSION], cwd=work)
+        tags[name] = []
+        for number in range(1, runs + 1):
+            tag = f"{name}-{number}"
+            tree = CODE_VERSION if number % 2 else BASE_VERSION
+            git(["checkout", tree, "--", "."], cwd=work)
+            (work / "demosite" / "version.py").write_text(f'VERSION = "{tag}"\n')
+            git(["commit", "--quiet", "--all", "-m", f"Code-only change {tag}"], work)
+            git(["tag", tag], cwd=work)
+            tags[name].append(tag)
+    git(["push", "--quiet", "origin", "--tags"], cwd=work)
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    return tags
+
+
+def snapshot_formula(dest: Path, source: str) -> dict:
+    """Copy the formula that the host applies, so that edits made while the benchmark
+    runs do not reach it: the working tree (tracked and untracked files, not ignored
+    ones), the files of a commit (with bench/ always from the working tree), or a
+    copy of a directory."""
+    commit = git(["rev-parse", "HEAD"], cwd=REPO)
+    dirty = bool(git(["status", "--porcelain", "--untracked-files=no"], cwd=REPO))
+    if Path(source).is_dir():
+        shutil.copytree(source, dest, symlinks=True)
+        return {"from": str(Path(source).resolve()), "commit": None}
+    dest.mkdir(parents=True)
+    if source == "worktree":
+        listing = git(
+            ["ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO
+        )
+        names = [name for name in listing.split("\0") if name]
+    else:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", source],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-xf", "-", "-C", str(dest)], input=archive, check=True)
+        names = [str(path.relative_to(REPO)) for path in (REPO / "bench").iterdir()]
+    for name in names:
+        origin = REPO / name
+        if not (origin.exists() or origin.is_symlink()) or origin.is_dir():
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        shutil.copy2(origin, target, follow_symlinks=False)
+    return {
+        "from": source,
+        "commit": commit,
+        "uncommitted_changes": dirty if source == "worktree" else False,
+    }
+
+
+# --- the benchmark -------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args, testhost, demorepo, loadgen, tryout):
+        self.args = args
+        self.testhost = testhost
+        self.demorepo = demorepo
+        self.loadgen = loadgen
+        self.tryout = tryout
+        self.work = WORK_ROOT / f"djangoapp-bench{testhost.SLOT.number}"
+        self.runs: dict[str, list[dict]] = {name: [] for name in SCENARIOS}
+        self.host = None
+        self.cfg: dict = {}
+        self.server_name = ""
+        self.proxy = testhost.PROXY_URL
+        self.started = datetime.datetime.now(datetime.UTC)
+
+    # --- host -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        subprocess.run(["rm", "-rf", str(self.work)], check=True)
+        self.source = snapshot_formula(self.work / "formula", self.args.source)
+        bare = self.work / "git" / "demo.git"
+        self.demorepo.build_repo(bare)
+        self.tags = add_code_only_tags(
+            bare, ["bench-ours", "bench-hup", "bench-restart"], self.args.runs
+        )
+        demo = self.tryout.write_pillar(self.work / "pillar")
+        self.server_name = demo["djangoapp"]["apps"][APP]["server_names"][0]
+
+    def boot(self) -> float:
+        testhost = self.testhost
+        self.host = testhost.TestHost(
+            hostname="djangoapp-bench",
+            binds_ro={
+                self.work / "git": self.tryout.GIT_MOUNT,
+                self.work / "pillar": self.tryout.PILLAR_MOUNT,
+                self.work / "formula": self.tryout.FORMULA_MOUNT,
+            },
+        )
+        started = time.monotonic()
+        try:
+            self.host.start()
+        except BaseException:
+            self.host.stop()
+            raise
+        return time.monotonic() - started
+
+    def teardown(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+            self.host = None
+
+    def exec(self, argv, **kwargs):
+        kwargs.setdefault("timeout", COMMAND_TIMEOUT)
+        return self.host.exec(argv, **kwargs)
+
+    def salt(self, *args: str) -> tuple[int, object]:
+        result = self.tryout.salt_call(
+            self.host, "--out=json", *args, timeout=COMMAND_TIMEOUT
+        )
+        try:
+            data = json.loads(result.stdout)["local"]
+        except (ValueError, KeyError, TypeError):
+            data = {"error": (result.stdout + result.stderr)[-3000:]}
+        return result.rc, data
+
+    # --- measuring ----------------------------------------------------------------
+
+    def measure(
+        self,
+        scenario: str,
+        label: str,
+        action: Callable[[], dict],
+        target: str | None = None,
+        load: bool = True,
+    ) -> dict:
+        """Run ``action`` under load; the load goes on until only ``target`` (the
+        version the page should show) has answered for SETTLE seconds."""
+        log(f"{scenario} #{len(self.runs[scenario]) + 1}: {label}")
+        generator = None
+        if load:
+            generator = self.loadgen.Load(
+                self.host.ip,
+                80,
+                PAGE,
+                host_header=self.server_name,
+                clients=self.args.clients,
+                classify=page_version,
+            )
+            generator.start()
+            time.sleep(LOAD_LEAD_IN)
+        started = time.monotonic()
+        try:
+            detail = action()
+        except Exception as error:  # recorded, and the run goes on
+            detail = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        finished = time.monotonic()
+        record = {"label": label, "wall_s": round(finished - started, 3), **detail}
+        if generator is not None:
+            self.settle(generator, target, finished)
+            result = generator.stop()
+            record["load"] = result.as_dict()
+            if target:
+                record.update(switch_times(generator.labels(), target, started))
+        self.runs[scenario].append(record)
+        log(f"  {summary_line(record)}")
+        return record
+
+    def settle(self, generator, target: str | None, finished: float) -> None:
+        deadline = finished + SETTLE_TIMEOUT
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            labels = generator.labels()
+            others = [last for name, (_, last, _) in labels.items() if name != target]
+            if (
+                now - finished >= SETTLE
+                and (target is None or target in labels)
+                and now - max(others, default=0.0) >= SETTLE
+            ):
+                return
+            time.sleep(0.1)
+
+    def wait_for_version(self, version: str, timeout: float = 60) -> None:
+        """Until the page shows ``version`` in 20 answers in a row (no load)."""
+        deadline = time.monotonic() + timeout
+        streak = 0
+        seen = None
+        while time.monotonic() < deadline and streak < 20:
+            seen = self.fetch_version()
+            streak = streak + 1 if seen == version else 0
+            time.sleep(0.05)
+        if streak < 20:
+            raise RuntimeError(f"the page shows {seen!r}, not {version!r}")
+
+    def fetch_version(self) -> str | None:
+        import http.client
+
+        connection = http.client.HTTPConnection(self.host.ip, 80, timeout=10)
+        try:
+            connection.request("GET", PAGE, headers={"Host": self.server_name})
+            response = connection.getresponse()
+            body = response.read()
+            return page_version(body) if response.status == 200 else None
+        except OSError:
+            return None
+        finally:
+            connection.close()
+
+    # --- our commands ---------------------------------------------------------------
+
+    def release(self, version: str) -> dict:
+        rc, data = self.salt("djangoapp.release", f"version={version}", f"app={APP}")
+        return engine_detail(rc, data)
+
+    def rollback(self, to: str | None = None) -> dict:
+        args = ["djangoapp.rollback", f"app={APP}"] + ([f"to={to}"] if to else [])
+        rc, data = self.salt(*args)
+        return engine_detail(rc, data)
+
+    def converge(self) -> dict:
+        result = self.tryout.apply_states(self.host, "--out=json")
+        try:
+            states = json.loads(result.stdout)["local"]
+        except (ValueError, KeyError, TypeError):
+            return {"ok": False, "error": (result.stdout + result.stderr)[-3000:]}
+        return state_summary(result.rc, states, self.args.slowest)
+
+    def current_id(self) -> str:
+        base = self.cfg["base_dir"]
+        return self.exec(["readlink", f"{base}/current"]).stdout.strip().split("/")[-1]
+
+    # --- the in-place procedure -------------------------------------------------------
+
+    def inplace_env(self) -> dict:
+        return {
+            "INPLACE_DIR": INPLACE_DIR,
+            "INPLACE_VENV": INPLACE_VENV,
+            "INPLACE_PROGRAM": self.cfg["service"],
+            "INPLACE_ENV_FILE": self.cfg["env_file"],
+            "INPLACE_ENVRUN": ENVRUN,
+            "http_proxy": self.proxy,
+            "https_proxy": self.proxy,
+        }
+
+    def inplace(self, tag: str, mode: str) -> dict:
+        result = self.exec(
+            ["sh", INPLACE_SCRIPT, tag, mode], env=self.inplace_env(), check=False
+        )
+        steps = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "STEP":
+                steps[parts[1]] = round(float(parts[2]), 3)
+        detail = {"ok": result.rc == 0, "steps": steps}
+        if result.rc != 0:
+            detail["error"] = (result.stdout + result.stderr)[-3000:]
+        return detail
+
+    def inplace_manage(self, *args: str) -> None:
+        """manage.py of the in-place checkout, with the app's environment."""
+        self.exec(
+            ["sh", "-ec", 'cd "$1"; shift; exec "$@"', "sh", INPLACE_DIR]
+            + [ENVRUN, self.cfg["env_file"], f"{INPLACE_VENV}/bin/python"]
+            + ["manage.py", *args]
+        )
+
+    def serving_from(self, expected: str) -> None:
+        """Check that the program's Gunicorn master runs from ``expected``."""
+        pid = self.exec(["supervisorctl", "pid", self.cfg["service"]]).stdout.strip()
+        command = self.exec(["ps", "-o", "args=", "-p", pid]).stdout
+        if expected not in command:
+            raise RuntimeError(f"the Gunicorn master runs {command!r}, not {expected}")
+
+    def setup_inplace(self) -> None:
+        """A checkout and a virtualenv as the guides set them up, then the app's
+        Supervisor program pointed at them (same program, socket, Gunicorn settings,
+        database and Nginx site as djangoapp's releases)."""
+        log("in place: clone, virtualenv, pip install, program switched to it")
+        gunicorn = self.exec(
+            [
+                f"{self.cfg['base_dir']}/current/venv/bin/python",
+                "-c",
+                "import gunicorn; print(gunicorn.__version__)",
+            ]
+        ).stdout.strip()
+        script = f"""
+            rm -rf {INPLACE_ROOT}
+            mkdir -p {INPLACE_ROOT}
+            git clone --quiet {self.cfg["repo"]} {INPLACE_DIR}
+            cd {INPLACE_DIR}
+            git checkout --quiet {BASE_VERSION}
+            python3 -m venv {INPLACE_VENV}
+            {INPLACE_VENV}/bin/pip install --quiet --disable-pip-version-check \\
+                -r requirements.txt gunicorn=={gunicorn}
+        """
+        self.exec(["sh", "-ec", script], env=self.inplace_env())
+        self.inplace_manage("migrate", "--noinput")
+        self.inplace_manage("collectstatic", "--noinput")
+        # The formula's Gunicorn settings, with the checkout as working directory.
+        self.host.put_file(
+            INPLACE_GUNICORN_CONFIG,
+            "# The app's Gunicorn settings, serving the in-place checkout.\n"
+            f"with open({self.cfg['gunicorn_config']!r}) as managed:\n"
+            "    exec(managed.read())\n"
+            f"chdir = {INPLACE_DIR!r}\n",
+        )
+        program = self.program_file()
+        self.program_original = self.host.get_file(program)
+        text = self.program_original
+        base = self.cfg["base_dir"]
+        text = re.sub(
+            r"(?m)^command=.*$",
+            f"command={INPLACE_VENV}/bin/python -m gunicorn "
+            f"--config {INPLACE_GUNICORN_CONFIG} {self.cfg['wsgi']}",
+            text,
+        )
+        text = re.sub(r"(?m)^directory=.*$", f"directory={INPLACE_DIR}", text)
+        text = text.replace(f'PWD="{base}"', f'PWD="{INPLACE_DIR}"')
+        self.host.put_file(program, text)
+        self.exec(["supervisorctl", "update", self.cfg["service"]])
+        self.wait_for_version(BASE_VERSION)
+        self.serving_from(INPLACE_VENV)
+
+    def restore_program(self) -> None:
+        self.host.put_file(self.program_file(), self.program_original)
+        self.exec(["supervisorctl", "update", self.cfg["service"]])
+        self.wait_for_version(BASE_VERSION)
+        self.serving_from(f"{self.cfg['base_dir']}/current/venv")
+
+    def program_file(self) -> str:
+        return f"/etc/supervisor/conf.d/{self.cfg['service']}.conf"
+
+    def inplace_back_to_base(self, migrate_back: bool) -> None:
+        """Undo an in-place update to v1.2.0: schema, checkout, package, pip's cache."""
+        if migrate_back:
+            self.inplace_manage("migrate", *MIGRATE_BACK_TO, "--noinput")
+        self.exec(["git", "-C", INPLACE_DIR, "checkout", "--quiet", BASE_VERSION])
+        self.exec(
+            [f"{INPLACE_VENV}/bin/pip", "uninstall", "--quiet", "-y", NEW_DEPENDENCY],
+            check=False,
+        )
+        # Every cached HTTP response that mentions the package (its index page and
+        # its wheel): the next install downloads it, as a new dependency would be.
+        self.exec(
+            [
+                "sh",
+                "-c",
+                f"grep -rlZ {NEW_DEPENDENCY} /root/.cache/pip 2>/dev/null"
+                " | xargs -0r rm -f",
+            ]
+        )
+        self.exec(["supervisorctl", "signal", "HUP", self.cfg["service"]])
+        self.wait_for_version(BASE_VERSION)
+
+    # --- the whole run -----------------------------------------------------------
+
+    def run(self) -> dict:
+        runs = self.args.runs
+        self.prepare()
+        boot_s = self.boot()
+        self.measure(
+            "converge_fresh",
+            "fresh host",
+            lambda: dict(self.converge(), boot_s=round(boot_s, 1)),
+            load=False,
+        )
+        first = self.runs["converge_fresh"][0]
+        if not first.get("ok"):
+            raise RuntimeError(f"the first state.apply failed: {first.get('error')}")
+        self.cfg = json.loads(self.host.get_file(f"{CONFIG_DIR}/{APP}/app.json"))
+        self.wait_for_version(BASE_VERSION)
+
+        for _ in range(runs):
+            self.measure(
+                "salt_call",
+                "test.true",
+                lambda: salt_detail(self.salt("test.true")),
+                load=False,
+            )
+        for _ in range(runs):
+            self.measure("apply_idempotent", "state.apply", self.converge, BASE_VERSION)
+        base_id = self.current_id()
+
+        previous = BASE_VERSION
+        for tag in self.tags["bench-ours"]:
+            self.measure(
+                "release_code",
+                f"{previous} -> {tag}",
+                lambda tag=tag: self.release(tag),
+                tag,
+            )
+            previous = tag
+        # Back along the chain: each rollback skips the release it left.
+        chain = [BASE_VERSION, *self.tags["bench-ours"]]
+        for number in range(runs):
+            source, target = chain[-1 - number], chain[-2 - number]
+            self.measure("rollback", f"{source} -> {target}", self.rollback, target)
+        if self.current_id() != base_id:
+            self.rollback(to=base_id)
+            self.wait_for_version(BASE_VERSION)
+
+        for _ in range(runs):
+            self.measure(
+                "release_deps",
+                f"{BASE_VERSION} -> {DEPS_VERSION}",
+                lambda: self.release(DEPS_VERSION),
+                DEPS_VERSION,
+            )
+            self.release_back_to_base(base_id)
+
+        self.setup_inplace()
+        for mode in ("hup", "restart"):
+            previous = BASE_VERSION
+            for tag in self.tags[f"bench-{mode}"]:
+                self.measure(
+                    f"inplace_{mode}_code",
+                    f"{previous} -> {tag}",
+                    lambda tag=tag, mode=mode: self.inplace(tag, mode),
+                    tag,
+                )
+                previous = tag
+            self.exec(["git", "-C", INPLACE_DIR, "checkout", "--quiet", BASE_VERSION])
+            self.exec(["supervisorctl", "signal", "HUP", self.cfg["service"]])
+            self.wait_for_version(BASE_VERSION)
+            for _ in range(runs):
+                record = self.measure(
+                    f"inplace_{mode}_deps",
+                    f"{BASE_VERSION} -> {DEPS_VERSION}",
+                    lambda mode=mode: self.inplace(DEPS_VERSION, mode),
+                    DEPS_VERSION,
+                )
+                migrated = "migrate" in record.get("steps", {})
+                self.inplace_back_to_base(migrate_back=migrated)
+        self.restore_program()
+
+        for _ in range(1, self.args.fresh_runs):
+            self.teardown()
+            boot_s = self.boot()
+            self.measure(
+                "converge_fresh",
+                "fresh host",
+                lambda boot_s=boot_s: dict(self.converge(), boot_s=round(boot_s, 1)),
+                load=False,
+            )
+        return self.results()
+
+    def results(self, incomplete: str | None = None) -> dict:
+        started = self.started
+        return {
+            "incomplete": incomplete,
+            "started": started.isoformat(timespec="seconds"),
+            "seconds": round(
+                (datetime.datetime.now(datetime.UTC) - started).total_seconds()
+            ),
+            "command": " ".join(sys.argv),
+            "source": getattr(self, "source", None),
+            "settings": {
+                "runs": self.args.runs,
+                "fresh_runs": self.args.fresh_runs,
+                "clients": self.args.clients,
+                "slot": self.testhost.SLOT.number,
+                "load_lead_in_s": LOAD_LEAD_IN,
+                "settle_s": SETTLE,
+            },
+            "machine": machine_info(),
+            "host": self.host_info(),
+            "runs": self.runs,
+        }
+
+    def release_back_to_base(self, base_id: str) -> None:
+        """Undo a release of v1.2.0: schema back, rollback, release dir and the new
+        package removed from uv's cache, so that the next one does it all again."""
+        new_id = self.current_id()
+        if new_id != base_id:
+            manage = f"/usr/local/bin/{APP}-manage"
+            self.exec([manage, "migrate", *MIGRATE_BACK_TO, "--noinput"])
+            detail = self.rollback(to=base_id)
+            if not detail["ok"]:
+                raise RuntimeError(f"rollback to {base_id} failed: {detail}")
+            self.exec(["rm", "-rf", f"{self.cfg['base_dir']}/releases/{new_id}"])
+        self.exec(
+            [
+                self.cfg["uv"],
+                "cache",
+                "clean",
+                "--quiet",
+                "--cache-dir",
+                self.cfg["uv_cache"],
+                NEW_DEPENDENCY,
+            ]
+        )
+        self.wait_for_version(BASE_VERSION)
+
+    def host_info(self) -> dict:
+        if self.host is None:
+            return {}
+        info = {}
+        with contextlib.suppress(Exception):
+            info["nproc"] = int(self.exec(["nproc"]).stdout)
+            python = f"{self.cfg['base_dir']}/current/venv/bin/python"
+            info["gunicorn_processes"] = len(
+                self.exec(["pgrep", "-f", "gunicorn"]).stdout.split()
+            )
+            info["versions"] = self.exec(
+                [
+                    python,
+                    "-c",
+                    "import django, gunicorn; "
+                    "print(django.__version__, gunicorn.__version__)",
+                ]
+            ).stdout.split()
+        return info
+
+
+def switch_times(labels: dict, target: str, started: float) -> dict:
+    """When the new version first answered and the old one last answered, in
+    seconds after the command started."""
+    first = labels.get(target, (None, None, 0))[0]
+    old_last = max(
+        (last for name, (_, last, _) in labels.items() if name != target),
+        default=None,
+    )
+    return {
+        "new_first_s": round(first - started, 3) if first else None,
+        "old_last_s": round(max(old_last - started, 0.0), 3) if old_last else None,
+    }
+
+
+def engine_detail(rc: int, data) -> dict:
+    if not isinstance(data, dict):
+        return {"ok": False, "error": str(data)[-3000:]}
+    detail = {
+        "ok": rc == 0 and data.get("result") is True,
+        "engine_s": data.get("seconds"),
+        "id": data.get("id"),
+        "steps": {step["name"]: step["seconds"] for step in data.get("steps") or []},
+        "step_timings": {
+            step["name"]: step["timings"]
+            for step in data.get("steps") or []
+            if step.get("timings")
+        },
+        "notes": data.get("notes"),
+    }
+    if not detail["ok"]:
+        detail["error"] = data.get("error") or data
+        detail["failed_step"] = data.get("failed_step")
+    return detail
+
+
+def salt_detail(result: tuple[int, object]) -> dict:
+    rc, data = result
+    return {"ok": rc == 0 and data is True}
+
+
+def state_summary(rc: int, states, slowest: int) -> dict:
+    if not isinstance(states, dict):
+        return {"ok": False, "error": str(states)[-3000:]}
+    rows = []
+    for key, state in states.items():
+        parts = key.split("_|-")
+        rows.append(
+            {
+                "id": state.get("__id__") or parts[1],
+                "function": f"{parts[0]}.{parts[-1]}" if len(parts) >= 4 else key,
+                "ms": round(float(state.get("duration") or 0), 1),
+                "changed": bool(state.get("changes")),
+                "result": state.get("result"),
+            }
+        )
+    rows.sort(key=lambda row: row["ms"], reverse=True)
+    return {
+        "ok": rc == 0 and all(row["result"] is True for row in rows),
+        "states": len(rows),
+        "changed": [row["id"] for row in rows if row["changed"]],
+        "failed": [row["id"] for row in rows if row["result"] is not True],
+        "states_ms": round(sum(row["ms"] for row in rows)),
+        "slowest": rows[:slowest],
+    }
+
+
+def summary_line(record: dict) -> str:
+    parts = [f"{record['wall_s']:.2f} s", "ok" if record.get("ok") else "FAILED"]
+    if record.get("engine_s") is not None:
+        parts.append(f"engine {record['engine_s']:.2f} s")
+    if "load" in record:
+        load = record["load"]
+        parts.append(
+            f"{load['sent']} req, {load['failed']} failed, "
+            f"gap {load['longest_gap_s']:.3f} s"
+        )
+    if record.get("old_last_s") is not None:
+        parts.append(f"old version last {record['old_last_s']:.2f} s")
+    if record.get("changed"):
+        parts.append(f"{len(record['changed'])} changed")
+    if record.get("error"):
+        parts.append(str(record["error"])[:300])
+    return ", ".join(parts)
+
+
+def machine_info() -> dict:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
+    cpu = ""
+    with contextlib.suppress(OSError, AttributeError):
+        cpu = re.search(
+            r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()
+        ).group(1)
+    os_release = Path("/etc/os-release").read_text()
+    pretty = re.search(r'PRETTY_NAME="?([^"\n]*)', os_release)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(total_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": pretty.group(1) if pretty else "",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- report ----------------------------------------------------------------------
+
+
+def aggregate(records: list[dict]) -> dict:
+    walls = [r["wall_s"] for r in records]
+    loads = [r["load"] for r in records if "load" in r]
+    row = {
+        "runs": len(records),
+        "ok": all(r.get("ok") for r in records),
+        "wall_median": median(walls),
+        "wall_min": min(walls) if walls else None,
+        "wall_max": max(walls) if walls else None,
+        "engine_median": median(r.get("engine_s") for r in records),
+        "old_last_median": median(r.get("old_last_s") for r in records),
+    }
+    if loads:
+        row.update(
+            requests=sum(load["sent"] for load in loads),
+            failed=sum(load["failed"] for load in loads),
+            gap_max=max(load["longest_gap_s"] for load in loads),
+            p50_median=median(load["p50_ms"] for load in loads),
+            p99_max=max(load["p99_ms"] for load in loads),
+        )
+    return row
+
+
+def fmt(value, digits=2, unit="") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
+    runs = results["runs"]
+    rows = {name: aggregate(records) for name, records in runs.items() if records}
+    lines = [
+        "| scenario | runs | wall s: median (min–max) | engine s | requests "
+        "| failed | longest gap s | p50 ms | p99 ms | old version last seen s "
+        "| ours / in place |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, title in SCENARIOS.items():
+        row = rows.get(name)
+        if not row:
+            continue
+        ratio = "–"
+        other = rows.get(RATIOS.get(name, ""))
+        if other and other["wall_median"]:
+            ratio = f"{row['wall_median'] / other['wall_median']:.2f}"
+        mark = "" if row["ok"] else " (a run FAILED)"
+        lines.append(
+            f"| {title}{mark} | {row['runs']} "
+            f"| {fmt(row['wall_median'])} ({fmt(row['wall_min'])}–"
+            f"{fmt(row['wall_max'])}) | {fmt(row['engine_median'])} "
+            f"| {fmt(row.get('requests'))} | {fmt(row.get('failed'))} "
+            f"| {fmt(row.get('gap_max'), 3)} | {fmt(row.get('p50_median'), 1)} "
+            f"| {fmt(row.get('p99_max'), 1)} | {fmt(row['old_last_median'])} "
+            f"| {ratio} |"
+        )
+    text = "\n".join(lines) + "\n"
+    text += "\n" + step_table(runs)
+    text += "\n" + slowest_states(runs)
+
+    checks = []
+    for name in ZERO_DOWNTIME:
+        row = rows.get(name)
+        if row:
+            holds = row["ok"] and row.get("failed") == 0 and row["gap_max"] < 1.0
+            checks.append(
+                (
+                    f"{SCENARIOS[name]}: 0 failed, longest gap < 1 s",
+                    holds,
+                    f"{row.get('failed')} failed, gap {row['gap_max']:.3f} s",
+                )
+            )
+    code, inplace = rows.get("release_code"), rows.get("inplace_hup_code")
+    if code and inplace:
+        ratio = code["wall_median"] / inplace["wall_median"]
+        checks.append(
+            (
+                "code-only release no slower than in place (ratio <= 1.0)",
+                ratio <= 1.0,
+                f"{code['wall_median']:.2f} s / {inplace['wall_median']:.2f} s = "
+                f"{ratio:.2f} (engine alone: "
+                f"{fmt(code['engine_median'] / inplace['wall_median'])})",
+            )
+        )
+    back = rows.get("rollback")
+    if back:
+        checks.append(
+            (
+                "rollback under 3 s (every run)",
+                back["wall_max"] < 3.0,
+                f"median {back['wall_median']:.2f} s, max {back['wall_max']:.2f} s "
+                f"(engine median {fmt(back['engine_median'])} s)",
+            )
+        )
+    idem = runs.get("apply_idempotent") or []
+    if idem:
+        changed = sorted({state for r in idem for state in r.get("changed") or []})
+        checks.append(
+            (
+                "second state.apply: zero changes",
+                all(r.get("ok") for r in idem) and not changed,
+                f"changed: {', '.join(changed) or 'none'}",
+            )
+        )
+    text += "\n| target | holds | measured |\n| --- | --- | --- |\n"
+    text += "".join(
+        f"| {what} | {'yes' if holds else '**no**'} | {measured} |\n"
+        for what, holds, measured in checks
+    )
+    return text, checks
+
+
+def step_table(runs: dict) -> str:
+    """Median seconds per step: the engine's steps, the in-place script's steps."""
+    lines = ["| scenario | steps (median s) |", "| --- | --- |"]
+    for name in (
+        "release_code",
+        "release_deps",
+        "rollback",
+        "inplace_hup_code",
+        "inplace_hup_deps",
+        "inplace_restart_code",
+        "inplace_restart_deps",
+    ):
+        records = runs.get(name) or []
+        names: list[str] = []
+        for record in records:
+            names += [s for s in record.get("steps") or {} if s not in names]
+        if not names:
+            continue
+        cells = []
+        for step in names:
+            value = median((r.get("steps") or {}).get(step) for r in records)
+            cells.append(f"{step} {fmt(value)}")
+            if step in ("build", "preflight"):
+                subs: list[str] = []
+                for record in records:
+                    timings = (record.get("step_timings") or {}).get(step) or {}
+                    subs += [s for s in timings if s not in subs]
+                inner = [
+                    f"{sub} "
+                    + fmt(
+                        median(
+                            ((r.get("step_timings") or {}).get(step) or {}).get(sub)
+                            for r in records
+                        )
+                    )
+                    for sub in subs
+                ]
+                if inner:
+                    cells[-1] += f" ({', '.join(inner)})"
+        engine = median(r.get("engine_s") for r in records)
+        if engine is not None:
+            wall = median(r["wall_s"] for r in records)
+            cells.append(f"outside the engine (salt-call) {fmt(wall - engine)}")
+        lines.append(f"| {SCENARIOS[name]} | {'; '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def slowest_states(runs: dict) -> str:
+    lines = []
+    for name in ("apply_idempotent", "converge_fresh"):
+        records = [r for r in runs.get(name) or [] if r.get("slowest")]
+        if not records:
+            continue
+        record = sorted(records, key=lambda r: r["wall_s"])[len(records) // 2]
+        lines.append(
+            f"Slowest states of the median {SCENARIOS[name]} "
+            f"({record['wall_s']:.1f} s wall, {record['states']} states, "
+            f"{record['states_ms'] / 1000:.1f} s in states):\n"
+        )
+        lines.append("| state | function | ms | changed |\n| --- | --- | --- | --- |")
+        lines += [
+            f"| {row['id']} | {row['function']} | {row['ms']:.0f} "
+            f"| {'yes' if row['changed'] else 'no'} |"
+            for row in record["slowest"]
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = results["started"].replace(":", "").replace("-", "")[:15]
+    path = RESULTS_DIR / f"release-{stamp}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def print_report(results: dict, markdown_path: Path | None) -> int:
+    text, checks = report(results)
+    machine = results.get("machine", {})
+    header = (
+        f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu')}), "
+        f"{machine.get('memory_gib')} GiB, kernel {machine.get('kernel')}, "
+        f"{machine.get('os')}; {machine.get('date')}; "
+        f"{results['settings']['clients']} clients; "
+        f"benchmark took {results.get('seconds')} s\n\n"
+    )
+    print(header + text)
+    if markdown_path:
+        markdown_path.write_text(header + text)
+    for what, holds, measured in checks:
+        print(f"{'HOLDS ' if holds else 'MISSED'}  {what}: {measured}")
+    return 0 if all(holds for _, holds, _ in checks) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario")
+    parser.add_argument(
+        "--fresh-runs", type=int, default=3, help="fresh hosts converged (>= 1)"
+    )
+    parser.add_argument("--clients", type=int, default=24, help="load clients")
+    parser.add_argument(
+        "--slot",
+        type=int,
+        default=int(os.environ.get("DJANGOAPP_TEST_SLOT") or 1),
+        help="test host slot (default: $DJANGOAPP_TEST_SLOT, else 1)",
+    )
+    parser.add_argument(
+        "--source",
+        default="worktree",
+        help="the formula to apply: worktree (default), a commit, or a directory",
+    )
+    parser.add_argument("--slowest", type=int, default=10, help="states listed")
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the last host up afterwards"
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="print the tables of a result"
+    )
+    args = parser.parse_args(argv)
+    if args.report:
+        return print_report(json.loads(args.report.read_text()), None)
+    if args.runs < 1 or args.fresh_runs < 1 or not 20 <= args.clients <= 200:
+        parser.error("--runs and --fresh-runs >= 1, --clients from 20 to 200")
+
+    os.environ["DJANGOAPP_TEST_SLOT"] = str(args.slot)
+    sys.path.insert(0, str(REPO / "test"))
+    testhost = importlib.import_module("testhost")
+    reason = testhost.missing_prerequisites()
+    if reason:
+        sys.exit(f"bench: {reason}")
+    bench = Bench(
+        args,
+        testhost,
+        importlib.import_module("demorepo"),
+        importlib.import_module("loadgen"),
+        importlib.import_module("try"),
+    )
+    try:
+        results = bench.run()
+    except BaseException as error:
+        partial = bench.results(incomplete=f"{type(error).__name__}: {error}")
+        log(f"stopped: {error}; what was measured: {write_results(partial)}")
+        raise
+    finally:
+        if not args.keep:
+            bench.teardown()
+    path = write_results(results)
+    status = print_report(results, path.with_suffix(".md"))
+    print(f"\nresults: {path} and {path.with_suffix('.md')}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

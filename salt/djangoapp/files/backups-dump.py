@@ -1,0 +1,216 @@
+#!/usr/bin/python3
+"""Nightly database dumps of the djangoapp apps, rotated.
+
+    backup-databases [--config-root /etc/djangoapp] [--keep 7] [APP ...]
+
+For each app configured under the config root (a directory holding app.json), or
+each APP named, whose database is PostgreSQL or MySQL/MariaDB: dumps it into
+<backup_dir>/nightly/<app>-<UTC time>.dump (pg_dump custom format, checked with
+pg_restore --list) or .sql (mysqldump, checked for its completion trailer), then
+removes that app's oldest nightly dumps beyond --keep. A dump that fails is
+deleted and nothing of that app is rotated away; the exit status is 1 when any
+app failed.
+
+A local PostgreSQL database is dumped as the postgres user over the local socket
+(peer authentication). Any other database is dumped with the app's own
+credentials, read from its env.json (DATABASE_URL) and passed to the dump tool in
+its environment, never on its command line.
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+LOCK_FILE = "/run/djangoapp-backup.lock"
+DUMP_TIMEOUT = 6 * 3600
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+class BackupError(Exception):
+    pass
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def configured_apps(config_root, names):
+    """The app.json of every app under config_root, or of the ones named."""
+    apps = []
+    for name in sorted(os.listdir(config_root)):
+        path = os.path.join(config_root, name, "app.json")
+        if os.path.isfile(path) and (not names or name in names):
+            with open(path, encoding="utf-8") as handle:
+                apps.append(json.load(handle))
+    unknown = sorted(set(names) - {app["name"] for app in apps})
+    if unknown:
+        raise BackupError(f"not configured in {config_root}: {', '.join(unknown)}")
+    return apps
+
+
+def database_settings(app):
+    """The app's database settings, with DATABASE_URL from env.json over them."""
+    database = dict(app.get("database") or {})
+    try:
+        with open(app["env_file"], encoding="utf-8") as handle:
+            url = json.load(handle).get("DATABASE_URL")
+    except (KeyError, OSError, ValueError):
+        url = None
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        from_url = {
+            "user": urllib.parse.unquote(parts.username or ""),
+            "password": urllib.parse.unquote(parts.password or ""),
+            "host": parts.hostname,
+            "port": parts.port,
+            "name": urllib.parse.unquote(parts.path.lstrip("/")),
+        }
+        database.update({key: value for key, value in from_url.items() if value})
+    for key in ("name", "user"):
+        value = str(database.get(key) or "")
+        if not value or value.startswith("-"):
+            raise BackupError(f"database {key} unknown")
+    database.setdefault("host", "localhost")
+    return database
+
+
+def run(argv, output=None, env=None):
+    """Run argv with a clean environment; returns its stdout unless sent to output."""
+    result = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=output if output is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": SAFE_PATH, "LC_ALL": "C", **(env or {})},
+        cwd="/",
+        timeout=DUMP_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        raise BackupError(f"{argv[0]} exited with {result.returncode}: {stderr}")
+    return result.stdout.decode("utf-8", "replace") if output is None else None
+
+
+def dump_postgresql(database, path):
+    port = f"--port={database.get('port') or 5432}"
+    with open(path, "wb") as output:
+        if database["host"] in LOCAL_HOSTS:
+            run(
+                ["runuser", "-u", "postgres", "--", "pg_dump", "--format=custom"]
+                + [port, f"--dbname={database['name']}"],
+                output=output,
+            )
+        else:
+            run(
+                ["pg_dump", "--format=custom", "--no-password"]
+                + [f"--host={database['host']}", port]
+                + [f"--username={database['user']}", f"--dbname={database['name']}"],
+                output=output,
+                env={"PGPASSWORD": database.get("password") or ""},
+            )
+        os.fsync(output.fileno())
+    listing = run(["pg_restore", "--list", path])
+    if "Archive created at" not in listing:
+        raise BackupError(f"pg_restore --list cannot read {path}")
+
+
+def dump_mysql(database, path):
+    run(
+        ["mysqldump", "--single-transaction", "--routines", "--triggers"]
+        + [f"--host={database['host']}", f"--port={database.get('port') or 3306}"]
+        + [f"--user={database['user']}", f"--result-file={path}"]
+        + ["--databases", database["name"]],
+        env={"MYSQL_PWD": database.get("password") or ""},
+    )
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 512))
+        if b"-- Dump completed" not in handle.read():
+            raise BackupError(f"{path} has no '-- Dump completed' trailer")
+
+
+DUMPERS = {"postgresql": (dump_postgresql, "dump"), "mysql": (dump_mysql, "sql")}
+
+
+def nightly_dumps(directory, name):
+    """The app's nightly dumps in directory, oldest first."""
+    pattern = re.compile(rf"^{re.escape(name)}-[0-9]{{8}}T[0-9]{{6}}Z\.(dump|sql)$")
+    return sorted(entry for entry in os.listdir(directory) if pattern.match(entry))
+
+
+def back_up(app, keep):
+    name = app["name"]
+    engine = (app.get("database") or {}).get("engine", "none")
+    if engine not in DUMPERS:
+        log(f"{name}: no database to dump (engine {engine})")
+        return
+    dumper, suffix = DUMPERS[engine]
+    database = database_settings(app)
+    directory = os.path.join(app["backup_dir"], "nightly")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    while True:
+        stamp = time.strftime(STAMP_FORMAT, time.gmtime())
+        path = os.path.join(directory, f"{name}-{stamp}.{suffix}")
+        if not os.path.exists(path):
+            break
+        time.sleep(1)
+    partial = path + ".partial"
+    started = time.monotonic()
+    try:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        dumper(database, partial)
+        os.rename(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    dumps = nightly_dumps(directory, name)
+    removed = dumps[:-keep]
+    for old in removed:
+        os.unlink(os.path.join(directory, old))
+    log(
+        f"{name}: {path} ({os.path.getsize(path)} bytes, "
+        f"{time.monotonic() - started:.1f} s); {len(dumps) - len(removed)} kept, "
+        f"{len(removed)} removed"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-root", default="/etc/djangoapp")
+    parser.add_argument("--keep", type=int, default=7)
+    parser.add_argument("apps", nargs="*", metavar="APP")
+    args = parser.parse_args(argv)
+    if args.keep < 1:
+        parser.error("--keep must be at least 1")
+    os.umask(0o077)
+    with open(LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            apps = configured_apps(args.config_root, args.apps)
+        except (BackupError, OSError) as error:
+            log(f"error: {error}")
+            return 1
+        failed = []
+        for app in apps:
+            try:
+                back_up(app, args.keep)
+            except (BackupError, OSError, subprocess.TimeoutExpired) as error:
+                log(f"{app['name']}: backup failed: {error}")
+                failed.append(app["name"])
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

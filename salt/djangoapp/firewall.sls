@@ -1,0 +1,89 @@
+{#- The host's input firewall, when the pillar turns it on (`djangoapp:firewall`).
+    Debian: an nftables table of our own (`inet djangoapp`) loaded by the
+    djangoapp-firewall service: input policy drop; established and related traffic,
+    loopback, ICMP and the `allow` ports accepted. Outgoing traffic (the minion's
+    connection to its master included) and other tables (fail2ban's) are left alone.
+    RedHat: firewalld, with the `allow` ports and nothing else open in `zone`. #}
+{%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- set firewall = djangoapp.firewall %}
+
+{%- if firewall.enabled %}
+{%-   set ports = {"tcp": [], "udp": []} %}
+{%-   for entry in firewall.allow %}
+{%-     set port, _, protocol = (entry | string).partition("/") %}
+{%-     do ports[protocol or "tcp"].append(port | int) %}
+{%-   endfor %}
+
+include:
+  - .packages
+
+djangoapp-firewall-packages-installed:
+  pkg.installed:
+    - pkgs: {{ djangoapp.pkgs.firewall | json }}
+    - require:
+      - pkg: djangoapp-base-packages-installed
+
+{%-   if firewall.backend == "nftables" %}
+{%-     set ruleset = djangoapp.paths.config_root ~ "/firewall.nft" %}
+
+djangoapp-firewall-ruleset-file-managed:
+  file.managed:
+    - name: {{ ruleset }}
+    - source: salt://{{ tpldir }}/files/firewall-nftables.conf.jinja
+    - template: jinja
+    - makedirs: true
+    - mode: "0644"
+    # The candidate file is parsed and checked by the kernel before it replaces
+    # the one in place.
+    - check_cmd: {{ firewall.nft }} --check --file
+    - context:
+        tcp_ports: {{ ports.tcp | unique | sort | json }}
+        udp_ports: {{ ports.udp | unique | sort | json }}
+    - require:
+      - pkg: djangoapp-firewall-packages-installed
+
+djangoapp-firewall-service-unit-file-managed:
+  file.managed:
+    - name: /etc/systemd/system/djangoapp-firewall.service
+    - source: salt://{{ tpldir }}/files/firewall-systemd.service.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        nft: {{ firewall.nft | json }}
+        ruleset: {{ ruleset | json }}
+
+djangoapp-firewall-service-running:
+  service.running:
+    - name: djangoapp-firewall
+    - enable: true
+    # A reload loads the file again: the table is replaced in one transaction.
+    - reload: true
+    - watch:
+      - file: djangoapp-firewall-ruleset-file-managed
+      - file: djangoapp-firewall-service-unit-file-managed
+{%-   else %}
+
+djangoapp-firewall-service-running:
+  service.running:
+    - name: {{ firewall.service }}
+    - enable: true
+    - require:
+      - pkg: djangoapp-firewall-packages-installed
+
+djangoapp-firewall-zone-present:
+  firewalld.present:
+    - name: {{ firewall.zone }}
+    - ports:
+{%-     for protocol in ["tcp", "udp"] %}
+{%-       for port in ports[protocol] | unique | sort %}
+      - {{ port }}/{{ protocol }}
+{%-       endfor %}
+{%-     endfor %}
+    - prune_ports: true
+    # The zone's services (ssh, cockpit, dhcpv6-client) go: `allow` says it all.
+    - services: []
+    - prune_services: true
+    - require:
+      - service: djangoapp-firewall-service-running
+{%-   endif %}
+{%- endif %}

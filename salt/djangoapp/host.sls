@@ -1,0 +1,9 @@
+# The host around the apps, each part as the pillar says: firewall, sshd, fail2ban,
+# automatic security updates, nightly database dumps and log rotation.
+include:
+  - .firewall
+  - .ssh
+  - .fail2ban
+  - .auto_updates
+  - .backups
+  - .logrotate

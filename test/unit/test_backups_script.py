@@ -1,0 +1,128 @@
+"""The nightly backup script (salt/djangoapp/files/backups-dump.py): what it dumps,
+where, what it rotates away and what it keeps when a dump fails. The dump tools are
+replaced by fakes; the integration tests run the real pg_dump."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "salt/djangoapp/files/backups-dump.py"
+
+
+@pytest.fixture
+def backup(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("backups_dump", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "LOCK_FILE", str(tmp_path / "backup.lock"))
+    return module
+
+
+def configure(root, name, engine="postgresql", url=None):
+    config_dir = root / "etc" / name
+    config_dir.mkdir(parents=True)
+    env_file = config_dir / "env.json"
+    env_file.write_text(json.dumps({"DATABASE_URL": url} if url else {}))
+    app = {
+        "name": name,
+        "env_file": str(env_file),
+        "backup_dir": str(root / "backups" / name),
+        "database": {"engine": engine, "host": "localhost", "name": name, "user": name},
+    }
+    (config_dir / "app.json").write_text(json.dumps(app))
+    return root / "backups" / name / "nightly"
+
+
+def fake_dumper(calls, fail=False):
+    def dump(database, path):
+        calls.append((database, path))
+        if fail:
+            Path(path).write_text("half a dump")
+            raise OSError("disk full")
+        Path(path).write_text("dump")
+
+    return dump
+
+
+def test_dumps_each_app_and_keeps_the_newest(backup, tmp_path, monkeypatch):
+    nightly = configure(tmp_path, "shop")
+    other = configure(tmp_path, "shop2")
+    calls = []
+    monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper(calls), "dump"))
+    old = [f"shop-2000010{day}T030000Z.dump" for day in range(1, 5)]
+    for name in old + ["notes.txt"]:
+        (nightly / name).parent.mkdir(parents=True, exist_ok=True)
+        (nightly / name).write_text("old")
+    (other / "shop2-20000101T030000Z.dump").parent.mkdir(parents=True)
+    (other / "shop2-20000101T030000Z.dump").write_text("old")
+
+    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "3"]) == 0
+
+    assert [database["name"] for database, _ in calls] == ["shop", "shop2"]
+    left = sorted(path.name for path in nightly.iterdir())
+    assert left[0] == "notes.txt"  # not a dump of ours: left alone
+    assert left[1:3] == old[-2:]
+    assert left[3].startswith("shop-") and left[3].endswith("Z.dump")
+    assert len(left) == 4
+    # Rotation is per app: shop2's dump is not one of shop's.
+    assert len(list(other.iterdir())) == 2
+    assert nightly.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_failed_dump_is_removed_and_nothing_is_rotated(
+    backup, tmp_path, monkeypatch, capsys
+):
+    nightly = configure(tmp_path, "shop")
+    nightly.mkdir(parents=True)
+    old = [f"shop-2000010{day}T030000Z.dump" for day in range(1, 4)]
+    for name in old:
+        (nightly / name).write_text("old")
+    monkeypatch.setitem(
+        backup.DUMPERS, "postgresql", (fake_dumper([], fail=True), "dump")
+    )
+
+    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "1"]) == 1
+
+    assert sorted(path.name for path in nightly.iterdir()) == old
+    assert "shop: backup failed: disk full" in capsys.readouterr().out
+
+
+def test_apps_without_a_database_are_skipped(backup, tmp_path, monkeypatch):
+    configure(tmp_path, "static", engine="none")
+    calls = []
+    monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper(calls), "dump"))
+    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 0
+    assert calls == []
+    assert not (tmp_path / "backups" / "static").exists()
+
+
+def test_unknown_app_fails(backup, tmp_path):
+    configure(tmp_path, "shop")
+    assert backup.main(["--config-root", str(tmp_path / "etc"), "blog"]) == 1
+
+
+def test_database_url_gives_the_credentials(backup, tmp_path):
+    configure(
+        tmp_path,
+        "shop",
+        engine="mysql",
+        url="mysql://shop_rw:p%40ss%2Fword@db.internal:3307/shop_prod",
+    )
+    app = json.loads((tmp_path / "etc/shop/app.json").read_text())
+    assert backup.database_settings(app) == {
+        "engine": "mysql",
+        "host": "db.internal",
+        "port": 3307,
+        "name": "shop_prod",
+        "user": "shop_rw",
+        "password": "p@ss/word",
+    }
+
+
+def test_option_like_database_name_is_refused(backup, tmp_path):
+    configure(tmp_path, "shop", url="postgres://shop:x@localhost:5432/--help")
+    app = json.loads((tmp_path / "etc/shop/app.json").read_text())
+    with pytest.raises(backup.BackupError, match="database name"):
+        backup.database_settings(app)
