@@ -6,6 +6,9 @@ counts as a failure.
         ...  # release
     print(load.result)
 
+With ``tls=True`` the clients speak HTTPS, with the Host header as the TLS server
+name and the certificate not verified (test hosts have self-signed ones).
+
 With ``classify`` (a function of a successful response's body returning a label such
 as the version the page shows, or None), the load also records when each label was
 first and last seen: ``load.labels()`` while it runs, ``result.labels`` after.
@@ -14,6 +17,8 @@ first and last seen: ``load.labels()`` while it runs, ``result.labels`` after.
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
 import statistics
 import threading
 import time
@@ -68,8 +73,10 @@ class Load:
         clients: int = 24,
         timeout: float = 10.0,
         classify: Callable[[bytes], str | None] | None = None,
+        tls: bool = False,
     ):
         self.address, self.port, self.path = address, port, path
+        self.tls = tls
         self.host_header = host_header
         self.clients = clients
         self.timeout = timeout
@@ -144,6 +151,18 @@ class Load:
         )
         return self.result
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if not self.tls:
+            return http.client.HTTPConnection(
+                self.address, self.port, timeout=self.timeout
+            )
+        return _HTTPSConnection(
+            self.address,
+            self.port,
+            server_name=self.host_header.split(":")[0],
+            timeout=self.timeout,
+        )
+
     def _client(self) -> None:
         deadline = self._started + MAX_SECONDS
         connection = None
@@ -151,9 +170,7 @@ class Load:
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
             if connection is None:
-                connection = http.client.HTTPConnection(
-                    self.address, self.port, timeout=self.timeout
-                )
+                connection = self._connection()
             sent = time.monotonic()
             try:
                 connection.request("GET", self.path, headers={"Host": self.host_header})
@@ -185,3 +202,18 @@ class Load:
                         self._failures.append(outcome)
         if connection is not None:
             connection.close()
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address with another name as SNI, the certificate unverified."""
+
+    def __init__(self, address: str, port: int, server_name: str, timeout: float):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(address, port, timeout=timeout, context=context)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.server_name)

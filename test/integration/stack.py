@@ -171,12 +171,16 @@ def host(request):
     return request.getfixturevalue("converged_host")
 
 
+def uses_tls(app: dict) -> bool:
+    """Whether an app's pillar turns HTTPS on (its plain HTTP then only redirects)."""
+    return (app.get("tls") or {}).get("mode") not in (None, False, "", "off")
+
+
 @pytest.fixture(scope="session")
 def demo_url(demo_app):
     """``demo_url(path)``: the URL of the demo app's page ``path`` from inside the
-    host: https when its pillar turns TLS on (HTTP then only redirects)."""
-    mode = (demo_app.get("tls") or {}).get("mode")
-    scheme = "http" if mode in (None, False, "off") else "https"
+    host, https when the demo app has TLS on."""
+    scheme = "https" if uses_tls(demo_app) else "http"
     return lambda path="/": f"{scheme}://127.0.0.1{path}"
 
 

@@ -48,7 +48,7 @@ def live_release(host):
 
 @pytest.mark.parametrize("case", sorted(BAD_PILLARS))
 def test_bad_pillar_stops_before_anything_changes(
-    case, converged_host, salt_cli, http_get
+    case, converged_host, salt_cli, demo_url, http_get
 ):
     override, key = BAD_PILLARS[case]
     before = live_release(converged_host)
@@ -59,7 +59,7 @@ def test_bad_pillar_stops_before_anything_changes(
     assert key in str(result.data)
     assert not converged_host.file("/tmp/pwned").exists
     assert live_release(converged_host) == before
-    assert http_get("http://127.0.0.1/healthz/", "demo.test")["status"] == 200
+    assert http_get(demo_url("/healthz/"), "demo.test")["status"] == 200
 
 
 def test_bad_app_name_stops_before_anything_changes(
@@ -72,3 +72,21 @@ def test_bad_app_name_stops_before_anything_changes(
     assert result.returncode != 0
     assert "Bad-Name" in str(result.data)
     assert not converged_host.user("Bad-Name").exists
+
+
+def test_apply_in_test_mode_reports_the_release_and_changes_nothing(
+    converged_host, salt_cli
+):
+    before = live_release(converged_host)
+    result = salt_cli(
+        "state.apply",
+        "test=True",
+        pillar={"djangoapp": {"apps": {"demo": {"version": "v1.0.1"}}}},
+        timeout=300,
+    )
+    release = next(
+        state for state_id, state in result.items() if "-release-deployed_" in state_id
+    )
+    assert release["result"] is None
+    assert "v1.0.1" in release["comment"]
+    assert live_release(converged_host) == before

@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from stack import uses_tls
+
 pytestmark = pytest.mark.integration
 
 NOT_ALLOWED_PORT = 8081
@@ -56,7 +58,8 @@ def test_firewall_drops_a_port_that_is_not_allowed(converged_host, test_host, de
         connection.request(
             "GET", "/healthz/", headers={"Host": demo_app["server_names"][0]}
         )
-        assert connection.getresponse().status == 200
+        # Plain HTTP redirects to HTTPS when the demo app has TLS on.
+        assert connection.getresponse().status == (301 if uses_tls(demo_app) else 200)
         connection.close()
 
 

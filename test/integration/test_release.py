@@ -8,6 +8,7 @@ import pytest
 
 import testhost
 from loadgen import Load
+from stack import uses_tls
 
 pytestmark = [pytest.mark.integration, pytest.mark.release]
 
@@ -20,15 +21,17 @@ def page_load(demo_app):
     """A load on the demo page through Nginx, from this machine."""
     return Load(
         testhost.HOST_IP,
-        80,
+        443 if uses_tls(demo_app) else 80,
         "/",
         host_header=demo_app["server_names"][0],
         clients=CLIENTS,
+        tls=uses_tls(demo_app),
     )
 
 
 def live_version(http_get, demo_app) -> str:
-    page = http_get("http://127.0.0.1/", demo_app["server_names"][0])
+    scheme = "https" if uses_tls(demo_app) else "http"
+    page = http_get(f"{scheme}://127.0.0.1/", demo_app["server_names"][0])
     assert page["status"] == 200
     return page["body"].split('<span class="version">')[1].split("<")[0]
 
@@ -60,9 +63,16 @@ def release(salt_cli, version, **kwargs):
 
 
 def test_release_with_a_migration_under_load(
-    converged_host, salt_cli, http_get, demo_app, page_load
+    converged_host,
+    salt_cli,
+    http_get,
+    demo_app,
+    page_load,
+    salt_master,
+    event_listener,
 ):
     assert live_version(http_get, demo_app) == "v1.0.0"
+    started = time.time()
     with page_load:
         result = release(salt_cli, "v1.1.0")
     print(page_load.result)
@@ -75,6 +85,31 @@ def test_release_with_a_migration_under_load(
     assert page_load.result.failed == 0, page_load.result.failures
     assert page_load.result.succeeded > 100
     assert live_version(http_get, demo_app) == "v1.1.0"
+    events = event_listener.wait_for_events(
+        [
+            (salt_master.id, "djangoapp/release/start"),
+            (salt_master.id, "djangoapp/release/success"),
+        ],
+        timeout=30,
+        after_time=started,
+    )
+    assert events.found_all_events, events.missed
+
+
+def test_status_and_ledger_tell_what_runs(salt_cli):
+    status = salt_cli("djangoapp.status", "demo")
+    assert status["version"] == "v1.1.0"
+    assert status["deployed_by"]
+    assert status["service"]["running"] is True
+    assert {worker["release"] for worker in status["workers"]} == {status["current"]}
+    releases = salt_cli("djangoapp.releases", "demo")
+    successful = [
+        entry["version"]
+        for entry in releases["history"]
+        if entry.get("status") == "success"
+    ]
+    assert successful[-2:] == ["v1.0.0", "v1.1.0"]
+    assert releases["previous_good"].startswith("v1.0.0-")
 
 
 def test_rollback_under_load(converged_host, salt_cli, http_get, demo_app, page_load):
