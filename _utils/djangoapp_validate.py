@@ -524,7 +524,8 @@ def _check_app(errors, name, app):
     _check_tls(errors, path + ["tls"], app.get("tls"))
 
     _check_int(errors, path + ["keep_releases"], app.get("keep_releases"), 1)
-    _check_int(errors, path + ["workers"], app.get("workers"), 1)
+    # 0: two per CPU plus one (the default)
+    _check_int(errors, path + ["workers"], app.get("workers"), 0)
     _check_int(errors, path + ["timeout"], app.get("timeout"), 1)
     _check_int(errors, path + ["graceful_timeout"], app.get("graceful_timeout"), 0)
 

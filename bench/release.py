@@ -165,7 +165,7 @@ def snapshot_formula(dest: Path, source: str) -> dict:
         names = [str(path.relative_to(REPO)) for path in (REPO / "bench").iterdir()]
     for name in names:
         origin = REPO / name
-        if not (origin.exists() or origin.is_symlink()) or origin.is_dir():
+        if not origin.is_symlink() and (not origin.exists() or origin.is_dir()):
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +268,7 @@ class Bench:
                 host_header=self.server_name,
                 clients=self.args.clients,
                 classify=page_version,
+                rate=self.args.rate,
             )
             generator.start()
             time.sleep(LOAD_LEAD_IN)
@@ -282,6 +283,8 @@ class Bench:
             self.settle(generator, target, finished)
             result = generator.stop()
             record["load"] = result.as_dict()
+            gap_at = generator.started + result.longest_gap_at
+            record["gap_at_s"] = round(gap_at - started, 3)
             if target:
                 record.update(switch_times(generator.labels(), target, started))
         self.runs[scenario].append(record)
@@ -580,11 +583,13 @@ class Bench:
                 "runs": self.args.runs,
                 "fresh_runs": self.args.fresh_runs,
                 "clients": self.args.clients,
+                "rate": self.args.rate,
                 "slot": self.testhost.SLOT.number,
                 "load_lead_in_s": LOAD_LEAD_IN,
                 "settle_s": SETTLE,
             },
             "machine": machine_info(),
+            "load_average_start": getattr(self, "load_average_start", None),
             "host": self.host_info(),
             "runs": self.runs,
         }
@@ -708,7 +713,7 @@ def summary_line(record: dict) -> str:
         load = record["load"]
         parts.append(
             f"{load['sent']} req, {load['failed']} failed, "
-            f"gap {load['longest_gap_s']:.3f} s"
+            f"gap {load['longest_gap_s']:.3f} s at {record['gap_at_s']:.2f} s"
         )
     if record.get("old_last_s") is not None:
         parts.append(f"old version last {record['old_last_s']:.2f} s")
@@ -717,6 +722,20 @@ def summary_line(record: dict) -> str:
     if record.get("error"):
         parts.append(str(record["error"])[:300])
     return ", ".join(parts)
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_until_quiet(limit: float, timeout: float) -> float:
+    """Wait (at most ``timeout`` s) for the 1-minute load average to drop below
+    ``limit``: other work on this machine would be measured too."""
+    deadline = time.monotonic() + timeout
+    while load_average() >= limit and time.monotonic() < deadline:
+        log(f"load average {load_average():.2f} >= {limit}: waiting for quiet")
+        time.sleep(15)
+    return load_average()
 
 
 def machine_info() -> dict:
@@ -736,6 +755,7 @@ def machine_info() -> dict:
         "kernel": platform.release(),
         "os": pretty.group(1) if pretty else "",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": load_average(),
     }
 
 
@@ -939,9 +959,16 @@ def print_report(results: dict, markdown_path: Path | None) -> int:
     header = (
         f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu')}), "
         f"{machine.get('memory_gib')} GiB, kernel {machine.get('kernel')}, "
-        f"{machine.get('os')}; {machine.get('date')}; "
-        f"{results['settings']['clients']} clients; "
-        f"benchmark took {results.get('seconds')} s\n\n"
+        f"{machine.get('os')}; {machine.get('date')}; load average "
+        f"{results.get('load_average_start')} at the start, "
+        f"{machine.get('load_average')} at the end; "
+        f"{results['settings']['clients']} clients, "
+        + (
+            f"{results['settings']['rate']:g} requests/s; "
+            if results["settings"].get("rate")
+            else "each sending as soon as answered; "
+        )
+        + f"benchmark took {results.get('seconds')} s\n\n"
     )
     print(header + text)
     if markdown_path:
@@ -962,6 +989,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=24, help="load clients")
     parser.add_argument(
+        "--rate",
+        type=float,
+        help="requests/s of all clients together (default: as fast as answered)",
+    )
+    parser.add_argument(
         "--slot",
         type=int,
         default=int(os.environ.get("DJANGOAPP_TEST_SLOT") or 1),
@@ -971,6 +1003,15 @@ def main(argv: list[str] | None = None) -> int:
         "--source",
         default="worktree",
         help="the formula to apply: worktree (default), a commit, or a directory",
+    )
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=1.0,
+        help="start once the 1-minute load average is below this (default 1.0)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=600, help="wait at most this long (s)"
     )
     parser.add_argument("--slowest", type=int, default=10, help="states listed")
     parser.add_argument(
@@ -985,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.fresh_runs < 1 or not 20 <= args.clients <= 200:
         parser.error("--runs and --fresh-runs >= 1, --clients from 20 to 200")
 
+    quiet = wait_until_quiet(args.quiet_below, args.quiet_wait)
     os.environ["DJANGOAPP_TEST_SLOT"] = str(args.slot)
     sys.path.insert(0, str(REPO / "test"))
     testhost = importlib.import_module("testhost")
@@ -998,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module("loadgen"),
         importlib.import_module("try"),
     )
+    bench.load_average_start = quiet
     try:
         results = bench.run()
     except BaseException as error:

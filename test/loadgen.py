@@ -39,6 +39,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     failures: list[str] = field(default_factory=list)
+    # when the longest gap began, in seconds since the start
+    longest_gap_at: float = 0.0
     # label -> {"first", "last": seconds since the start, "count"}
     labels: dict[str, dict] = field(default_factory=dict)
 
@@ -49,6 +51,7 @@ class LoadResult:
             "failed": self.failed,
             "seconds": round(self.seconds, 2),
             "longest_gap_s": round(self.longest_gap, 3),
+            "longest_gap_at_s": round(self.longest_gap_at, 3),
             "p50_ms": round(self.p50_ms, 1),
             "p99_ms": round(self.p99_ms, 1),
             "first_failures": self.failures[:5],
@@ -74,13 +77,18 @@ class Load:
         timeout: float = 10.0,
         classify: Callable[[bytes], str | None] | None = None,
         tls: bool = False,
+        rate: float | None = None,
     ):
+        """``rate``: requests per second for all clients together (each client
+        waits for its turn); None: every client sends its next request as soon as
+        the previous one is answered, which keeps a small host fully busy."""
         self.address, self.port, self.path = address, port, path
         self.tls = tls
         self.host_header = host_header
         self.clients = clients
         self.timeout = timeout
         self.classify = classify
+        self.interval = clients / rate if rate else 0.0
         self._labels: dict[str, list[float]] = {}  # label -> [first, last, count]
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -129,13 +137,15 @@ class Load:
         gaps = [
             later - earlier for earlier, later in zip(edges, edges[1:], strict=False)
         ]
+        widest = max(range(len(gaps)), key=gaps.__getitem__)
         latencies = sorted(self._latencies) or [0.0]
         self.result = LoadResult(
             sent=len(successes) + self._failed,
             succeeded=len(successes),
             failed=self._failed,
             seconds=seconds,
-            longest_gap=max(gaps),
+            longest_gap=gaps[widest],
+            longest_gap_at=edges[widest] - self._started,
             p50_ms=statistics.median(latencies) * 1000,
             p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
             * 1000,
@@ -166,7 +176,11 @@ class Load:
     def _client(self) -> None:
         deadline = self._started + MAX_SECONDS
         connection = None
+        turn = time.monotonic()
         for _ in range(MAX_REQUESTS_PER_CLIENT):
+            if self.interval:
+                turn += self.interval
+                self._stop.wait(max(0.0, turn - time.monotonic()))
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
             if connection is None:

@@ -25,6 +25,19 @@ djangoapp-firewall-packages-installed:
 
 {%-   if firewall.backend == "nftables" %}
 {%-     set ruleset = djangoapp.paths.config_root ~ "/firewall.nft" %}
+{#-     The minion's connections to its master were opened before this table
+        existed, when nothing tracked connections in this network namespace: the
+        master's next packets would not count as established. Packets from the
+        master's ports that open nothing (no SYN) are accepted. #}
+{%-     set salt_master = none %}
+{%-     if opts.get("file_client", "remote") == "remote"
+          and opts.get("master_type") != "disable" and opts.get("master_ip") %}
+{%-       set salt_master = {
+            "address": opts.master_ip,
+            "ports": [opts.get("publish_port", 4505), opts.get("master_port", 4506)]
+              | map("int") | unique | sort | list,
+          } %}
+{%-     endif %}
 
 djangoapp-firewall-ruleset-file-managed:
   file.managed:
@@ -39,6 +52,7 @@ djangoapp-firewall-ruleset-file-managed:
     - context:
         tcp_ports: {{ ports.tcp | unique | sort | json }}
         udp_ports: {{ ports.udp | unique | sort | json }}
+        salt_master: {{ salt_master | json }}
     - require:
       - pkg: djangoapp-firewall-packages-installed
 

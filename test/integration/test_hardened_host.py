@@ -74,3 +74,17 @@ def test_fail2ban_ban_closes_sshd_to_the_banned_address(converged_host, test_hos
     finally:
         test_host.exec(ban + ["unbanip", test_host.master_ip])
     assert connect(test_host.ip, 22) is None
+
+
+def test_firewall_keeps_the_minion_connected_to_its_master(
+    converged_host, test_host, salt_cli
+):
+    """The minion's connections to the master predate the table: the master's packets
+    on them are let in by their source (the second apply depends on it too)."""
+    table = test_host.exec(["nft", "list", "table", "inet", "djangoapp"]).stdout
+    rule = next(
+        line.strip() for line in table.splitlines() if test_host.master_ip in line
+    )
+    assert rule.startswith(f"ip saddr {test_host.master_ip} tcp sport {{ ")
+    assert "tcp flags" in rule and "syn" in rule and rule.endswith(" accept")
+    assert salt_cli("test.ping", timeout=30) is True

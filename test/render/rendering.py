@@ -47,7 +47,9 @@ class Renderer:
     def __init__(self, workdir: Path):
         self.workdir = workdir
 
-    def _config_dir(self, platform: str, pillar: dict) -> Path:
+    def _config_dir(
+        self, platform: str, pillar: dict, options: dict | None = None
+    ) -> Path:
         root = self.workdir / f"{platform}-{len(list(self.workdir.iterdir()))}"
         pillar_dir = root / "pillar"
         pillar_dir.mkdir(parents=True)
@@ -67,6 +69,7 @@ class Renderer:
             "log_file": str(root / "minion.log"),
             "grains": grains,
             "autoload_dynamic_modules": False,
+            **(options or {}),
         }
         (root / "minion").write_text(yaml.safe_dump(config))
         return root
@@ -105,6 +108,44 @@ class Renderer:
                 else proc.stdout + proc.stderr
             )
         return rendered
+
+    def render_file(
+        self,
+        platform: str,
+        source: str,
+        context: dict,
+        options: dict | None = None,
+    ) -> str:
+        """A file template of the state tree (``salt://...``) rendered with
+        ``context``, as file.managed would render it; ``options`` are minion options
+        (such as ``djangoapp.config_dir``)."""
+        config_dir = self._config_dir(platform, {}, options)
+        dest = config_dir / "rendered"
+        proc = subprocess.run(
+            [
+                str(SALT_CALL),
+                "--local",
+                "-c",
+                str(config_dir),
+                "--retcode-passthrough",
+                "--out",
+                "json",
+                "--log-level",
+                "quiet",
+                "cp.get_template",
+                source,
+                str(dest),
+                *(f"{key}={json.dumps(value)}" for key, value in context.items()),
+            ],
+            cwd=config_dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if proc.returncode != 0 or not dest.exists():
+            raise RenderError(proc.stdout + proc.stderr)
+        return dest.read_text()
 
 
 def state_args(states: dict, state_id: str) -> tuple[str, dict]:

@@ -87,7 +87,12 @@ def test_firewall(hardened):
         _, ruleset = state_args(states, "djangoapp-firewall-ruleset-file-managed")
         assert ruleset["name"] == "/etc/djangoapp/firewall.nft"
         assert ruleset["check_cmd"] == "/usr/sbin/nft --check --file"
-        assert ruleset["context"] == {"tcp_ports": [22, 80, 443], "udp_ports": [51820]}
+        assert ruleset["context"] == {
+            "tcp_ports": [22, 80, 443],
+            "udp_ports": [51820],
+            # Masterless (these renders): no master connection to keep.
+            "salt_master": None,
+        }
         function, service = state_args(states, "djangoapp-firewall-service-running")
         assert (function, service["name"]) == ("service.running", "djangoapp-firewall")
         assert service["enable"] is True and service["reload"] is True
@@ -109,7 +114,10 @@ def test_firewall(hardened):
 
 def test_nftables_ruleset_drops_what_is_not_allowed():
     ruleset = render_file(
-        "firewall-nftables.conf.jinja", tcp_ports=[22, 80, 443], udp_ports=[]
+        "firewall-nftables.conf.jinja",
+        tcp_ports=[22, 80, 443],
+        udp_ports=[],
+        salt_master=None,
     )
     lines = [line.strip() for line in ruleset.splitlines()]
     # The table is replaced in one transaction, other tables are not flushed.
@@ -123,6 +131,28 @@ def test_nftables_ruleset_drops_what_is_not_allowed():
     assert "tcp dport { 22, 80, 443 } accept" in lines
     assert not [line for line in lines if line.startswith("udp dport")]
     assert "hook output" not in ruleset
+
+
+@pytest.mark.parametrize(
+    ("address", "family"), [("192.0.2.10", "ip"), ("2001:db8::10", "ip6")]
+)
+def test_nftables_ruleset_keeps_the_salt_master_connections(address, family):
+    """Connections to the master opened before the table existed are not tracked:
+    the master's packets that open nothing still come in, and nothing else from it."""
+    ruleset = render_file(
+        "firewall-nftables.conf.jinja",
+        tcp_ports=[22],
+        udp_ports=[],
+        salt_master={"address": address, "ports": [4505, 4506]},
+    )
+    lines = [line.strip() for line in ruleset.splitlines()]
+    rule = (
+        f"{family} saddr {address} tcp sport {{ 4505, 4506 }} tcp flags & syn == 0"
+        " accept"
+    )
+    assert rule in lines
+    assert lines.index(rule) < lines.index("ct state invalid drop")
+    assert [line for line in lines if address in line] == [rule]
 
 
 def test_firewall_unit_loads_and_removes_only_its_table():

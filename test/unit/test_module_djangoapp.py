@@ -147,7 +147,7 @@ def good_pillar():
                 "keep_releases": 5,
                 "health_path": "/healthz/",
                 "process_manager": "systemd",
-                "tls": {"acme": True},
+                "tls": {"mode": "acme", "email": "ops@example.com"},
                 "workers": 3,
             }
         },

@@ -1,0 +1,349 @@
+"""Issue 3's other stack combinations, on a second host beside the shared one (its own
+test host slot), converged masterless with ``salt-call --local`` from the repository
+shown read-only in the host, the way test/try does it. Two apps on one host:
+
+- shop: MariaDB + memcached + systemd + ASGI (Uvicorn workers), HTTPS with a
+  certificate and key from the pillar (tls.mode provided);
+- blog: MariaDB (a database and user of its own) + Redis + Supervisor + WSGI,
+  plain HTTP.
+
+Each page answers with a row from its database and a value written to and read back
+from its cache; a second state.apply changes nothing; nothing of one app clashes
+with the other's; a release with a migration backs MariaDB up with mysqldump and
+reloads Gunicorn through systemd.
+
+The slot is $DJANGOAPP_COMBINATION_SLOT, by default the shared host's slot plus 10.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+import demorepo
+import testhost
+from nspawn_backend import nspawn_host
+from stack import HTTP_PROBE, changed_states, failed_states
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+FORMULA_MOUNT = "/srv/formula"
+PILLAR_MOUNT = "/srv/pillar"
+GIT_MOUNT = "/srv/git"
+HOSTNAME = "djangoapp-test-combinations"
+CONVERGE_TIMEOUT = 1800
+SECRETS = {
+    "shop_db": "shop-db-canary-'quoted'-7d1c",
+    "blog_db": "blog-db-canary-b93e",
+}
+
+
+def combination_slot() -> int:
+    value = os.environ.get("DJANGOAPP_COMBINATION_SLOT", "").strip()
+    return int(value) if value else testhost.SLOT.number + 10
+
+
+def load_testhost_for_slot(slot: int):
+    """testhost.py loaded again with its slot globals set to ``slot``, so that a host
+    of that slot runs beside the shared host's (a module per slot)."""
+    name = f"testhost_slot{slot}"
+    if name in sys.modules:
+        return sys.modules[name]
+    saved = os.environ.get(testhost.SLOT_VARIABLE)
+    os.environ[testhost.SLOT_VARIABLE] = str(slot)
+    try:
+        spec = importlib.util.spec_from_file_location(name, testhost.__file__)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            os.environ.pop(testhost.SLOT_VARIABLE, None)
+        else:
+            os.environ[testhost.SLOT_VARIABLE] = saved
+    return module
+
+
+def self_signed_pair(directory: Path, name: str) -> tuple[str, str]:
+    """A certificate and key made on this machine, handed over in the pillar."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-days", "30"]
+        + ["-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert.read_text(), key.read_text()
+
+
+def app_pillar(name: str, **settings) -> dict:
+    return {
+        "repo": f"file://{GIT_MOUNT}/demo.git",
+        "version": "v1.0.0",
+        "settings_module": "demosite.settings",
+        "server_names": [f"{name}.test"],
+        "health_path": "/healthz/",
+        "env": {"DJANGO_SECRET_KEY": f"{name}-secret-key-" + "0123456789abcdef" * 3},
+        **settings,
+    }
+
+
+class CombinationHost:
+    """The booted host, its testinfra view, and salt-call in it."""
+
+    def __init__(self, host, pillar: dict, certificate: str):
+        self.host = host
+        self.pillar = pillar
+        self.certificate = certificate
+        self.infra = nspawn_host(host.pid1)
+        self.first_apply: dict | list | None = None
+        self.first_apply_output = ""
+
+    def salt_call(self, *args: str, timeout: float = CONVERGE_TIMEOUT):
+        return self.host.exec(
+            [
+                "/opt/salt/bin/salt-call",
+                "--local",
+                f"--file-root={FORMULA_MOUNT}/salt",
+                f"--pillar-root={PILLAR_MOUNT}",
+                "--out=json",
+                *args,
+            ],
+            check=False,
+            timeout=timeout,
+        )
+
+    def salt(self, *args: str, timeout: float = CONVERGE_TIMEOUT):
+        result = self.salt_call(*args, timeout=timeout)
+        try:
+            return result.rc, json.loads(result.stdout)["local"], result.stdout
+        except (ValueError, KeyError):
+            pytest.fail(f"salt-call {' '.join(args)}: {result.stdout}{result.stderr}")
+
+    def get(self, url: str, host_header: str) -> dict:
+        result = self.host.exec(["python3", "-c", HTTP_PROBE, url, host_header])
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def combination(tmp_path_factory) -> CombinationHost:
+    slot = combination_slot()
+    module = load_testhost_for_slot(slot)
+    reason = module.missing_prerequisites()
+    if reason:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"integration tests cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("combinations")
+    demorepo.build_repo(work / "git" / "demo.git")
+    certificate, key = self_signed_pair(work, "shop.test")
+    pillar = {
+        "djangoapp": {
+            "apps": {
+                "shop": app_pillar(
+                    "shop",
+                    asgi="demosite.asgi:application",
+                    process_manager="systemd",
+                    database={"engine": "mysql", "password": SECRETS["shop_db"]},
+                    cache={"engine": "memcached"},
+                    tls={"mode": "provided", "cert": certificate, "key": key},
+                ),
+                "blog": app_pillar(
+                    "blog",
+                    wsgi="demosite.wsgi:application",
+                    process_manager="supervisor",
+                    database={
+                        "engine": "mysql",
+                        "name": "blog_db",
+                        "user": "blog_user",
+                        "password": SECRETS["blog_db"],
+                    },
+                    cache={"engine": "redis"},
+                    tls={"mode": "off"},
+                ),
+            },
+            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
+        }
+    }
+    pillar_dir = work / "pillar"
+    pillar_dir.mkdir()
+    (pillar_dir / "combinations.sls").write_text(yaml.safe_dump(pillar))
+    (pillar_dir / "top.sls").write_text(
+        yaml.safe_dump({"base": {"*": ["combinations"]}})
+    )
+    host = module.TestHost(
+        hostname=HOSTNAME,
+        binds_ro={
+            work / "git": GIT_MOUNT,
+            pillar_dir: PILLAR_MOUNT,
+            REPO: FORMULA_MOUNT,
+        },
+    )
+    with host:
+        combo = CombinationHost(host, pillar, certificate)
+        _, combo.first_apply, combo.first_apply_output = combo.salt(
+            "state.apply", "--retcode-passthrough"
+        )
+        yield combo
+
+
+@pytest.fixture(scope="module")
+def converged(combination) -> CombinationHost:
+    failures = failed_states(combination.first_apply)
+    if failures:
+        pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
+    return combination
+
+
+def test_first_apply_has_no_failure(combination):
+    failures = failed_states(combination.first_apply)
+    assert not failures, "\n".join(failures)
+
+
+def test_secrets_stay_out_of_the_state_return(combination):
+    _, key = (
+        combination.pillar["djangoapp"]["apps"]["shop"]["tls"][part]
+        for part in ("cert", "key")
+    )
+    key_body = key.splitlines()[1]
+    for secret in [*SECRETS.values(), key_body]:
+        assert secret not in combination.first_apply_output
+        assert quote(secret) not in combination.first_apply_output
+
+
+def test_shop_answers_over_https_with_mariadb_and_memcached(converged):
+    page = converged.get("https://127.0.0.1/", "shop.test")
+    assert page["status"] == 200, page
+    assert "hello from the database" in page["body"]
+    assert "cache: ok (memcached)" in page["body"]
+    redirect = converged.get("http://127.0.0.1/", "shop.test")
+    assert redirect["status"] == 301
+    assert redirect["headers"]["Location"] == "https://shop.test/"
+
+
+def test_blog_answers_over_http_with_mariadb_and_redis(converged):
+    page = converged.get("http://127.0.0.1/", "blog.test")
+    assert page["status"] == 200, page
+    assert "hello from the database" in page["body"]
+    assert "cache: ok (redis)" in page["body"]
+    assert "strict-transport-security" not in page["header_lists"]
+
+
+def test_second_apply_changes_nothing(converged):
+    rc, second, _ = converged.salt("state.apply", "--retcode-passthrough")
+    assert not failed_states(second), failed_states(second)
+    assert changed_states(second) == []
+    assert rc == 0
+
+
+def test_nginx_serves_the_certificate_from_the_pillar(converged):
+    infra = converged.infra
+    served = infra.run(
+        "openssl s_client -connect 127.0.0.1:443 -servername shop.test "
+        "</dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+    )
+    expected = subprocess.run(
+        ["openssl", "x509", "-noout", "-fingerprint", "-sha256"],
+        input=converged.certificate,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert served.stdout.strip() == expected.strip()
+    key = infra.file("/etc/djangoapp/shop/tls/key.pem")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+
+
+def test_shop_runs_asgi_workers_under_systemd(converged):
+    infra = converged.infra
+    service = infra.service("djangoapp-shop")
+    assert service.is_enabled
+    assert service.is_running
+    master = infra.run(
+        "systemctl show --property=MainPID --value djangoapp-shop"
+    ).stdout.strip()
+    args = infra.run("tr '\\0' ' ' < /proc/%s/cmdline", master).stdout
+    assert "gunicorn" in args and "demosite.asgi:application" in args
+    log = infra.file("/var/log/djangoapp/shop/gunicorn.log").content_string
+    assert "Using worker: uvicorn_worker.UvicornWorker" in log
+    assert converged.get("https://127.0.0.1/healthz/", "shop.test")["status"] == 200
+
+
+def test_the_two_apps_share_nothing_of_their_own(converged):
+    infra = converged.infra
+    for name in ("shop", "blog"):
+        assert infra.user(name).exists
+        assert infra.file(f"/run/djangoapp/{name}/gunicorn.sock").is_socket
+        assert infra.file(f"/etc/nginx/sites-enabled/djangoapp-{name}.conf").exists
+    shop = json.loads(infra.file("/etc/djangoapp/shop/env.json").content_string)
+    blog = json.loads(infra.file("/etc/djangoapp/blog/env.json").content_string)
+    assert shop["DATABASE_URL"].endswith("@localhost:3306/shop")
+    assert blog["DATABASE_URL"].startswith("mysql://blog_user:")
+    assert blog["DATABASE_URL"].endswith("@localhost:3306/blog_db")
+    assert shop["MEMCACHED_URL"] == "127.0.0.1:11211"
+    assert blog["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+    assert "REDIS_URL" not in shop and "MEMCACHED_URL" not in blog
+    databases = infra.run("mysql -NBe 'SHOW DATABASES'").stdout.split()
+    assert {"shop", "blog_db"} <= set(databases)
+    # Each account reaches its own database only.
+    grants = infra.run(
+        "mysql --raw -NBe %s",
+        "SELECT User, Db FROM mysql.db WHERE User IN ('shop', 'blog_user')",
+    ).stdout.split("\n")
+    assert {tuple(line.split("\t")) for line in grants if line} == {
+        ("shop", "shop"),
+        ("blog_user", "blog\\_db"),
+    }
+
+
+def test_shared_services_listen_on_loopback_only(converged):
+    infra = converged.infra
+    exposed = set()
+    for line in infra.run("ss -Hltnu").stdout.splitlines():
+        protocol, local = line.split()[0], line.split()[4]
+        address, _, port = local.rpartition(":")
+        if address.strip("[]").split("%")[0] not in ("127.0.0.1", "::1"):
+            exposed.add(f"{port}/{protocol}")
+    assert exposed <= {"80/tcp", "443/tcp", "22/tcp"}, exposed
+    assert "11211" not in infra.run("ss -Hlun").stdout, "memcached listens on UDP"
+    settings = infra.run(
+        "mysql -NBe %s",
+        "SELECT @@bind_address, @@local_infile,"
+        " (SELECT COUNT(*) FROM mysql.user WHERE User = ''),"
+        " (SELECT COUNT(*) FROM information_schema.schemata"
+        " WHERE schema_name = 'test')",
+    ).stdout.split()
+    assert settings == ["127.0.0.1", "0", "0", "0"]
+    assert infra.run("redis-cli CONFIG GET protected-mode").stdout.split() == [
+        "protected-mode",
+        "yes",
+    ]
+
+
+def test_release_backs_mariadb_up_and_reloads_through_systemd(converged):
+    rc, release, _ = converged.salt("djangoapp.release", "version=v1.1.0", "app=shop")
+    assert rc == 0, release
+    assert release["result"] is True, release
+    assert release["migrations_ran"] is True
+    steps = {step["name"]: step for step in release["steps"]}
+    assert steps["reload"]["ok"] and steps["verify"]["ok"] and steps["health"]["ok"]
+    backup = converged.infra.file(release["backup"])
+    assert release["backup"].endswith(".sql")
+    assert (backup.user, backup.mode) == ("root", 0o600)
+    assert "-- Dump completed" in backup.content_string
+    page = converged.get("https://127.0.0.1/", "shop.test")
+    assert '<span class="version">v1.1.0</span>' in page["body"]
+    assert "cache: ok (memcached)" in page["body"]
+    # The other app is left alone.
+    blog = converged.get("http://127.0.0.1/", "blog.test")
+    assert '<span class="version">v1.0.0</span>' in blog["body"]
