@@ -1,6 +1,8 @@
 """`salt <minion> state.apply` on a fresh Debian 12 host: it converges, a second run
 changes nothing, and a bad pillar stops before anything changes."""
 
+import json
+
 import pytest
 
 from stack import changed_states, failed_states
@@ -90,3 +92,20 @@ def test_apply_in_test_mode_reports_the_release_and_changes_nothing(
     assert release["result"] is None
     assert "v1.0.1" in release["comment"]
     assert live_release(converged_host) == before
+
+
+def test_secrets_never_show(first_converge, converged_host, demo_pillar):
+    """The database password and the app's secret key appear neither in the return of
+    state.apply, nor in the minion's log, nor on any process's command line."""
+    app = next(iter(demo_pillar["djangoapp"]["apps"].values()))
+    secrets = [app["database"]["password"], app["env"]["DJANGO_SECRET_KEY"]]
+    minion_log = converged_host.run("cat /var/log/salt/minion").stdout
+    command_lines = converged_host.run(
+        "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"
+    ).stdout
+    assert "gunicorn" in command_lines
+    assert "Executing state" in minion_log
+    for secret in secrets:
+        assert secret not in json.dumps(first_converge)
+        assert secret not in minion_log
+        assert secret not in command_lines
