@@ -77,26 +77,7 @@ class Renderer:
     def show_sls(self, platform: str, pillar: dict, sls: str = "djangoapp") -> dict:
         """The rendered states of `sls`, keyed by state ID."""
         config_dir = self._config_dir(platform, pillar)
-        proc = subprocess.run(
-            [
-                str(SALT_CALL),
-                "--local",
-                "-c",
-                str(config_dir),
-                "--retcode-passthrough",
-                "--out",
-                "json",
-                "--log-level",
-                "quiet",
-                "state.show_sls",
-                sls,
-            ],
-            cwd=config_dir,  # away from the repository's Saltfile
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        proc = salt_call(config_dir, "state.show_sls", sls)
         try:
             rendered = json.loads(proc.stdout)["local"]
         except (ValueError, KeyError) as exc:
@@ -121,31 +102,34 @@ class Renderer:
         (such as ``djangoapp.config_dir``)."""
         config_dir = self._config_dir(platform, {}, options)
         dest = config_dir / "rendered"
-        proc = subprocess.run(
-            [
-                str(SALT_CALL),
-                "--local",
-                "-c",
-                str(config_dir),
-                "--retcode-passthrough",
-                "--out",
-                "json",
-                "--log-level",
-                "quiet",
-                "cp.get_template",
-                source,
-                str(dest),
-                *(f"{key}={json.dumps(value)}" for key, value in context.items()),
-            ],
-            cwd=config_dir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        arguments = [f"{key}={json.dumps(value)}" for key, value in context.items()]
+        proc = salt_call(config_dir, "cp.get_template", source, str(dest), *arguments)
         if proc.returncode != 0 or not dest.exists():
             raise RenderError(proc.stdout + proc.stderr)
         return dest.read_text()
+
+
+def salt_call(config_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`salt-call --local` with the minion config of `config_dir`, JSON out."""
+    return subprocess.run(
+        [
+            str(SALT_CALL),
+            "--local",
+            "-c",
+            str(config_dir),
+            "--retcode-passthrough",
+            "--out",
+            "json",
+            "--log-level",
+            "quiet",
+            *args,
+        ],
+        cwd=config_dir,  # away from the repository's Saltfile
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def state_args(states: dict, state_id: str) -> tuple[str, dict]:
