@@ -3,7 +3,8 @@
     djangoapp-firewall service: input policy drop; established and related traffic,
     loopback, ICMP and the `allow` ports accepted. Outgoing traffic (the minion's
     connection to its master included) and other tables (fail2ban's) are left alone.
-    RedHat: firewalld, with the `allow` ports and nothing else open in `zone`. #}
+    RedHat: firewalld, with the `allow` ports and nothing else open in `zone`; both
+    let the Salt master's packets in (below). #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set firewall = djangoapp.firewall %}
 
@@ -23,21 +24,23 @@ djangoapp-firewall-packages-installed:
     - require:
       - pkg: djangoapp-base-packages-installed
 
+{#-   The minion's connections to its master were opened before the firewall, when
+      nothing tracked connections in this network namespace: the master's next
+      packets would not count as established, so packets from the master's ports
+      are let in by a rule of their own. #}
+{%-   set salt_master = none %}
+{#-   master_ip is set once the minion has connected to a master (never masterless). #}
+{%-   if opts.get("master_type") != "disable" and opts.get("master_ip") %}
+{%-     set salt_master = {
+          "address": opts.master_ip,
+          "family": "ipv6" if ":" in opts.master_ip else "ipv4",
+          "ports": [opts.get("publish_port", 4505), opts.get("master_port", 4506)]
+            | map("int") | unique | sort | list,
+        } %}
+{%-   endif %}
+
 {%-   if firewall.backend == "nftables" %}
 {%-     set ruleset = djangoapp.paths.config_root ~ "/firewall.nft" %}
-{#-     The minion's connections to its master were opened before this table
-        existed, when nothing tracked connections in this network namespace: the
-        master's next packets would not count as established. Packets from the
-        master's ports that open nothing (no SYN) are accepted. #}
-{%-     set salt_master = none %}
-{%-     if opts.get("file_client", "remote") == "remote"
-          and opts.get("master_type") != "disable" and opts.get("master_ip") %}
-{%-       set salt_master = {
-            "address": opts.master_ip,
-            "ports": [opts.get("publish_port", 4505), opts.get("master_port", 4506)]
-              | map("int") | unique | sort | list,
-          } %}
-{%-     endif %}
 
 djangoapp-firewall-ruleset-file-managed:
   file.managed:
@@ -97,6 +100,15 @@ djangoapp-firewall-zone-present:
     # The zone's services (ssh, cockpit, dhcpv6-client) go: `allow` says it all.
     - services: []
     - prune_services: true
+    # The Salt master (see above). firewalld matches no TCP flags: the master's
+    # ports are its only source ports let in.
+{%-     set master_rules = [] %}
+{%-     for port in (salt_master or {}).get("ports", []) %}
+{%-       do master_rules.append('rule family="%s" source address="%s" source-port port="%s" protocol="tcp" accept'
+            | format(salt_master.family, salt_master.address, port)) %}
+{%-     endfor %}
+    - rich_rules: {{ master_rules | json }}
+    - prune_rich_rules: true
     - require:
       - service: djangoapp-firewall-service-running
 {%-   endif %}

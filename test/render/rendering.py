@@ -74,9 +74,16 @@ class Renderer:
         (root / "minion").write_text(yaml.safe_dump(config))
         return root
 
-    def show_sls(self, platform: str, pillar: dict, sls: str = "djangoapp") -> dict:
-        """The rendered states of `sls`, keyed by state ID."""
-        config_dir = self._config_dir(platform, pillar)
+    def show_sls(
+        self,
+        platform: str,
+        pillar: dict,
+        sls: str = "djangoapp",
+        options: dict | None = None,
+    ) -> dict:
+        """The rendered states of `sls`, keyed by state ID; `options` are minion
+        settings added to the configuration."""
+        config_dir = self._config_dir(platform, pillar, options)
         proc = salt_call(config_dir, "state.show_sls", sls)
         try:
             rendered = json.loads(proc.stdout)["local"]

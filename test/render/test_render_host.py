@@ -109,6 +109,8 @@ def test_firewall(hardened):
         assert zone["ports"] == ["22/tcp", "80/tcp", "443/tcp", "51820/udp"]
         assert zone["prune_ports"] is True
         assert (zone["services"], zone["prune_services"]) == ([], True)
+        # Masterless: no rule for a master, and any other rich rule goes.
+        assert (zone["rich_rules"], zone["prune_rich_rules"]) == ([], True)
         assert "djangoapp-firewall-ruleset-file-managed" not in states
 
 
@@ -134,25 +136,51 @@ def test_nftables_ruleset_drops_what_is_not_allowed():
 
 
 @pytest.mark.parametrize(
-    ("address", "family"), [("192.0.2.10", "ip"), ("2001:db8::10", "ip6")]
+    ("address", "family", "nft_family"),
+    [("192.0.2.10", "ipv4", "ip"), ("2001:db8::10", "ipv6", "ip6")],
 )
-def test_nftables_ruleset_keeps_the_salt_master_connections(address, family):
+def test_nftables_ruleset_keeps_the_salt_master_connections(
+    address, family, nft_family
+):
     """Connections to the master opened before the table existed are not tracked:
     the master's packets that open nothing still come in, and nothing else from it."""
     ruleset = render_file(
         "firewall-nftables.conf.jinja",
         tcp_ports=[22],
         udp_ports=[],
-        salt_master={"address": address, "ports": [4505, 4506]},
+        salt_master={"address": address, "family": family, "ports": [4505, 4506]},
     )
     lines = [line.strip() for line in ruleset.splitlines()]
     rule = (
-        f"{family} saddr {address} tcp sport {{ 4505, 4506 }} tcp flags & syn == 0"
-        " accept"
+        f"{nft_family} saddr {address} tcp sport {{ 4505, 4506 }}"
+        " tcp flags & syn == 0 accept"
     )
     assert rule in lines
     assert lines.index(rule) < lines.index("ct state invalid drop")
     assert [line for line in lines if address in line] == [rule]
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORMS))
+def test_firewall_keeps_the_salt_master_of_a_connected_minion(renderer, platform):
+    """A minion that has connected to its master (master_ip known) lets the master's
+    packets in on either backend; the renders above are masterless and add nothing."""
+    states = renderer.show_sls(
+        platform,
+        pillar(firewall=HARDENED["firewall"]),
+        options={"master_ip": "192.0.2.10", "master_port": 4506},
+    )
+    master = {"address": "192.0.2.10", "family": "ipv4", "ports": [4505, 4506]}
+    if family(platform) == "Debian":
+        _, ruleset = state_args(states, "djangoapp-firewall-ruleset-file-managed")
+        assert ruleset["context"]["salt_master"] == master
+    else:
+        _, zone = state_args(states, "djangoapp-firewall-zone-present")
+        assert zone["rich_rules"] == [
+            f'rule family="ipv4" source address="192.0.2.10" source-port port="{port}"'
+            ' protocol="tcp" accept'
+            for port in (4505, 4506)
+        ]
+        assert zone["prune_rich_rules"] is True
 
 
 def test_firewall_unit_loads_and_removes_only_its_table():
