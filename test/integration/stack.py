@@ -24,6 +24,12 @@ STACK_PILLAR = REPO / "test" / "pillar" / "stack.sls"
 GIT_MOUNT = "/srv/git"
 CONVERGE_TIMEOUT = 1800
 
+# Errors of the demo app go to a Sentry stand-in in the host (test_error_reporting.py);
+# the DSN's key is a secret that never shows (test_converge.py).
+SENTRY_PORT = 8765
+SENTRY_KEY = "sentry-key-canary-4f2b9e"
+SENTRY_DSN = f"http://{SENTRY_KEY}@127.0.0.1:{SENTRY_PORT}/42"
+
 # The host features of host.sls, all on for the shared host: testinfra/
 # test_hardening.py checks them, and every other test runs behind them (the firewall
 # lets this machine reach port 80; the minion's own connections go out).
@@ -33,6 +39,10 @@ HARDENING_PILLAR = {
     "fail2ban": {"enabled": True},
     "auto_updates": {"enabled": True},
     "backups": {"enabled": True, "keep": 3, "hour": 3},
+    "monitoring": {
+        "sentry_dsn": SENTRY_DSN,
+        "sentry_environment": "integration",
+    },
 }
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from stack import changed_states, failed_states
+from stack import SENTRY_KEY, changed_states, failed_states
 
 pytestmark = pytest.mark.integration
 
@@ -95,10 +95,11 @@ def test_apply_in_test_mode_reports_the_release_and_changes_nothing(
 
 
 def test_secrets_never_show(first_converge, converged_host, demo_pillar):
-    """The database password and the app's secret key appear neither in the return of
-    state.apply, nor in the minion's log, nor on any process's command line."""
+    """The database password, the app's secret key and the Sentry DSN appear neither in
+    the return of state.apply, nor in the minion's log, nor on any process's command
+    line."""
     app = next(iter(demo_pillar["djangoapp"]["apps"].values()))
-    secrets = [app["database"]["password"], app["env"]["DJANGO_SECRET_KEY"]]
+    secrets = [app["database"]["password"], app["env"]["DJANGO_SECRET_KEY"], SENTRY_KEY]
     minion_log = converged_host.run("cat /var/log/salt/minion").stdout
     command_lines = converged_host.run(
         "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"

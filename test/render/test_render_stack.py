@@ -208,6 +208,35 @@ def test_each_app_sees_its_own_services(stack):
         assert env["DJANGO_MEDIA_ROOT"] == f"/srv/djangoapp/{name}/shared/media"
 
 
+def test_apps_report_errors_to_the_pillars_sentry_dsn(renderer):
+    """monitoring:sentry_dsn reaches every app's environment file, unless an app's own
+    env names another DSN; without it nothing of Sentry is set."""
+    dsn = "https://public-key@sentry.example.com/7"
+    own = "https://other-key@sentry.example.com/8"
+    pillar = {
+        "djangoapp": {
+            "apps": {
+                "shop": app("shop"),
+                "docs": app("docs", env={"DJANGO_SECRET_KEY": "y", "SENTRY_DSN": own}),
+            },
+            "monitoring": {"sentry_dsn": dsn, "sentry_environment": "production"},
+        }
+    }
+    states = renderer.show_sls("debian-12", pillar)
+    shop, docs = environment(states, "shop"), environment(states, "docs")
+    assert (shop["SENTRY_DSN"], shop["SENTRY_ENVIRONMENT"]) == (dsn, "production")
+    assert (docs["SENTRY_DSN"], docs["SENTRY_ENVIRONMENT"]) == (own, "production")
+    # The release is named per release by the engine, not by the state tree.
+    assert "SENTRY_RELEASE" not in shop
+    _, env_file = state_args(states, "djangoapp-shop-environment-file-serialized")
+    assert env_file["show_changes"] is False
+
+    plain = renderer.show_sls(
+        "debian-12", {"djangoapp": {"apps": {"shop": app("shop")}}}
+    )
+    assert not [key for key in environment(plain, "shop") if key.startswith("SENTRY")]
+
+
 def test_health_check_uses_https_when_tls_is_on(stack):
     _, states = stack
     for name, url in (

@@ -120,3 +120,11 @@ def test_manage_command_runs_as_the_app(demo_app, host):
     result = host.run("%s-manage showmigrations --plan", demo_app["name"])
     assert result.rc == 0, result.stderr
     assert "[X]" in result.stdout and "[ ]" not in result.stdout
+
+
+def test_deploy_check_finds_nothing_with_the_production_pillar(demo_app, host):
+    """Django's deployment checklist, run in the live release with the environment the
+    pillar gives (test/pillar/stack.sls): not even a warning."""
+    result = host.run("%s-manage check --deploy --fail-level WARNING", demo_app["name"])
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout

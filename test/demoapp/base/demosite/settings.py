@@ -178,6 +178,19 @@ SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", SECURE_HSTS_SECONDS
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# Error reporting: to Sentry when SENTRY_DSN is set. The release and environment
+# come from SENTRY_RELEASE and SENTRY_ENVIRONMENT (set by the deployment).
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+if SENTRY_DSN:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        release=os.environ.get("SENTRY_RELEASE") or None,
+        environment=os.environ.get("SENTRY_ENVIRONMENT") or None,
+        send_default_pii=False,
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
