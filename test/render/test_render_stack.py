@@ -264,7 +264,7 @@ def test_asgi_and_systemd_for_blog(stack):
     assert shop["name"] == "supervisorctl start djangoapp-shop"
 
 
-def test_selfsigned_certificate_is_generated_once(stack):
+def test_selfsigned_certificate_is_generated_once_per_set_of_names(stack):
     _, states = stack
     function, generated = state_args(states, "djangoapp-shop-tls-certificate-generated")
     assert function == "cmd.run"
@@ -274,6 +274,19 @@ def test_selfsigned_certificate_is_generated_once(stack):
     assert "-keyout /etc/djangoapp/shop/tls/key.pem" in generated["name"]
     assert generated["creates"] == "/etc/djangoapp/shop/tls/cert.pem"
     assert generated["umask"] == "077"
+    # A change of server_names removes the certificate, which is then made anew.
+    _, names = state_args(states, "djangoapp-shop-tls-certificate-names-file-managed")
+    assert names["contents"] == "CN=shop.example.com DNS:shop.example.com"
+    function, outdated = state_args(
+        states, "djangoapp-shop-tls-certificate-for-other-names-absent"
+    )
+    assert (function, outdated["name"]) == ("file.absent", generated["creates"])
+    assert outdated["onchanges"] == [
+        {"file": "djangoapp-shop-tls-certificate-names-file-managed"}
+    ]
+    assert {
+        "file": "djangoapp-shop-tls-certificate-for-other-names-absent"
+    } in generated["require"]
     _, directory = state_args(states, "djangoapp-shop-tls-directory")
     assert (directory["user"], directory["mode"]) == ("root", "0700")
 
