@@ -110,3 +110,35 @@ def test_secrets_never_show(first_converge, converged_host, demo_pillar):
         assert secret not in json.dumps(first_converge)
         assert secret not in minion_log
         assert secret not in command_lines
+
+
+def served_certificate_names(host, server_name):
+    """The subjectAltName of the certificate Nginx presents for ``server_name``."""
+    served = host.run(
+        "openssl s_client -connect 127.0.0.1:443 -servername %s </dev/null 2>/dev/null"
+        " | openssl x509 -noout -ext subjectAltName",
+        server_name,
+    )
+    assert served.rc == 0, served.stderr
+    return served.stdout
+
+
+def test_selfsigned_certificate_follows_the_server_names(
+    converged_host, salt_cli, demo_app, demo_url, http_get
+):
+    """A new server name gets a certificate that names it, served by Nginx; the old
+    names come back the same way."""
+    name, names = demo_app["name"], demo_app["server_names"]
+    added = "www." + names[0]
+    override = {"djangoapp": {"apps": {name: {"server_names": [*names, added]}}}}
+    try:
+        changed = salt_cli("state.apply", pillar=override, timeout=900)
+        assert not failed_states(changed), "\n".join(failed_states(changed))
+        assert f"DNS:{added}" in served_certificate_names(converged_host, added)
+        assert http_get(demo_url("/healthz/"), added)["status"] == 200
+    finally:
+        restored = salt_cli("state.apply", timeout=900)
+    assert not failed_states(restored), "\n".join(failed_states(restored))
+    served = served_certificate_names(converged_host, names[0])
+    assert f"DNS:{names[0]}" in served and added not in served
+    assert http_get(demo_url("/healthz/"), names[0])["status"] == 200
