@@ -86,6 +86,40 @@ def self_signed_pair(directory: Path, name: str) -> tuple[str, str]:
     return cert.read_text(), key.read_text()
 
 
+def serve_git_over_ssh(host, proxy_url: str, work: Path) -> dict:
+    """sshd in the host, serving the demo repository to a `git` user (git-shell) that
+    knows one key: the pillar keys of an app that fetches over SSH with that key."""
+    key = work / "deploy_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "blog deploy key"]
+        + ["-f", str(key)],
+        check=True,
+    )
+    apt = ["apt-get", "-q", "-o", f"Acquire::http::Proxy={proxy_url}"]
+    host.exec([*apt, "update"])
+    host.exec(
+        [*apt, "install", "-y", "--no-install-recommends", "openssh-server", "git"]
+    )
+    host.exec(["useradd", "--create-home", "--shell", "/usr/bin/git-shell", "git"])
+    host.exec(
+        ["install", "-d", "-o", "git", "-g", "git", "-m", "0700", "/home/git/.ssh"]
+    )
+    host.exec(
+        ["install", "-o", "git", "-g", "git", "-m", "0600", "/dev/stdin"]
+        + ["/home/git/.ssh/authorized_keys"],
+        input="restrict " + (work / "deploy_key.pub").read_text(),
+    )
+    host.exec(["systemctl", "enable", "--now", "ssh"])
+    key_type, host_key = host.exec(
+        ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]
+    ).stdout.split()[:2]
+    return {
+        "repo": f"ssh://git@127.0.0.1{GIT_MOUNT}/demo.git",
+        "deploy_key": key.read_text(),
+        "known_hosts": f"127.0.0.1 {key_type} {host_key}\n",
+    }
+
+
 def app_pillar(name: str, **settings) -> dict:
     return {
         "repo": f"file://{GIT_MOUNT}/demo.git",
@@ -177,10 +211,6 @@ def combination(tmp_path_factory) -> CombinationHost:
     }
     pillar_dir = work / "pillar"
     pillar_dir.mkdir()
-    (pillar_dir / "combinations.sls").write_text(yaml.safe_dump(pillar))
-    (pillar_dir / "top.sls").write_text(
-        yaml.safe_dump({"base": {"*": ["combinations"]}})
-    )
     host = module.TestHost(
         hostname=HOSTNAME,
         binds_ro={
@@ -190,6 +220,14 @@ def combination(tmp_path_factory) -> CombinationHost:
         },
     )
     with host:
+        # blog fetches over SSH with a deploy key, from the host's own sshd.
+        pillar["djangoapp"]["apps"]["blog"].update(
+            serve_git_over_ssh(host, module.PROXY_URL, work)
+        )
+        (pillar_dir / "combinations.sls").write_text(yaml.safe_dump(pillar))
+        (pillar_dir / "top.sls").write_text(
+            yaml.safe_dump({"base": {"*": ["combinations"]}})
+        )
         combo = CombinationHost(host, pillar, certificate)
         _, combo.first_apply, combo.first_apply_output = combo.salt(
             "state.apply", "--retcode-passthrough"
@@ -216,7 +254,10 @@ def test_secrets_stay_out_of_the_state_return(combination):
         for part in ("cert", "key")
     )
     key_body = key.splitlines()[1]
-    for secret in [*SECRETS.values(), key_body]:
+    deploy_key_body = combination.pillar["djangoapp"]["apps"]["blog"][
+        "deploy_key"
+    ].splitlines()[1]
+    for secret in [*SECRETS.values(), key_body, deploy_key_body]:
         assert secret not in combination.first_apply_output
         assert quote(secret) not in combination.first_apply_output
 
@@ -237,6 +278,26 @@ def test_blog_answers_over_http_with_mariadb_and_redis(converged):
     assert "hello from the database" in page["body"]
     assert "cache: ok (redis)" in page["body"]
     assert "strict-transport-security" not in page["header_lists"]
+
+
+def test_blog_fetches_over_ssh_with_its_deploy_key(converged):
+    """The repository of blog is an SSH URL: its releases came through sshd with the
+    pillar's deploy key (readable by the app only), checking the host key against the
+    pillar's known_hosts."""
+    infra, blog = converged.infra, converged.pillar["djangoapp"]["apps"]["blog"]
+    key = infra.file("/etc/djangoapp/blog/deploy_key")
+    assert (key.user, key.mode) == ("blog", 0o600)
+    assert key.content_string == blog["deploy_key"]
+    assert (
+        infra.file("/etc/djangoapp/blog/known_hosts").content_string
+        == (blog["known_hosts"])
+    )
+    remote = infra.run("git --git-dir /srv/djangoapp/blog/repo.git remote -v")
+    assert blog["repo"] in remote.stdout, remote.stdout + remote.stderr
+    accepted = infra.run("journalctl -u ssh --no-pager -o cat").stdout
+    assert "Accepted publickey for git from 127.0.0.1" in accepted
+    live = infra.file("/srv/djangoapp/blog/current/release.json").content_string
+    assert json.loads(live)["version"] == blog["version"]
 
 
 def test_second_apply_changes_nothing(converged):
