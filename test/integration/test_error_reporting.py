@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from stack import SENTRY_DSN, SENTRY_KEY, SENTRY_PORT
+from stack import SENTRY_KEY, SENTRY_PORT
 
 pytestmark = pytest.mark.integration
 
@@ -136,18 +136,3 @@ def test_the_manage_command_reports_with_the_release(
         event = wait_for_event(events, lambda event: marker in json.dumps(event))
     assert event["release"] == live_version
     assert event["environment"] == "integration"
-
-
-def test_the_workers_get_the_dsn_from_the_pillar(converged_host, demo_app):
-    master = converged_host.run(
-        "supervisorctl pid djangoapp-%s", demo_app["name"]
-    ).stdout.strip()
-    workers = converged_host.run("pgrep -P %s", master).stdout.split()
-    assert workers
-    for pid in workers:
-        environ = converged_host.file(f"/proc/{pid}/environ").content
-        variables = dict(
-            item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item
-        )
-        assert variables[b"SENTRY_DSN"] == SENTRY_DSN.encode()
-        assert variables[b"SENTRY_ENVIRONMENT"] == b"integration"
