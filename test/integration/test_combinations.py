@@ -101,6 +101,12 @@ def serve_git_over_ssh(host, proxy_url: str, work: Path) -> dict:
         [*apt, "install", "-y", "--no-install-recommends", "openssh-server", "git"]
     )
     host.exec(["useradd", "--create-home", "--shell", "/usr/bin/git-shell", "git"])
+    # The repository is this machine's, owned by root: git serves it to `git` only
+    # when told it is safe.
+    host.exec(
+        ["runuser", "-u", "git", "--", "git", "config", "--global", "--add"]
+        + ["safe.directory", f"{GIT_MOUNT}/demo.git"]
+    )
     host.exec(
         ["install", "-d", "-o", "git", "-g", "git", "-m", "0700", "/home/git/.ssh"]
     )
