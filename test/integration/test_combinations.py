@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ PILLAR_MOUNT = "/srv/pillar"
 GIT_MOUNT = "/srv/git"
 HOSTNAME = "djangoapp-test-combinations"
 CONVERGE_TIMEOUT = 1800
+BLOG_STATIC_ROOT = "/var/www/blog/static"
 SECRETS = {
     "shop_db": "shop-db-canary-'quoted'-7d1c",
     "blog_db": "blog-db-canary-b93e",
@@ -126,14 +128,17 @@ def serve_git_over_ssh(host, proxy_url: str, work: Path) -> dict:
     }
 
 
-def app_pillar(name: str, **settings) -> dict:
+def app_pillar(name: str, env: dict | None = None, **settings) -> dict:
     return {
         "repo": f"file://{GIT_MOUNT}/demo.git",
         "version": "v1.0.0",
         "settings_module": "demosite.settings",
         "server_names": [f"{name}.test"],
         "health_path": "/healthz/",
-        "env": {"DJANGO_SECRET_KEY": f"{name}-secret-key-" + "0123456789abcdef" * 3},
+        "env": {
+            "DJANGO_SECRET_KEY": f"{name}-secret-key-" + "0123456789abcdef" * 3,
+            **(env or {}),
+        },
         **settings,
     }
 
@@ -198,8 +203,14 @@ def combination(tmp_path_factory) -> CombinationHost:
                     cache={"engine": "memcached"},
                     tls={"mode": "provided", "cert": certificate, "key": key},
                 ),
+                # The layout of many projects: STATIC_ROOT outside the release
+                # (an absolute path), MEDIA_ROOT inside it (BASE_DIR / "media").
                 "blog": app_pillar(
                     "blog",
+                    env={
+                        "DJANGO_STATIC_ROOT": BLOG_STATIC_ROOT,
+                        "DJANGO_MEDIA_ROOT": "",
+                    },
                     wsgi="demosite.wsgi:application",
                     process_manager="supervisor",
                     database={
@@ -414,3 +425,40 @@ def test_release_backs_mariadb_up_and_reloads_through_systemd(converged):
     # The other app is left alone.
     blog = converged.get("http://127.0.0.1/", "blog.test")
     assert '<span class="version">v1.0.0</span>' in blog["body"]
+
+
+def test_blog_static_root_outside_the_release_follows_releases(converged):
+    """blog's STATIC_ROOT is an absolute path outside its releases: a link to the
+    live release's collected files, so a release and a rollback switch it too."""
+    infra = converged.infra
+    static_root = infra.file(BLOG_STATIC_ROOT)
+    assert static_root.is_symlink
+    assert static_root.linked_to.startswith("/srv/djangoapp/blog/releases/")
+    assert infra.file(f"{BLOG_STATIC_ROOT}/staticfiles.json").is_file
+    page = converged.get("http://127.0.0.1/", "blog.test")
+    stylesheet = re.search(r'href="(/static/[^"]+\.css)"', page["body"]).group(1)
+    css = converged.get(f"http://127.0.0.1{stylesheet}", "blog.test")
+    assert css["status"] == 200
+    assert css["headers"].get("Cache-Control") == "max-age=604800"
+
+
+def test_blog_uploads_outlive_its_releases(converged):
+    """blog's MEDIA_ROOT lies inside the release: it is a link to shared/media, so an
+    upload stays through the next release and Nginx serves it."""
+    infra = converged.infra
+    save = (
+        "from django.core.files.base import ContentFile; "
+        "from django.core.files.storage import default_storage as s; "
+        "print(s.save('notes/kept.txt', ContentFile(b'kept through releases')))"
+    )
+    saved = infra.run("blog-manage shell -c %s", save)
+    assert saved.rc == 0, saved.stderr
+    path = saved.stdout.strip()
+    on_disk = infra.file(f"/srv/djangoapp/blog/shared/media/{path}")
+    assert on_disk.content_string == "kept through releases"
+    rc, release, _ = converged.salt("djangoapp.release", "version=v1.0.1", "app=blog")
+    assert rc == 0 and release["result"] is True, release
+    media = converged.get(f"http://127.0.0.1/media/{path}", "blog.test")
+    assert (media["status"], media["body"]) == (200, "kept through releases")
+    live = infra.file("/srv/djangoapp/blog/current").linked_to
+    assert infra.file(BLOG_STATIC_ROOT).linked_to.startswith(live)
