@@ -12,7 +12,9 @@ The allowed keys of an app in the pillar are listed once, in ``APP_KEYS`` and
 it.
 """
 
+import ipaddress
 import re
+import urllib.parse
 
 from salt.exceptions import SaltInvocationError
 
@@ -584,6 +586,7 @@ def _check_host_section(errors, key, section):
         "auto_updates": ("enabled", "upgrade_type", "reboot"),
         "backups": ("enabled", "keep", "hour", "minute"),
         "logrotate": ("enabled", "frequency", "rotate"),
+        "monitoring": MONITORING_KEYS,
     }.get(key)
     if allowed is None:
         return
@@ -653,6 +656,145 @@ def _check_host_section(errors, key, section):
             ("daily", "weekly", "monthly"),
         )
         _check_int(errors, path + ["rotate"], section.get("rotate"), 1)
+    elif key == "monitoring":
+        _check_monitoring(errors, path, section)
+
+
+MONITORING_KEYS = ("sentry_dsn", "sentry_environment", "nrpe", "zabbix", "snmp")
+MONITORING_PART_KEYS = {
+    "nrpe": ("enabled", "allowed_hosts"),
+    "zabbix": ("enabled", "server"),
+    "snmp": ("enabled", "community", "allowed", "location", "contact"),
+}
+# Well-known communities that scanners try first.
+DEFAULT_COMMUNITIES = ("public", "private")
+
+
+def _address_problem(value, networks=True):
+    """Why ``value`` is not an IP address (or, with ``networks``, a network such as
+    ``192.0.2.0/24``), or None. The firewall matches sources by address: no names."""
+    kind = "an IP address or network" if networks else "an IP address"
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        if networks:
+            ipaddress.ip_network(value, strict=True)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError as error:
+        if "host bits" in str(error):
+            return f"{value!r} has host bits set (a network ends in zeros)"
+        return f"{value!r} is not {kind}"
+    return None
+
+
+def _check_sources(errors, path, value, enabled):
+    """A list of IP addresses or networks, required (non-empty) when ``enabled``."""
+    if value is not None and not isinstance(value, list):
+        errors.add(path, "must be a list of IP addresses or networks")
+        return
+    if enabled and not value:
+        errors.add(path, "is required when enabled")
+    for index, item in enumerate(value or []):
+        problem = _address_problem(item)
+        if problem:
+            errors.add(path + [index], problem)
+
+
+def _check_config_text(errors, path, value):
+    """A string that goes into a configuration file line: no control characters."""
+    if _check_str(errors, path, value) and any(ord(c) < 32 for c in value):
+        errors.add(path, "must not contain control characters")
+
+
+def _check_str_when_enabled(errors, path, value, enabled):
+    """Like _check_str, and required (non-empty) when the part is enabled."""
+    if enabled and (value is None or (isinstance(value, str) and not value.strip())):
+        errors.add(path, "is required when enabled")
+        return False
+    return _check_str(errors, path, value)
+
+
+def _check_community(errors, path, value, enabled):
+    if not _check_str_when_enabled(errors, path, value, enabled) or not value:
+        return
+    if len(value) > 64 or any(not 33 <= ord(c) <= 126 or c in "\"'\\#" for c in value):
+        errors.add(
+            path,
+            "must be 1 to 64 printable characters without spaces, quotes, "
+            "backslashes or '#'",
+        )
+    elif value.lower() in DEFAULT_COMMUNITIES:
+        errors.add(path, f"must not be a well-known community such as {value!r}")
+
+
+def _sentry_dsn_problem(value):
+    """Why ``value`` is not a Sentry DSN (https://KEY@host/PROJECT), or None."""
+    if any(c.isspace() for c in value):
+        return "must not contain spaces"
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.username
+        or not parts.hostname
+        or not port_ok
+        or not parts.path.strip("/")
+    ):
+        return "must be empty or a DSN like https://KEY@sentry.example.com/PROJECT"
+    return None
+
+
+def _check_monitoring(errors, path, section):
+    """``djangoapp:monitoring``: the Sentry DSN the apps report to, and the NRPE,
+    Zabbix and SNMP agents with the sources allowed to ask them."""
+    dsn = section.get("sentry_dsn")
+    if _check_str(errors, path + ["sentry_dsn"], dsn) and dsn:
+        problem = _sentry_dsn_problem(dsn)
+        if problem:
+            errors.add(path + ["sentry_dsn"], problem)
+    _check_config_text(
+        errors, path + ["sentry_environment"], section.get("sentry_environment")
+    )
+    for part, known in MONITORING_PART_KEYS.items():
+        part_path = path + [part]
+        settings = section.get(part)
+        if settings is None:
+            continue
+        if not isinstance(settings, dict):
+            errors.add(part_path, "must be a mapping")
+            continue
+        _check_known_keys(errors, part_path, settings, known)
+        enabled = settings.get("enabled", False)
+        if not isinstance(enabled, bool):
+            errors.add(part_path + ["enabled"], "must be true or false")
+            enabled = False
+        if part == "nrpe":
+            _check_sources(
+                errors,
+                part_path + ["allowed_hosts"],
+                settings.get("allowed_hosts"),
+                enabled,
+            )
+        elif part == "zabbix":
+            server = settings.get("server")
+            if _check_str_when_enabled(errors, part_path + ["server"], server, enabled):
+                for address in filter(None, server.split(",")):
+                    problem = _address_problem(address.strip(), networks=False)
+                    if problem:
+                        errors.add(part_path + ["server"], problem)
+        else:
+            _check_community(
+                errors, part_path + ["community"], settings.get("community"), enabled
+            )
+            _check_sources(
+                errors, part_path + ["allowed"], settings.get("allowed"), enabled
+            )
+            for key in ("location", "contact"):
+                _check_config_text(errors, part_path + [key], settings.get(key))
 
 
 def pillar(data):

@@ -7,15 +7,18 @@ log() { printf '==> %s\n' "$*"; }
 
 # --- Debian packages --------------------------------------------------------
 # Test hosts: debootstrap + systemd-nspawn, an HTTP proxy for their package
-# downloads, network namespaces and nftables; shellcheck for the lint tier.
+# downloads, network namespaces and nftables; shellcheck for the lint tier; the
+# clients that ask a test host's monitoring agents (check_nrpe, snmpget).
 apt_packages=(
     ca-certificates
     curl
     debootstrap
     git
     iproute2
+    nagios-nrpe-plugin
     nftables
     shellcheck
+    snmp
     systemd-container
     tinyproxy
 )

@@ -4,8 +4,11 @@
     loopback, ICMP and the `allow` ports accepted. Outgoing traffic (the minion's
     connection to its master included) and other tables (fail2ban's) are left alone.
     RedHat: firewalld, with the `allow` ports and nothing else open in `zone`; both
-    let the Salt master's packets in (below). #}
+    let the Salt master's packets in (below). The ports of the monitoring agents
+    that are on (monitoring.jinja) are open to their allowed sources only: rules
+    matching the source address (nftables), rich rules (firewalld). #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- from tpldir ~ "/monitoring.jinja" import monitoring_ports with context %}
 {%- set firewall = djangoapp.firewall %}
 
 {%- if firewall.enabled %}
@@ -13,6 +16,14 @@
 {%-   for entry in firewall.allow %}
 {%-     set port, _, protocol = (entry | string).partition("/") %}
 {%-     do ports[protocol or "tcp"].append(port | int) %}
+{%-   endfor %}
+{%-   set restricted_ports = [] %}
+{%-   for entry in monitoring_ports %}
+{%-     set rule = {"protocol": entry.protocol, "port": entry.port, "ip": [], "ip6": []} %}
+{%-     for source in entry.sources %}
+{%-       do rule["ip6" if ":" in source else "ip"].append(source) %}
+{%-     endfor %}
+{%-     do restricted_ports.append(rule) %}
 {%-   endfor %}
 
 include:
@@ -56,6 +67,7 @@ djangoapp-firewall-ruleset-file-managed:
         tcp_ports: {{ ports.tcp | unique | sort | json }}
         udp_ports: {{ ports.udp | unique | sort | json }}
         salt_master: {{ salt_master | json }}
+        restricted_ports: {{ restricted_ports | json }}
     - require:
       - pkg: djangoapp-firewall-packages-installed
 
@@ -102,12 +114,20 @@ djangoapp-firewall-zone-present:
     - prune_services: true
     # The Salt master (see above). firewalld matches no TCP flags: the master's
     # ports are its only source ports let in.
-{%-     set master_rules = [] %}
+{%-     set rich_rules = [] %}
 {%-     for port in (salt_master or {}).get("ports", []) %}
-{%-       do master_rules.append('rule family="%s" source address="%s" source-port port="%s" protocol="tcp" accept'
+{%-       do rich_rules.append('rule family="%s" source address="%s" source-port port="%s" protocol="tcp" accept'
             | format(salt_master.family, salt_master.address, port)) %}
 {%-     endfor %}
-    - rich_rules: {{ master_rules | json }}
+{%-     for rule in restricted_ports %}
+{%-       for family, sources in [("ipv4", rule.ip), ("ipv6", rule.ip6)] %}
+{%-         for source in sources %}
+{%-           do rich_rules.append('rule family="%s" source address="%s" port port="%s" protocol="%s" accept'
+                | format(family, source, rule.port, rule.protocol)) %}
+{%-         endfor %}
+{%-       endfor %}
+{%-     endfor %}
+    - rich_rules: {{ rich_rules | json }}
     - prune_rich_rules: true
     - require:
       - service: djangoapp-firewall-service-running

@@ -1,5 +1,5 @@
 # The host around the apps, each part as the pillar says: firewall, sshd, fail2ban,
-# automatic security updates, nightly database dumps and log rotation.
+# automatic security updates, nightly database dumps, log rotation and monitoring.
 include:
   - .firewall
   - .ssh
@@ -7,3 +7,4 @@ include:
   - .auto_updates
   - .backups
   - .logrotate
+  - .monitoring

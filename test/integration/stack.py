@@ -30,6 +30,32 @@ SENTRY_PORT = 8765
 SENTRY_KEY = "sentry-key-canary-4f2b9e"
 SENTRY_DSN = f"http://{SENTRY_KEY}@127.0.0.1:{SENTRY_PORT}/42"
 
+# The monitoring agents of the shared host, asked by this machine's end of the veth
+# and nobody else (test_monitoring_agents.py, testinfra/test_monitoring.py). The
+# community is a secret that never shows.
+SNMP_COMMUNITY = "snmp-community-canary-7d3e1a"
+MONITORING_PILLAR = {
+    "nrpe": {"enabled": True, "allowed_hosts": [testhost.MASTER_IP]},
+    "zabbix": {"enabled": True, "server": testhost.MASTER_IP},
+    "snmp": {
+        "enabled": True,
+        "community": SNMP_COMMUNITY,
+        "allowed": [testhost.MASTER_IP],
+        "location": "djangoapp test host",
+        "contact": "ops@example.com",
+    },
+}
+# The agents' ports (parameters/defaults.yaml), each open to its sources only.
+MONITORING_PORTS = {
+    part: yaml.safe_load(
+        (REPO / "salt" / "djangoapp" / "parameters" / "defaults.yaml").read_text()
+    )["djangoapp"]["monitoring"][part]["port"]
+    for part in MONITORING_PILLAR
+}
+# Parameters of the checks (`lookup`): this machine runs other tests beside these, so
+# the load check's thresholds are out of their reach; its wiring is what is tested.
+MONITORING_LOOKUP = {"load": {"warning": "50,50,50", "critical": "100,100,100"}}
+
 # The host features of host.sls, all on for the shared host: testinfra/
 # test_hardening.py checks them, and every other test runs behind them (the firewall
 # lets this machine reach port 80; the minion's own connections go out).
@@ -42,6 +68,7 @@ HARDENING_PILLAR = {
     "monitoring": {
         "sentry_dsn": SENTRY_DSN,
         "sentry_environment": "integration",
+        **MONITORING_PILLAR,
     },
 }
 
@@ -94,6 +121,7 @@ def salt_pillar_roots(tmp_path_factory) -> list[str]:
             {
                 "djangoapp": {
                     "proxy": {"http": testhost.PROXY_URL, "https": testhost.PROXY_URL},
+                    "lookup": {"monitoring": MONITORING_LOOKUP},
                     **HARDENING_PILLAR,
                 }
             }

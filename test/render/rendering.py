@@ -103,11 +103,12 @@ class Renderer:
         source: str,
         context: dict,
         options: dict | None = None,
+        pillar: dict | None = None,
     ) -> str:
         """A file template of the state tree (``salt://...``) rendered with
         ``context``, as file.managed would render it; ``options`` are minion options
-        (such as ``djangoapp.config_dir``)."""
-        config_dir = self._config_dir(platform, {}, options)
+        (such as ``djangoapp.config_dir``), ``pillar`` what the template may read."""
+        config_dir = self._config_dir(platform, pillar or {}, options)
         dest = config_dir / "rendered"
         arguments = [f"{key}={json.dumps(value)}" for key, value in context.items()]
         proc = salt_call(config_dir, "cp.get_template", source, str(dest), *arguments)

@@ -92,6 +92,8 @@ def test_firewall(hardened):
             "udp_ports": [51820],
             # Masterless (these renders): no master connection to keep.
             "salt_master": None,
+            # No monitoring agent is on.
+            "restricted_ports": [],
         }
         function, service = state_args(states, "djangoapp-firewall-service-running")
         assert (function, service["name"]) == ("service.running", "djangoapp-firewall")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stack import HARDENING_PILLAR
+from stack import HARDENING_PILLAR, MONITORING_PORTS
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,8 @@ def test_firewall_table_drops_input_by_default(host):
 
 def test_only_allowed_ports_listen_beyond_loopback(host):
     allowed = {str(port) for port in HARDENING_PILLAR["firewall"]["allow"]}
+    # The monitoring agents' ports: open to their sources only (test_monitoring_agents).
+    allowed |= {str(port) for port in MONITORING_PORTS.values()}
     exposed = set()
     for line in command(host, "ss -Hltnu").splitlines():
         address, _, port = line.split()[4].rpartition(":")
