@@ -41,7 +41,7 @@ def main(argv):
     if version:
         environment.setdefault("SENTRY_RELEASE", version)
     os.environ.update(environment)
-    os.execvp(args[1], args[1:])
+    os.execvp(args[1], args[1:])  # noqa: S606 (running the command is the point)
 
 
 if __name__ == "__main__":
