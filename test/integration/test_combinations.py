@@ -453,7 +453,8 @@ def test_blog_uploads_outlive_its_releases(converged):
     )
     saved = infra.run("blog-manage shell -c %s", save)
     assert saved.rc == 0, saved.stderr
-    path = saved.stdout.strip()
+    # The last line: Django's shell may first say what it imported.
+    path = saved.stdout.strip().splitlines()[-1]
     on_disk = infra.file(f"/srv/djangoapp/blog/shared/media/{path}")
     assert on_disk.content_string == "kept through releases"
     rc, release, _ = converged.salt("djangoapp.release", "version=v1.0.1", "app=blog")
