@@ -12,10 +12,9 @@ Arguments: one JSON object (``argv[1]``) with
 - ``app_callable``: ``module:callable`` of the WSGI or ASGI application
 - ``fail_level``: ``check --deploy`` messages at or above this level fail
 - ``collectstatic``: run collectstatic (bool)
-- ``release_dir``: the release directory (real path)
 - ``static_staging``: a directory writable by this user inside the release;
-  when STATIC_ROOT lies inside the release, the files are collected there
-  and the engine (as root) moves them to STATIC_ROOT afterwards
+  the files are collected there and the engine (as root) puts them in place
+  afterwards
 
 Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
 the project prints goes to stderr. Exit code 0 when every check passed.
@@ -33,14 +32,6 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 def __virtual__():
     return (False, "run by the djangoapp release engine, not a Salt utility")
-
-
-def _inside(path, directory):
-    if not path or not directory:
-        return False
-    path = os.path.realpath(str(path))
-    directory = os.path.realpath(str(directory))
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def _import_callable(spec):
@@ -236,9 +227,9 @@ def main(argv):
         elif not result["static_root"]:
             result["collectstatic"] = {"ran": False, "reason": "STATIC_ROOT not set"}
         else:
-            staging = None
-            if _inside(result["static_root"], options.get("release_dir")):
-                staging = options.get("static_staging")
+            # Always into the staging dir: the engine puts the files in place, in
+            # the release or beside it (STATIC_ROOT outside the release).
+            staging = options.get("static_staging")
             summary = _collectstatic(staging)
             result["collectstatic"] = {
                 "ran": True,
