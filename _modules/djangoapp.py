@@ -45,7 +45,9 @@ def _config_dir():
 
 
 def _make_host():
-    send = __salt__.get("event.send")
+    send = __utils__["djangoapp_release.event_sender"](
+        __opts__, __salt__.get("event.send")
+    )
     return __utils__["djangoapp_release.make_host"](__salt__["cmd.run_all"], send)
 
 

@@ -27,10 +27,15 @@ import json
 import logging
 import os
 import pwd
+import py_compile
 import re
 import shutil
+import signal
 import socket
 import ssl
+import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -49,6 +54,7 @@ HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
 PREFLIGHT_MARKER = "DJANGOAPP-PREFLIGHT "
 STATIC_STAGING = ".static-staging"
 OUTPUT_LIMIT = 4000
+CONTROL_MESSAGE_LIMIT = 16 * 1024 * 1024
 SECRET_NAME_RE = re.compile(
     r"SECRET|PASSW|PASSPHRASE|PWD|TOKEN|KEY|PRIVATE|CREDENTIAL|AUTH|SALT|DSN|COOKIE",
     re.IGNORECASE,
@@ -196,6 +202,24 @@ class Host:
             kwargs.pop("runas")
         return self._run_all(argv, **kwargs)
 
+    @staticmethod
+    def run_background(argv):
+        """
+        Start ``argv`` and leave it running, in a session of its own with no
+        terminal and no output: neither this process nor whoever reads its
+        output (``salt-call`` over ssh, a CI job) waits for it. Salt's
+        ``cmd.run_bg`` would hand it this process's stdout and stderr.
+        """
+        subprocess.Popen(  # pylint: disable=consider-using-with
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+            env={"PATH": SAFE_PATH, "LC_ALL": "C"},
+        )
+
     def check(self, step, argv, redact=None, **kwargs):
         ret = self.run(argv, **kwargs)
         if ret.get("retcode") != 0:
@@ -210,10 +234,10 @@ class Host:
 
     def event(self, tag, data):
         """
-        Send an event without waiting for it: with no master and no minion
-        daemon listening, ``event.send`` takes a second to give up, and an
-        event must never slow down or fail a release. The thread is not a
-        daemon, so the process still sends it before exiting.
+        Send an event without waiting for it: an event must never slow down
+        or fail a release. The thread is not a daemon, so the process still
+        sends it before exiting (``event_sender`` leaves out the case where
+        no one would receive it).
         """
         if not self._send_event:
             return None
@@ -234,6 +258,28 @@ class Host:
 def make_host(run_all, send_event=None):
     """A ``Host`` for the execution module (utilities expose functions only)."""
     return Host(run_all, send_event)
+
+
+def event_sender(opts, send_event):
+    """
+    ``send_event`` (``event.send``), or None when no one would receive an
+    event: masterless (``salt-call --local``) with no minion daemon running,
+    ``event.send`` puts it on the local minion's event bus, waits a second
+    for a daemon that is not there, and the process waits for that at exit.
+    """
+    masterless = (
+        opts.get("local")
+        or opts.get("file_client") == "local"
+        or opts.get("master_type") == "disable"
+    ) and not opts.get("use_master_when_local")
+    if send_event is None or not masterless:
+        return send_event
+    try:
+        with open(opts.get("pidfile") or "", encoding="ascii") as handle:
+            daemon = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    return send_event if pid_alive(daemon) else None
 
 
 def run_in_thread(func, *args, **kwargs):
@@ -288,6 +334,8 @@ def app_defaults(name, config_dir=CONFIG_DIR):
         "gunicorn_config": os.path.join(etc, "gunicorn.conf.py"),
         "process_manager": "supervisor",
         "service": f"djangoapp-{name}",
+        "run_dir": f"/run/djangoapp/{name}",
+        "control_socket": None,
         "health": None,
         "keep_releases": 5,
         "check_deploy_fail_level": "ERROR",
@@ -709,16 +757,195 @@ def master_birth_release(layout, entries, master):
     return live
 
 
+def proc_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return []
+    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
+
+
+def proc_exe(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def file_sha256(path):
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def venv_package_version(venv, name):
+    """The version of package ``name`` installed in ``venv`` (from its dist-info)."""
+    _tag, lib = _pyc_tag(venv)
+    prefix = name.replace("-", "_").lower() + "-"
+    try:
+        entries = os.listdir(os.path.join(lib, "site-packages")) if lib else []
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.lower().startswith(prefix) and entry.endswith(".dist-info"):
+            return entry[len(prefix) : -len(".dist-info")]
+    return None
+
+
+class ControlSocketError(CommandExecutionError):
+    """Gunicorn's control socket did not answer."""
+
+
+class AnswerLost(CommandExecutionError):
+    """A command was sent to Gunicorn, and its answer did not come back."""
+
+
+class HandOverUnavailable(CommandExecutionError):
+    """The hand-over could not start; nothing was changed."""
+
+
+class GunicornControl:
+    """
+    A client of Gunicorn's control socket (``control_socket``, gunicorn 25.1+;
+    the protocol of gunicorn/ctl/protocol.py): every message is a 4-byte
+    big-endian length and a JSON object, requests ``{"id", "command", "args"}``
+    and answers ``{"id", "status": "ok", "data"}`` or ``{"status": "error",
+    "error"}``.
+
+    The master stops its control server around every fork (each new worker)
+    and starts it again, which closes the connections and recreates the
+    socket; a connection made in the middle of that may also land in a socket
+    that a new worker inherited and nobody answers on. So each command gets
+    its own connection and a short wait (``attempt``), and is tried again
+    until ``timeout``. A command whose answer was lost may have been carried
+    out: the worker count changes through ``set_workers``, which looks at the
+    count again instead of repeating a change.
+    """
+
+    def __init__(self, path, timeout=20.0, attempt=2.0):
+        self.path = path
+        self.timeout = timeout
+        self.attempt = attempt
+
+    def command(self, text, repeatable=True):
+        """
+        Send one command (``"show stats"``); return its ``data``. A command
+        that is not ``repeatable`` is sent once: when its answer is lost,
+        ``AnswerLost`` says that it may or may not have been carried out.
+        """
+        payload = json.dumps({"id": 1, "command": text, "args": []}).encode()
+        request = struct.pack(">I", len(payload)) + payload
+        deadline = time.monotonic() + self.timeout
+        while True:
+            sent = False
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(self.attempt)
+                    sock.connect(self.path)
+                    sent = True
+                    sock.sendall(request)
+                    (length,) = struct.unpack(">I", _receive(sock, 4))
+                    if length > CONTROL_MESSAGE_LIMIT:
+                        raise ValueError(f"gunicorn answered {length} bytes")
+                    answer = json.loads(_receive(sock, length).decode("utf-8"))
+                break
+            except (OSError, ValueError) as exc:
+                if sent and not repeatable:
+                    raise AnswerLost(f"{text!r}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise ControlSocketError(
+                        f"gunicorn control socket {self.path}, {text!r}: {exc}"
+                    ) from exc
+                time.sleep(0.02)
+        if answer.get("status") != "ok":
+            raise CommandExecutionError(
+                f"gunicorn refused {text!r}: {answer.get('error')}"
+            )
+        return answer.get("data") or {}
+
+    def set_workers(self, target):
+        """Make the master keep ``target`` workers (it stops the oldest first)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            current = int(self.command("show stats").get("workers_target") or 0)
+            if current == target:
+                return
+            if current < target:
+                change = f"worker add {target - current}"
+            else:
+                change = f"worker remove {current - target}"
+            try:
+                self.command(change, repeatable=False)
+            except AnswerLost as exc:
+                # carried out or not: the next look at the count tells
+                if time.monotonic() >= deadline:
+                    raise ControlSocketError(str(exc)) from exc
+
+
+def _receive(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("connection closed")
+        data += chunk
+    return data
+
+
 class Service:
-    """The gunicorn master, seen through supervisor or systemd."""
+    """
+    The gunicorn master of an app: found through Gunicorn's pidfile (checked
+    against /proc) or else its process manager, and what the master and its
+    workers record in the app's run directory (written by the hooks of the
+    formula's gunicorn.conf.py).
+    """
 
     def __init__(self, cfg, host):
         self.cfg = cfg
         self.host = host
         self.manager = cfg.get("process_manager") or "supervisor"
         self.name = cfg.get("service") or "djangoapp-{}".format(cfg["name"])
+        run_dir = cfg.get("run_dir") or "/run/djangoapp/{}".format(cfg["name"])
+        self.pidfile = os.path.join(run_dir, "gunicorn.pid")
+        self.master_state_file = os.path.join(run_dir, "gunicorn.json")
+        self.worker_state_dir = os.path.join(run_dir, "workers")
+        self.control_socket = cfg.get("control_socket") or os.path.join(
+            run_dir, "gunicorn.ctl"
+        )
 
     def master_pid(self):
+        return self.pidfile_master() or self.manager_master()
+
+    def is_master(self, pid):
+        """
+        True when ``pid`` is this app's gunicorn master: gunicorn started with
+        this app's config file, by the app's process manager.
+        """
+        argv = proc_cmdline(pid)
+        config = self.cfg.get("gunicorn_config")
+        if not any(os.path.basename(arg) == "gunicorn" for arg in argv[:3]):
+            return False
+        if config not in argv and f"--config={config}" not in argv:
+            return False
+        parent = proc_ppid(pid)
+        if self.manager == "systemd":
+            return parent == 1
+        return any(
+            os.path.basename(arg) == "supervisord" for arg in proc_cmdline(parent)[:2]
+        )
+
+    def pidfile_master(self):
+        try:
+            with open(self.pidfile, encoding="ascii") as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            return 0
+        return pid if self.is_master(pid) else 0
+
+    def manager_master(self):
         if self.manager == "systemd":
             if not shutil.which("systemctl"):
                 return 0
@@ -735,35 +962,56 @@ class Service:
         pid = int(text)
         return pid if pid_alive(pid) else 0
 
-    def reload(self):
-        if self.manager == "systemd":
-            argv = ["systemctl", "reload", self.name]
-        else:
-            argv = ["supervisorctl", "signal", "HUP", self.name]
-        ret = self.host.run(argv)
-        out = ((ret.get("stdout") or "") + (ret.get("stderr") or "")).strip()
-        if ret.get("retcode") != 0 or "ERROR" in out:
-            raise CommandExecutionError(f"{' '.join(argv)} failed: {tail(out, 500)}")
-        return out
+    def hup(self, master):
+        """A graceful reload: what ``systemctl reload`` and ``supervisorctl
+        signal HUP`` would send."""
+        try:
+            os.kill(master, signal.SIGHUP)
+        except OSError as exc:
+            raise CommandExecutionError(f"HUP to gunicorn {master}: {exc}") from exc
+
+    def master_state(self, master):
+        """What the running master recorded when it read its config, or None."""
+        try:
+            state = _read_json(self.master_state_file)
+        except (OSError, ValueError):
+            return None
+        if isinstance(state, dict) and state.get("pid") == master:
+            return state
+        return None
+
+    def worker_reports(self):
+        """pid -> the report each worker wrote once it had loaded the app."""
+        reports = {}
+        try:
+            names = os.listdir(self.worker_state_dir)
+        except OSError:
+            return reports
+        for name in names:
+            stem, _, ext = name.partition(".")
+            if ext != "json" or not stem.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                report = _read_json(os.path.join(self.worker_state_dir, name))
+                if isinstance(report, dict):
+                    reports[int(stem)] = report
+        return reports
 
     def workers(self, layout, master=None):
         master = master if master is not None else self.master_pid()
         if not master:
             return []
-        root = os.path.realpath(layout.releases) + "/"
         found = []
         for pid in children(master):
             cwd = proc_cwd(pid)
-            rid = None
-            if cwd and cwd.startswith(root):
-                rid = cwd[len(root) :].split("/", 1)[0]
-            found.append({"pid": pid, "cwd": cwd, "release": rid})
+            found.append({"pid": pid, "cwd": cwd, "release": _release_of(layout, cwd)})
         return found
 
-    def wait_workers_on(self, layout, rid, timeout, master=None):
+    def wait_workers_on(self, layout, rid, timeout, master=None, ready=False):
         """
-        Wait until every worker of the master runs from ``releases/<rid>``.
-        Returns the worker pids; raises CommandExecutionError on timeout.
+        Wait until every worker of the master runs from ``releases/<rid>``
+        and, with ``ready``, has reported that it loaded the app. Returns the
+        worker pids; raises CommandExecutionError on timeout.
         """
         master = master or self.master_pid()
         deadline = time.monotonic() + timeout
@@ -773,7 +1021,11 @@ class Service:
             if not pid_alive(master):
                 raise CommandExecutionError(f"gunicorn master {master} is gone")
             workers = self.workers(layout, master)
-            if workers and all(w["release"] == rid for w in workers):
+            reports = self.worker_reports() if ready else {}
+            if workers and all(
+                w["release"] == rid and (not ready or w["pid"] in reports)
+                for w in workers
+            ):
                 # the same workers in two looks in a row: not a process
                 # caught between fork and exec, nor one about to appear
                 pids = sorted(w["pid"] for w in workers)
@@ -784,11 +1036,138 @@ class Service:
                 settled = None
             if time.monotonic() >= deadline:
                 break
-            time.sleep(0.1 if settled else 0.2)
+            time.sleep(0.05 if settled else 0.1)
         detail = ", ".join(f"{w['pid']}:{w['release'] or w['cwd']}" for w in workers)
         raise CommandExecutionError(
-            f"workers not all on {rid} after {timeout}s ({detail or 'no workers'})"
+            f"workers not all {'ready ' if ready else ''}on {rid} after {timeout}s "
+            f"({detail or 'no workers'})"
         )
+
+
+def hup_reason(service, layout, rid, master):
+    """
+    Why a rolling hand-over to ``releases/<rid>`` cannot be right, or None.
+
+    New workers are forked from the running master: they keep its Python,
+    its Gunicorn and the settings it read from the config file, and take
+    only the code, the virtualenv's packages and the environment file of the
+    live release. Anything else that changed needs the master to read its
+    config again (HUP).
+    """
+    state = service.master_state(master)
+    if state is None:
+        return "the master has not recorded what it loaded (started before the hooks)"
+    if state.get("config_sha256") != file_sha256(service.cfg.get("gunicorn_config")):
+        return "the gunicorn config changed since the master read it"
+    venv = os.path.join(layout.release(rid), "venv")
+    gunicorn_version = venv_package_version(venv, "gunicorn")
+    if gunicorn_version != state.get("gunicorn"):
+        return "gunicorn {} runs, the release has {}".format(
+            state.get("gunicorn"), gunicorn_version
+        )
+    master_python = proc_exe(master)
+    release_python = os.path.realpath(os.path.join(venv, "bin", "python"))
+    if master_python != release_python:
+        return f"the master runs {master_python}, the release {release_python}"
+    if not os.path.exists(service.control_socket):
+        return f"no control socket at {service.control_socket}"
+    return None
+
+
+def _renice(pids, niceness):
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
+def hand_over(service, layout, rid, master, timeout):
+    """
+    Replace the master's workers by new ones running ``releases/<rid>``
+    without a moment with no worker ready: N more workers on the control
+    socket, and each time a new worker has loaded the app (its report in the
+    run directory, its cwd in the release), one worker fewer (Gunicorn stops
+    the oldest first). The old workers yield the CPU to the booting ones
+    meanwhile (nice 10), until they are told to stop. Returns details for the
+    step; the old workers may still be finishing their requests.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    control = GunicornControl(service.control_socket)
+    try:
+        stats = control.command("show stats")
+    except ControlSocketError as exc:
+        raise HandOverUnavailable(str(exc)) from exc
+    if stats.get("pid") != master:
+        raise HandOverUnavailable(
+            f"the control socket answers for pid {stats.get('pid')}, not {master}"
+        )
+    count = int(control.command("show config").get("workers") or 1)
+    before = int(stats.get("workers_target") or count)
+    old = set(children(master))
+    # oldest first, the order in which Gunicorn stops them
+    retiring = [
+        worker["pid"]
+        for worker in control.command("show workers").get("workers") or []
+        if worker.get("pid") in old
+    ]
+    for pid in set(service.worker_reports()) - old:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(service.worker_state_dir, f"{pid}.json"))
+    _renice(old, 10)
+    retired = 0
+    try:
+        control.set_workers(before + count)
+        while True:
+            if not pid_alive(master):
+                raise CommandExecutionError(f"gunicorn master {master} is gone")
+            reports = service.worker_reports()
+            ready = [
+                pid
+                for pid in children(master)
+                if pid not in old
+                and pid in reports
+                and _release_of(layout, proc_cwd(pid)) == rid
+            ]
+            due = before if len(ready) >= count else min(len(ready), before)
+            if due > retired:
+                control.set_workers(before + count - due)
+                # told to stop: let them finish their request at full speed
+                _renice(retiring[retired:due], 0)
+                retired = due
+            if len(ready) >= count:
+                _renice(old & set(children(master)), 0)
+                break
+            if time.monotonic() >= deadline:
+                raise CommandExecutionError(
+                    f"{len(ready)} of {count} new workers ready on {rid} "
+                    f"after {timeout}s"
+                )
+            time.sleep(0.05)
+    except CommandExecutionError:
+        _renice(old & set(children(master)), 0)
+        raise
+    return {
+        "method": "rolling",
+        "workers_added": count,
+        "workers_retired": retired,
+        "ready_seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def reload_workers(service, layout, rid, master, timeout):
+    """
+    Have the master's workers run ``releases/<rid>`` (``current`` already
+    points there): a rolling hand-over when it can be right, else a HUP.
+    Returns ``{"method": "rolling"|"hup", ...}``; a HUP names its reason.
+    """
+    reason = hup_reason(service, layout, rid, master)
+    if reason is None:
+        try:
+            return hand_over(service, layout, rid, master, timeout)
+        except HandOverUnavailable as exc:
+            reason = str(exc)
+    service.hup(master)
+    return {"method": "hup", "reason": reason}
 
 
 # --------------------------------------------------------------------------
@@ -1111,62 +1490,138 @@ def _pyc_tag(venv):
     return None, None
 
 
-def link_bytecode(old_venv, new_venv):
+def venv_bytecode(old_venv, new_venv):
     """
-    Hard-link ``__pycache__/*.pyc`` of the old venv into the new one for every
-    source file that is the very same file (same inode: uv links both from
-    its cache). Returns the number of files linked.
+    One pass over the new venv's packages: hard-link the old venv's
+    ``__pycache__/*.pyc`` for every source file that is the very same file
+    (same inode: uv links both from its cache). Returns (number linked,
+    the sources left without byte-code).
     """
-    tag, old_lib = _pyc_tag(old_venv)
-    new_tag, new_lib = _pyc_tag(new_venv)
-    if not tag or tag != new_tag:
-        return 0
-    linked = 0
+    tag, new_lib = _pyc_tag(new_venv)
+    old_tag, old_lib = _pyc_tag(old_venv) if old_venv else (None, None)
+    if not new_lib:
+        return 0, []
     suffix = f".{tag}.pyc"
-    for root, _dirs, files in os.walk(old_lib):
-        if os.path.basename(root) != "__pycache__":
+    linked = 0
+    missing = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        new_dir = os.path.join(new_lib, rel)
+        try:
+            entries = list(os.scandir(new_dir))
+        except OSError:
             continue
-        rel = os.path.relpath(os.path.dirname(root), old_lib)
+        sources = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != "__pycache__":
+                    pending.append(os.path.join(rel, entry.name))
+            elif entry.name.endswith(".py"):
+                sources.append(entry)
+        if not sources:
+            continue
+        old_inodes, old_pycs = {}, set()
+        if old_lib and old_tag == tag:
+            old_dir = os.path.join(old_lib, rel)
+            with contextlib.suppress(OSError):
+                old_inodes = {e.name: e.inode() for e in os.scandir(old_dir)}
+            with contextlib.suppress(OSError):
+                old_pycs = set(os.listdir(os.path.join(old_dir, "__pycache__")))
+        made_cache = False
+        for entry in sources:
+            pyc = entry.name[:-3] + suffix
+            if pyc in old_pycs and old_inodes.get(entry.name) == entry.inode():
+                try:
+                    if not made_cache:
+                        os.makedirs(
+                            os.path.join(new_dir, "__pycache__"), 0o755, exist_ok=True
+                        )
+                        made_cache = True
+                    os.link(
+                        os.path.join(old_lib, rel, "__pycache__", pyc),
+                        os.path.join(new_dir, "__pycache__", pyc),
+                    )
+                    linked += 1
+                    continue
+                except OSError:
+                    pass
+            missing.append(entry.path)
+    return linked, missing
+
+
+def link_project_bytecode(old_src, new_src, tag):
+    """
+    For each Python file of the project that did not change since the live
+    release, give it the old file's modification time and hard-link the old
+    byte-code: Python checks a ``.pyc`` against its source's size and
+    modification time. Returns the set of source paths so served.
+    """
+    linked = set()
+    suffix = f".{tag}.pyc"
+    for root, dirs, files in os.walk(new_src):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = os.path.relpath(root, new_src)
         for name in files:
-            if not name.endswith(suffix):
+            if not name.endswith(".py"):
                 continue
-            module = name[: -len(suffix)]
-            old_src = os.path.join(old_lib, rel, module + ".py")
-            new_src = os.path.join(new_lib, rel, module + ".py")
+            new_path = os.path.join(root, name)
+            old_path = os.path.normpath(os.path.join(old_src, rel, name))
+            old_pyc = os.path.join(
+                os.path.dirname(old_path), "__pycache__", name[:-3] + suffix
+            )
             try:
-                if os.stat(old_src).st_ino != os.stat(new_src).st_ino:
+                old_stat = os.stat(old_path)
+                if old_stat.st_size != os.path.getsize(new_path) or not os.path.isfile(
+                    old_pyc
+                ):
                     continue
-                target_dir = os.path.join(new_lib, rel, "__pycache__")
-                target = os.path.join(target_dir, name)
-                if os.path.exists(target):
-                    continue
-                os.makedirs(target_dir, mode=0o755, exist_ok=True)
-                os.link(os.path.join(root, name), target)
-                linked += 1
+                with open(old_path, "rb") as old_file, open(new_path, "rb") as new_file:
+                    if old_file.read() != new_file.read():
+                        continue
+                os.utime(new_path, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
+                cache = os.path.join(root, "__pycache__")
+                os.makedirs(cache, mode=0o755, exist_ok=True)
+                os.link(old_pyc, os.path.join(cache, name[:-3] + suffix))
             except OSError:
                 continue
+            linked.add(new_path)
     return linked
 
 
-def sources_to_compile(venv, src):
-    """Python files of the venv without byte-code, and all of the project."""
-    tag, lib = _pyc_tag(venv)
+def project_sources(src, done=frozenset()):
+    """Python files of the project, but those in ``done``."""
     found = []
-    for top in (lib, src):
-        if not top:
-            continue
-        for root, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
-            for name in files:
-                if not name.endswith(".py"):
-                    continue
-                path = os.path.join(root, name)
-                if top == lib and tag:
-                    pyc = os.path.join(root, "__pycache__", f"{name[:-3]}.{tag}.pyc")
-                    if os.path.exists(pyc):
-                        continue
+    for root, dirs, files in os.walk(src):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith(".py") and path not in done:
                 found.append(path)
     return found
+
+
+def compile_sources(host, python, tag, sources):
+    """
+    Byte-compile ``sources`` for the interpreter ``python`` (cache tag
+    ``tag``): a few files (those a code change brings) in this process when
+    it is the same Python version, else with that python.
+    """
+    if not sources:
+        return
+    if sys.implementation.cache_tag == tag and len(sources) <= 200:
+        for path in sources:
+            with contextlib.suppress(py_compile.PyCompileError, OSError):
+                py_compile.compile(path, doraise=True)
+        return
+    host.run(
+        [python, "-m", "compileall", "-q", "-j", "0", "-i", "-"],
+        stdin="\n".join(sources) + "\n",
+        stdin_raw_newlines=True,
+        env={"PATH": SAFE_PATH},
+        umask="022",
+        timeout=1800,
+    )
 
 
 def requirements_digest(cfg, src):
@@ -1316,25 +1771,25 @@ class Builder:
         # Byte-compile as root: the app user cannot write __pycache__ into
         # its own code and virtualenv, so without this every worker start
         # would compile Django again in memory.
-        linked = 0
-        if previous and os.path.isdir(os.path.join(previous, "venv")):
-            linked = link_bytecode(os.path.join(previous, "venv"), venv)
-        self.host.run(
-            [vpython, "-m", "compileall", "-q", "-j", "0", "-i", "-"],
-            stdin="\n".join(sources_to_compile(venv, src)) + "\n",
-            stdin_raw_newlines=True,
-            env={"PATH": SAFE_PATH},
-            umask="022",
-            timeout=1800,
-        )
-        self.linked = linked
+        tag, _lib = _pyc_tag(venv)
+        old_venv = os.path.join(previous, "venv") if previous else None
+        linked, sources = venv_bytecode(old_venv, venv)
+        unchanged = set()
+        if old_venv and tag and tag == _pyc_tag(old_venv)[0]:
+            unchanged = link_project_bytecode(os.path.join(previous, "src"), src, tag)
+        sources += project_sources(src, unchanged)
+        compile_sources(self.host, vpython, tag, sources)
+        self.linked = linked + len(unchanged)
+        self.compiled = len(sources)
         self.lap("compile")
-        fix_permissions(rdir)
+        self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", rdir])
         self.lap("permissions")
         return tool
 
 
-def _app_env(cfg, env, rdir):
+def _app_env(cfg, env, rdir, version):
+    """The environment of the app's commands in ``rdir``: env.json, and
+    SENTRY_RELEASE naming the release (as the gunicorn workers have it)."""
     full = {
         "PATH": os.path.join(rdir, "venv", "bin") + ":" + SAFE_PATH,
         "LANG": "C.UTF-8",
@@ -1342,14 +1797,34 @@ def _app_env(cfg, env, rdir):
         "HOME": cfg["base_dir"],
     }
     full.update(env)
+    full["SENTRY_RELEASE"] = version
     return full
 
 
-def run_preflight(cfg, host, rdir, env, redact, collect):
+def gunicorn_checked(cfg, live_info, rdir):
+    """
+    True when ``gunicorn --check-config`` can tell nothing new about the
+    release in ``rdir``: the live release passed it with the same config file,
+    the same Gunicorn and the same requirements (the worker class), and the
+    preflight imports the app itself.
+    """
+    if not live_info or not live_info.get("gunicorn_config"):
+        return False
+    venv = os.path.join(rdir, "venv")
+    return (
+        live_info["gunicorn_config"] == file_sha256(cfg.get("gunicorn_config"))
+        and live_info.get("gunicorn") == venv_package_version(venv, "gunicorn")
+        and live_info.get("requirements")
+        == requirements_digest(cfg, os.path.join(rdir, "src"))
+    )
+
+
+def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
     """
     One process of the new release's python runs the Django checks
-    (djangoapp_preflight.py) while gunicorn --check-config runs beside it.
-    Returns the preflight result dict; raises StepFailed.
+    (djangoapp_preflight.py) while gunicorn --check-config (when
+    ``check_config``) runs beside it. Returns the preflight result dict;
+    raises StepFailed.
     """
     user = cfg["user"]
     project = os.path.join(rdir, "src", cfg.get("project_dir") or ".")
@@ -1381,7 +1856,7 @@ def run_preflight(cfg, host, rdir, env, redact, collect):
         "release_dir": os.path.realpath(rdir),
         "static_staging": staging if collect else None,
     }
-    run_env = _app_env(cfg, env, rdir)
+    run_env = _app_env(cfg, env, rdir, version)
     common = {
         "runas": user,
         "cwd": project,
@@ -1397,7 +1872,7 @@ def run_preflight(cfg, host, rdir, env, redact, collect):
         gargv += ["-c", gconf]
     gargv.append(app_callable)
     join_gunicorn = None
-    if os.path.exists(os.path.join(rdir, "venv", "bin", "gunicorn")):
+    if check_config and os.path.exists(os.path.join(rdir, "venv", "bin", "gunicorn")):
         join_gunicorn = run_in_thread(host.run, gargv, **common)
     ret = host.run(
         [python, "-", json.dumps(options)],
@@ -1570,7 +2045,7 @@ def backup_database(cfg, host, env, rid):
     return path
 
 
-def migrate(cfg, host, rdir, env, redact):
+def migrate(cfg, host, rdir, env, redact, version):
     """``manage.py migrate --noinput`` in the new release, as the app user."""
     project = os.path.join(rdir, "src", cfg.get("project_dir") or ".")
     python = os.path.join(rdir, "venv", "bin", "python")
@@ -1582,7 +2057,7 @@ def migrate(cfg, host, rdir, env, redact):
         argv,
         runas=cfg["user"],
         cwd=project,
-        env=_app_env(cfg, env, rdir),
+        env=_app_env(cfg, env, rdir, version),
         clean_env=True,
         reset_system_locale=False,
         timeout=int(cfg.get("migrate_timeout") or 3600),
@@ -1615,9 +2090,9 @@ def remove_release(layout, rid):
 
 def discard_release(layout, rid):
     """
-    Take ``releases/<rid>`` out of the way at once (a rename into
-    ``releases/.trash-*``, which no listing counts) and delete it in the
-    background; a later prune deletes whatever a killed run left there.
+    Take ``releases/<rid>`` out of the way at once: a rename into
+    ``releases/.trash-*``, which no listing counts. Returns the trash path to
+    delete (None when the rename failed and the release was deleted in place).
     """
     path = layout.release(rid)
     trash = os.path.join(layout.releases, f".trash-{rid}-{os.getpid()}")
@@ -1626,49 +2101,71 @@ def discard_release(layout, rid):
     except OSError:
         remove_release(layout, rid)
         return None
-    thread = threading.Thread(
-        target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}
-    )
-    thread.start()
-    return thread
+    return trash
 
 
-def empty_trash(layout):
+def earlier_trash(layout):
+    """Trash that an earlier run renamed but did not finish deleting."""
     try:
         names = os.listdir(layout.releases)
     except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(".trash-") and f"-{os.getpid()}" not in name:
-            shutil.rmtree(os.path.join(layout.releases, name), ignore_errors=True)
+        return []
+    return [
+        os.path.join(layout.releases, name)
+        for name in names
+        if name.startswith(".trash-") and not name.endswith(f"-{os.getpid()}")
+    ]
 
 
-def prune(layout, entries, keep, current_id, previous_id, in_use=None):
+def delete_in_thread(paths):
+    for path in paths:
+        threading.Thread(
+            target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}
+        ).start()
+
+
+def prune(
+    layout,
+    entries,
+    keep,
+    current_id,
+    previous_id,
+    in_use=None,
+    protect=(),
+    delete=None,
+):
     """
     Remove release dirs beyond ``keep`` successful ones on disk, oldest first,
     and leftovers that never succeeded. Never removes the current release, the
-    previous good one, or one a running process uses. Returns removed ids.
+    previous good one, those in ``protect``, or one a running process uses
+    (``in_use``, looked up only when something is to go). Returns removed
+    ids. The dirs are renamed into the trash at once; ``delete`` (default: a
+    thread each) deletes the trash and what earlier runs left there.
     """
-    empty_trash(layout)
+    trash = earlier_trash(layout)
     on_disk = layout.on_disk()
-    if in_use is None:
-        in_use = releases_in_use(layout)
-    protected = {current_id, previous_id} | set(in_use)
     successful = [rid for rid in successful_releases(entries) if rid in on_disk]
-    removed = []
-    for rid in on_disk:
-        if rid not in successful and rid not in protected:
-            discard_release(layout, rid)
-            removed.append(rid)
     excess = len(successful) - max(1, int(keep))
-    for rid in successful:
-        if excess <= 0:
-            break
-        if rid in protected:
-            continue
-        discard_release(layout, rid)
+    doomed = [rid for rid in on_disk if rid not in successful]
+    if excess > 0 or doomed:
+        if in_use is None:
+            in_use = releases_in_use(layout)
+        protected = {current_id, previous_id} | set(in_use) | set(protect)
+        doomed = [rid for rid in doomed if rid not in protected]
+        for rid in successful:
+            if excess <= 0:
+                break
+            if rid not in protected:
+                doomed.append(rid)
+                excess -= 1
+    removed = []
+    for rid in doomed:
+        path = discard_release(layout, rid)
+        if path:
+            trash.append(path)
         removed.append(rid)
-        excess -= 1
+    if trash:
+        (delete or delete_in_thread)(trash)
     return removed
 
 
@@ -1889,9 +2386,14 @@ def _release_locked(
                 step.info["tool"] = builder.build(git, sha, rdir, previous=live)
                 step.info["timings"] = builder.timings
                 step.info["bytecode_linked"] = getattr(builder, "linked", 0)
+                step.info["compiled"] = getattr(builder, "compiled", 0)
 
         with rec.step("preflight") as step:
-            pre = run_preflight(cfg, host, rdir, env, redact, collect=not reuse)
+            live_info = layout.release_json(current) if current else None
+            check_config = not gunicorn_checked(cfg, live_info, rdir)
+            pre = run_preflight(
+                cfg, host, rdir, env, redact, not reuse, version, check_config
+            )
             step.info["timings"] = pre.get("timings")
             step.info["gunicorn_check_config"] = bool(pre.get("also_checked"))
             if not reuse:
@@ -1917,6 +2419,10 @@ def _release_locked(
                     "python": pre.get("python"),
                     "django": pre.get("django"),
                     "requirements": requirements_digest(cfg, os.path.join(rdir, "src")),
+                    "gunicorn": venv_package_version(
+                        os.path.join(rdir, "venv"), "gunicorn"
+                    ),
+                    "gunicorn_config": file_sha256(cfg.get("gunicorn_config")),
                 }
                 info.update(git.commit_info(sha))
                 _write_json_atomic(os.path.join(rdir, "release.json"), info)
@@ -1930,7 +2436,7 @@ def _release_locked(
             with rec.step("migrate") as step:
                 ledger_entry["migrations_ran"] = ret["migrations_ran"] = True
                 step.info["migrations"] = len(pending)
-                migrate(cfg, host, rdir, env, redact)
+                migrate(cfg, host, rdir, env, redact, version)
 
         with rec.step("switch"):
             switch_current(layout, rid)
@@ -1945,13 +2451,7 @@ def _release_locked(
             ret["service_running"] = False
         else:
             ret["service_running"] = True
-            with rec.step("reload"):
-                service.reload()
-            with rec.step("verify") as step:
-                timeout = int(cfg.get("graceful_timeout") or 30) + 15
-                step.info["workers"] = service.wait_workers_on(
-                    layout, rid, timeout, master
-                )
+            _reload_and_verify(cfg, rec, service, layout, rid, master)
             if cfg.get("health") and cfg["health"].get("url"):
                 with rec.step("health") as step:
                     step.info["response"] = health_check(cfg["health"])
@@ -2012,19 +2512,50 @@ def _release_locked(
         with rec.step("prune") as step:
             entries = ledger_read(layout.ledger)
             previous = rollback_target(entries, rid, layout.on_disk())
-            in_use = releases_in_use(layout)
-            pinned = master_birth_release(layout, entries, service.master_pid())
-            if pinned and pinned not in {rid, previous} | in_use:
-                in_use.add(pinned)
+            master = service.master_pid()
+            pinned = master_birth_release(layout, entries, master)
+            if pinned and pinned not in {rid, previous}:
                 step.info["pinned"] = pinned
-                notes.append(
-                    f"kept {pinned}: the gunicorn master started while it was "
-                    "live and has no PWD outside releases/ in its environment, so "
-                    "its reloads may need it (kept until the service restarts)"
-                )
+                if _release_of(layout, proc_cwd(master)) != pinned:
+                    notes.append(
+                        f"kept {pinned}: the gunicorn master started while it was "
+                        "live and has no PWD outside releases/ in its environment, "
+                        "so its reloads may need it (kept until the service restarts)"
+                    )
             step.info["removed"] = prune(
-                layout, entries, cfg.get("keep_releases") or 5, rid, previous, in_use
+                layout,
+                entries,
+                cfg.get("keep_releases") or 5,
+                rid,
+                previous,
+                protect={pinned} - {None},
+                delete=lambda paths: host.run_background(["rm", "-rf", "--", *paths]),
             )
+
+
+def _worker_timeout(cfg):
+    """How long new workers may take to be ready, and old ones to exit."""
+    return int(cfg.get("graceful_timeout") or 30) + 15
+
+
+def _reports_ready(service, master):
+    """
+    Whether the master's workers report when they have loaded the app: its
+    config has the hooks (it recorded what it loaded). A worker's cwd is in
+    the new release from its fork on, before it has imported anything.
+    """
+    return service.master_state(master) is not None
+
+
+def _reload_and_verify(cfg, rec, service, layout, rid, master):
+    """The ``reload`` and ``verify`` steps: every worker on ``releases/<rid>``."""
+    timeout = _worker_timeout(cfg)
+    with rec.step("reload") as step:
+        step.info.update(reload_workers(service, layout, rid, master, timeout))
+    with rec.step("verify") as step:
+        step.info["workers"] = service.wait_workers_on(
+            layout, rid, timeout, master, ready=_reports_ready(service, master)
+        )
 
 
 def _restore(cfg, layout, service, previous, failed, notes):
@@ -2042,10 +2573,15 @@ def _restore(cfg, layout, service, previous, failed, notes):
         restored.append("service not running: nothing to reload")
         return restored
     try:
-        service.reload()
-        restored.append("sent HUP to gunicorn")
-        timeout = int(cfg.get("graceful_timeout") or 30) + 15
-        pids = service.wait_workers_on(layout, previous, timeout, master)
+        timeout = _worker_timeout(cfg)
+        how = reload_workers(service, layout, previous, master, timeout)
+        if how["method"] == "rolling":
+            restored.append("handed the workers over to it (rolling)")
+        else:
+            restored.append("sent HUP to gunicorn")
+        pids = service.wait_workers_on(
+            layout, previous, timeout, master, ready=_reports_ready(service, master)
+        )
         restored.append(f"workers back on {previous}: {pids}")
     except CommandExecutionError as exc:
         restored.append(f"restore incomplete: {exc}")
@@ -2117,13 +2653,7 @@ def rollback(cfg, host, to=None, user=None, jid=None):
             )
         else:
             try:
-                with rec.step("reload"):
-                    service.reload()
-                with rec.step("verify") as step:
-                    timeout = int(cfg.get("graceful_timeout") or 30) + 15
-                    step.info["workers"] = service.wait_workers_on(
-                        layout, target, timeout, master
-                    )
+                _reload_and_verify(cfg, rec, service, layout, target, master)
                 if cfg.get("health") and cfg["health"].get("url"):
                     with rec.step("health") as step:
                         step.info["response"] = health_check(cfg["health"])
@@ -2166,6 +2696,7 @@ def status(cfg, host):
     service = Service(cfg, host)
     master = service.master_pid()
     workers = service.workers(layout, master) if master else []
+    reports = service.worker_reports()
     lock_holder = None
     if ReleaseLock.is_held(layout.lock):
         lock_holder = ReleaseLock.read_holder(layout.lock) or {}
@@ -2185,7 +2716,14 @@ def status(cfg, host):
             "master_pid": master or None,
             "master_release": _release_of(layout, proc_cwd(master)) if master else None,
         },
-        "workers": [{"pid": w["pid"], "release": w["release"]} for w in workers],
+        "workers": [
+            {
+                "pid": w["pid"],
+                "release": w["release"],
+                "version": (reports.get(w["pid"]) or {}).get("version"),
+            }
+            for w in workers
+        ],
         "release_running": lock_holder,
         "previous_good": rollback_target(entries, current, layout.on_disk()),
     }
@@ -2255,9 +2793,13 @@ def static_location(cfg):
 
 
 def reload_service(cfg, host):
-    """HUP gunicorn through its process manager; False when it is not running."""
+    """
+    HUP gunicorn: the master reads its config file and the environment file
+    again and replaces its workers. False when gunicorn is not running.
+    """
     service = Service(cfg, host)
-    if not service.master_pid():
+    master = service.master_pid()
+    if not master:
         return False
-    service.reload()
+    service.hup(master)
     return True

@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,15 @@ INPLACE_DIR = f"{INPLACE_ROOT}/demo"
 INPLACE_VENV = f"{INPLACE_ROOT}/venv"
 INPLACE_GUNICORN_CONFIG = f"{INPLACE_ROOT}/gunicorn.conf.py"
 INPLACE_SCRIPT = "/srv/formula/bench/inplace.sh"
+# The hooks of the formula's gunicorn.conf.py (the rolling hand-over's)
+FORMULA_HOOKS = (
+    "on_starting",
+    "on_reload",
+    "post_fork",
+    "post_worker_init",
+    "worker_exit",
+    "child_exit",
+)
 BASE_VERSION = "v1.0.0"
 CODE_VERSION = "v1.0.1"
 DEPS_VERSION = "v1.2.0"  # adds humanize and two migrations over v1.0.0
@@ -69,6 +79,7 @@ SCENARIOS = {
     "converge_fresh": "first state.apply of a fresh host",
     "salt_call": "salt-call --local test.true (fixed cost)",
 }
+SCALE_PREFIX = "scale_"  # runs["scale_<N>"]: the code-only release on N apps at once
 # Ours against the in-place script with a HUP, measured in the same run.
 RATIOS = {
     "release_code": "inplace_hup_code",
@@ -77,6 +88,17 @@ RATIOS = {
 }
 ZERO_DOWNTIME = ("release_code", "release_deps", "rollback")
 VERSION_RE = re.compile(rb'<span class="version">([^<]*)<')
+
+
+def app_counts(text: str) -> list[int]:
+    """``1,2,4`` -> [1, 2, 4]: numbers of apps, 1 to 8, in increasing order."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: numbers like 1,2,4") from None
+    if not counts or counts[0] < 1 or counts[-1] > 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: from 1 to 8 apps")
+    return counts
 
 
 def log(message: str) -> None:
@@ -191,6 +213,8 @@ class Bench:
         self.tryout = tryout
         self.work = WORK_ROOT / f"djangoapp-bench{testhost.SLOT.number}"
         self.runs: dict[str, list[dict]] = {name: [] for name in SCENARIOS}
+        for count in args.scale:
+            self.runs[f"{SCALE_PREFIX}{count}"] = []
         self.host = None
         self.cfg: dict = {}
         self.server_name = ""
@@ -204,11 +228,18 @@ class Bench:
         self.source = snapshot_formula(self.work / "formula", self.args.source)
         bare = self.work / "git" / "demo.git"
         self.demorepo.build_repo(bare)
-        self.tags = add_code_only_tags(
-            bare, ["bench-ours", "bench-hup", "bench-restart"], self.args.runs
-        )
+        series = ["bench-ours", "bench-hup", "bench-restart"]
+        self.tags = add_code_only_tags(bare, series, self.args.runs)
+        if self.args.scale:
+            # one fresh commit per measured run, released on every app of the run
+            self.tags.update(
+                add_code_only_tags(
+                    bare, ["bench-scale"], self.args.runs * len(self.args.scale)
+                )
+            )
         demo = self.tryout.write_pillar(self.work / "pillar")
-        self.server_name = demo["djangoapp"]["apps"][APP]["server_names"][0]
+        self.demo_app = demo["djangoapp"]["apps"][APP]
+        self.server_name = self.demo_app["server_names"][0]
 
     def boot(self) -> float:
         testhost = self.testhost
@@ -336,6 +367,36 @@ class Bench:
         rc, data = self.salt("djangoapp.release", f"version={version}", f"app={APP}")
         return engine_detail(rc, data)
 
+    def release_on_apps(self, version: str, apps: list[str]) -> dict:
+        """``djangoapp.release`` of ``version`` on each of ``apps`` at once, one
+        salt-call per app (each app has its own lock); done when the last is."""
+        details: dict[str, dict] = {}
+
+        def one(app: str) -> None:
+            rc, data = self.salt(
+                "djangoapp.release", f"version={version}", f"app={app}"
+            )
+            details[app] = engine_detail(rc, data)
+
+        threads = [threading.Thread(target=one, args=(app,)) for app in apps]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        failed = {app: d.get("error") for app, d in details.items() if not d["ok"]}
+        detail = {
+            "ok": not failed and len(details) == len(apps),
+            "apps": len(apps),
+            "engine_s": details[APP].get("engine_s"),
+            "engines_s": {app: d.get("engine_s") for app, d in details.items()},
+            "steps": details[APP].get("steps"),
+            "step_timings": details[APP].get("step_timings"),
+            "reload_method": details[APP].get("reload_method"),
+        }
+        if failed:
+            detail["error"] = failed
+        return detail
+
     def rollback(self, to: str | None = None) -> dict:
         args = ["djangoapp.rollback", f"app={APP}"] + ([f"to={to}"] if to else [])
         rc, data = self.salt(*args)
@@ -420,13 +481,16 @@ class Bench:
         self.exec(["sh", "-ec", script], env=self.inplace_env())
         self.inplace_manage("migrate", "--noinput")
         self.inplace_manage("collectstatic", "--noinput")
-        # The formula's Gunicorn settings, with the checkout as working directory.
+        # The formula's Gunicorn settings, with the checkout as working directory and
+        # without the hooks that tie new workers to the formula's releases.
         self.host.put_file(
             INPLACE_GUNICORN_CONFIG,
             "# The app's Gunicorn settings, serving the in-place checkout.\n"
             f"with open({self.cfg['gunicorn_config']!r}) as managed:\n"
             "    exec(managed.read())\n"
-            f"chdir = {INPLACE_DIR!r}\n",
+            f"chdir = {INPLACE_DIR!r}\n"
+            f"for hook in {FORMULA_HOOKS!r}:\n"
+            "    globals().pop(hook, None)\n",
         )
         program = self.program_file()
         self.program_original = self.host.get_file(program)
@@ -479,7 +543,6 @@ class Bench:
     # --- the whole run -----------------------------------------------------------
 
     def run(self) -> dict:
-        runs = self.args.runs
         self.prepare()
         boot_s = self.boot()
         self.measure(
@@ -493,6 +556,65 @@ class Bench:
             raise RuntimeError(f"the first state.apply failed: {first.get('error')}")
         self.cfg = json.loads(self.host.get_file(f"{CONFIG_DIR}/{APP}/app.json"))
         self.wait_for_version(BASE_VERSION)
+        if not self.args.only_scale:
+            self.run_main()
+        if self.args.scale:
+            self.run_scale()
+        if not self.args.only_scale:
+            for _ in range(1, self.args.fresh_runs):
+                self.teardown()
+                boot_s = self.boot()
+                self.measure(
+                    "converge_fresh",
+                    "fresh host",
+                    lambda boot_s=boot_s: dict(
+                        self.converge(), boot_s=round(boot_s, 1)
+                    ),
+                    load=False,
+                )
+        return self.results()
+
+    def run_scale(self) -> None:
+        """The same code-only release on N apps of one host at once, for each N of
+        --scale, under the load on the first app. The other apps are copies of the
+        demo app (names demo2, demo3...), added to the pillar and converged first."""
+        counts = self.args.scale
+        names = [APP] + [f"{APP}{number}" for number in range(2, max(counts) + 1)]
+        if len(names) > 1:
+            log(f"scale: adding apps {', '.join(names[1:])} and converging")
+            extra = {
+                name: dict(self.demo_app, server_names=[f"{name}.test"])
+                for name in names[1:]
+            }
+            pillar_dir = self.work / "pillar"
+            top = pillar_dir / "top.sls"
+            demo_top = top.read_text()
+            (pillar_dir / "scale.sls").write_text(
+                json.dumps({"djangoapp": {"apps": extra}}, indent=1)
+            )
+            top.write_text(json.dumps({"base": {"*": ["demo", "try", "scale"]}}))
+            try:
+                converged = self.converge()
+            finally:
+                # the fresh hosts that follow get the demo pillar alone
+                top.write_text(demo_top)
+            if not converged.get("ok"):
+                raise RuntimeError(f"converging {len(names)} apps: {converged}")
+        tags = iter(self.tags["bench-scale"])
+        for count in counts:
+            for _ in range(self.args.runs):
+                tag = next(tags)
+                self.measure(
+                    f"{SCALE_PREFIX}{count}",
+                    f"{tag} on {count} app{'s' if count > 1 else ''}",
+                    lambda tag=tag, count=count: self.release_on_apps(
+                        tag, names[:count]
+                    ),
+                    tag,
+                )
+
+    def run_main(self) -> None:
+        runs = self.args.runs
 
         for _ in range(runs):
             self.measure(
@@ -557,17 +679,6 @@ class Bench:
                 self.inplace_back_to_base(migrate_back=migrated)
         self.restore_program()
 
-        for _ in range(1, self.args.fresh_runs):
-            self.teardown()
-            boot_s = self.boot()
-            self.measure(
-                "converge_fresh",
-                "fresh host",
-                lambda boot_s=boot_s: dict(self.converge(), boot_s=round(boot_s, 1)),
-                load=False,
-            )
-        return self.results()
-
     def results(self, incomplete: str | None = None) -> dict:
         started = self.started
         return {
@@ -580,6 +691,8 @@ class Bench:
             "source": getattr(self, "source", None),
             "settings": {
                 "runs": self.args.runs,
+                "scale": self.args.scale,
+                "only_scale": self.args.only_scale,
                 "fresh_runs": self.args.fresh_runs,
                 "clients": self.args.clients,
                 "rate": self.args.rate,
@@ -655,10 +768,12 @@ def switch_times(labels: dict, target: str, started: float) -> dict:
 def engine_detail(rc: int, data) -> dict:
     if not isinstance(data, dict):
         return {"ok": False, "error": str(data)[-3000:]}
+    reload = next((s for s in data.get("steps") or [] if s["name"] == "reload"), {})
     detail = {
         "ok": rc == 0 and data.get("result") is True,
         "engine_s": data.get("seconds"),
         "id": data.get("id"),
+        "reload_method": reload.get("method"),
         "steps": {step["name"]: step["seconds"] for step in data.get("steps") or []},
         "step_timings": {
             step["name"]: step["timings"]
@@ -821,6 +936,7 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
         )
     text = "\n".join(lines) + "\n"
     text += "\n" + step_table(runs)
+    text += "\n" + scale_table(runs)
     text += "\n" + slowest_states(runs)
 
     checks = []
@@ -875,6 +991,48 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
     return text, checks
 
 
+def scale_table(runs: dict) -> str:
+    """The code-only release on N apps at once: how the time grows with N."""
+    counts = sorted(
+        int(name[len(SCALE_PREFIX) :])
+        for name, records in runs.items()
+        if name.startswith(SCALE_PREFIX) and records
+    )
+    if not counts:
+        return ""
+    lines = [
+        "The same code-only release on N apps of the host at once (one `salt-call "
+        "--local djangoapp.release` per app, started together; load on the first "
+        "app):\n",
+        "| apps | runs | wall s: median (min–max) | engine s per app: median "
+        "(slowest) | wall / wall of 1 app | requests | failed | longest gap s "
+        "| reload |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    base = None
+    for count in counts:
+        records = runs[f"{SCALE_PREFIX}{count}"]
+        row = aggregate(records)
+        engines = [
+            seconds
+            for record in records
+            for seconds in (record.get("engines_s") or {}).values()
+            if seconds is not None
+        ]
+        base = base or row["wall_median"]
+        methods = sorted({r.get("reload_method") or "–" for r in records})
+        mark = "" if row["ok"] else " (a run FAILED)"
+        lines.append(
+            f"| {count}{mark} | {row['runs']} | {fmt(row['wall_median'])} "
+            f"({fmt(row['wall_min'])}–{fmt(row['wall_max'])}) "
+            f"| {fmt(median(engines))} ({fmt(max(engines, default=None))}) "
+            f"| {fmt(row['wall_median'] / base)} | {fmt(row.get('requests'))} "
+            f"| {fmt(row.get('failed'))} | {fmt(row.get('gap_max'), 3)} "
+            f"| {', '.join(methods)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def step_table(runs: dict) -> str:
     """Median seconds per step: the engine's steps, the in-place script's steps."""
     lines = ["| scenario | steps (median s) |", "| --- | --- |"]
@@ -897,6 +1055,9 @@ def step_table(runs: dict) -> str:
         for step in names:
             value = median((r.get("steps") or {}).get(step) for r in records)
             cells.append(f"{step} {fmt(value)}")
+            if step == "reload":
+                methods = sorted({r.get("reload_method") or "?" for r in records})
+                cells[-1] += f" ({', '.join(methods)})"
             if step in ("build", "preflight"):
                 subs: list[str] = []
                 for record in records:
@@ -1012,6 +1173,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait", type=float, default=600, help="wait at most this long (s)"
     )
+    parser.add_argument(
+        "--scale",
+        type=app_counts,
+        default=[],
+        metavar="N,N,...",
+        help="also release one code-only commit on N apps of the host at once, "
+        "for each N (e.g. 1,2,4)",
+    )
+    parser.add_argument(
+        "--only-scale",
+        action="store_true",
+        help="with --scale: one fresh host, no other scenario",
+    )
     parser.add_argument("--slowest", type=int, default=10, help="states listed")
     parser.add_argument(
         "--keep", action="store_true", help="leave the last host up afterwards"
@@ -1024,6 +1198,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_report(json.loads(args.report.read_text()), None)
     if args.runs < 1 or args.fresh_runs < 1 or not 20 <= args.clients <= 200:
         parser.error("--runs and --fresh-runs >= 1, --clients from 20 to 200")
+    if args.only_scale and not args.scale:
+        parser.error("--only-scale needs --scale")
 
     quiet = wait_until_quiet(args.quiet_below, args.quiet_wait)
     os.environ["DJANGOAPP_TEST_SLOT"] = str(args.slot)

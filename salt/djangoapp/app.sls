@@ -109,6 +109,8 @@ djangoapp-{{ name }}-engine-config-file-serialized:
         process_manager: {{ app.process_manager | json }}
         service: {{ app.service | json }}
         socket: {{ app.socket | json }}
+        run_dir: {{ app.run_dir | json }}
+        control_socket: {{ app.control_socket | json }}
         health:
           # https when Nginx redirects HTTP to HTTPS: the engine never follows a
           # redirect, and sends the host name as SNI.

@@ -52,7 +52,12 @@ djangoapp-{{ name }}-supervisor-program-updated:
 djangoapp-{{ name }}-gunicorn-running:
   cmd.run:
     - name: supervisorctl start {{ app.service }}
-    - unless: supervisorctl status {{ app.service }} | grep -q RUNNING
+    # The Gunicorn pidfile naming a live process started with this app's config
+    # answers in milliseconds; supervisorctl, a Python client, takes up to a second.
+    - unless: >-
+        grep -qF -- {{ app.gunicorn_config | quote }}
+        "/proc/$(cat {{ (app.run_dir ~ "/gunicorn.pid") | quote }})/cmdline"
+        || supervisorctl status {{ app.service }} | grep -q RUNNING
     - require:
       - cmd: djangoapp-{{ name }}-supervisor-program-updated
 {%-   else %}

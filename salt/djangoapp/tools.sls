@@ -16,9 +16,10 @@ djangoapp-tools-virtualenv-created:
 djangoapp-tools-uv-installed:
   cmd.run:
     - name: {{ tools_dir }}/bin/python -m pip install --quiet {{ uv_requirement }}
+    # `uv --version` answers in milliseconds; `pip show` takes half a second.
     - unless: >-
-        {{ tools_dir }}/bin/python -m pip show uv
-        | grep -qx "Version: {{ djangoapp.tools.uv_version }}"
+        {{ tools_dir }}/bin/uv --version | cut -d " " -f 2
+        | grep -qxF {{ djangoapp.tools.uv_version | string | quote }}
     - env: {{ djangoapp.proxy_env | json }}
     - require:
       - cmd: djangoapp-tools-virtualenv-created

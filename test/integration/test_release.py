@@ -3,6 +3,7 @@ concurrent load through Nginx: no request fails, whatever happens to the release
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +15,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.release]
 
 CLIENTS = 24
 RELEASE_TIMEOUT = 900
+LIVE_ENVIRON = (Path(__file__).parent / "live_environ.py").read_text()
+GUNICORN_CONFIG = "/etc/djangoapp/demo/gunicorn.conf.py"
 
 
-@pytest.fixture
-def page_load(demo_app):
-    """A load on the demo page through Nginx, from this machine."""
+def new_load(demo_app) -> Load:
+    """A load on the demo page through Nginx, from this machine (one use)."""
     return Load(
         testhost.HOST_IP,
         443 if uses_tls(demo_app) else 80,
@@ -27,6 +29,11 @@ def page_load(demo_app):
         clients=CLIENTS,
         tls=uses_tls(demo_app),
     )
+
+
+@pytest.fixture
+def page_load(demo_app):
+    return new_load(demo_app)
 
 
 def live_version(http_get, demo_app) -> str:
@@ -43,6 +50,36 @@ def note_count(host) -> int:
     )
     assert count.rc == 0, count.stderr
     return int(count.stdout)
+
+
+def step(data, name):
+    return next(s for s in data["steps"] if s["name"] == name)
+
+
+def workers_sentry_release(host, salt_cli) -> dict[int, str]:
+    """SENTRY_RELEASE of each Gunicorn worker, from the worker's live environment:
+    /proc/<pid>/environ holds only what its master was started with."""
+    found = {}
+    for worker in salt_cli("djangoapp.status", "demo")["workers"]:
+        result = host.run(
+            "python3 -c %s %s SENTRY_RELEASE", LIVE_ENVIRON, str(worker["pid"])
+        )
+        assert result.rc == 0, result.stderr
+        found[worker["pid"]] = result.stdout.strip()
+        assert worker["version"] == found[worker["pid"]]  # the worker's own report
+    assert found
+    return found
+
+
+def write_config(host, text):
+    """Rewrite the app's Gunicorn config in place (its owner and mode stay)."""
+    result = host.run(
+        "python3 -c %s %s %s",
+        "import sys; open(sys.argv[1], 'w').write(sys.argv[2])",
+        GUNICORN_CONFIG,
+        text,
+    )
+    assert result.rc == 0, result.stderr
 
 
 def release(salt_cli, version, **kwargs):
@@ -85,6 +122,9 @@ def test_release_with_a_migration_under_load(
     assert page_load.result.failed == 0, page_load.result.failures
     assert page_load.result.succeeded > 100
     assert live_version(http_get, demo_app) == "v1.1.0"
+    # the workers were handed over one by one, not replaced all at once by a HUP
+    assert step(data, "reload")["method"] == "rolling", step(data, "reload")
+    assert set(workers_sentry_release(converged_host, salt_cli).values()) == {"v1.1.0"}
     events = event_listener.wait_for_events(
         [
             (salt_master.id, "djangoapp/release/start"),
@@ -120,6 +160,8 @@ def test_rollback_under_load(converged_host, salt_cli, http_get, demo_app, page_
     assert result.data["result"] is True
     assert page_load.result.failed == 0, page_load.result.failures
     assert live_version(http_get, demo_app) == "v1.0.0"
+    assert step(result.data, "reload")["method"] == "rolling"
+    assert set(workers_sentry_release(converged_host, salt_cli).values()) == {"v1.0.0"}
 
 
 def test_code_only_release_is_fast(salt_cli, http_get, demo_app, page_load):
@@ -132,6 +174,37 @@ def test_code_only_release_is_fast(salt_cli, http_get, demo_app, page_load):
     back = salt_cli.run("djangoapp.rollback", "app=demo", timeout=RELEASE_TIMEOUT)
     assert back.returncode == 0, back.data
     assert live_version(http_get, demo_app) == "v1.0.0"
+
+
+def test_a_changed_gunicorn_config_is_read_with_a_hup(
+    converged_host, salt_cli, http_get, demo_app, page_load
+):
+    """New workers forked from the running master would keep its settings: when the
+    config file changed since the master read it, the release sends a HUP."""
+    original = converged_host.file(GUNICORN_CONFIG).content_string
+    write_config(converged_host, original + "\n# changed by test_release.py\n")
+    try:
+        with page_load:
+            result = release(salt_cli, "v1.0.1")
+        assert result.returncode == 0, result.data
+        reload = step(result.data, "reload")
+        assert reload["method"] == "hup", reload
+        assert "config changed" in reload["reason"]
+        assert page_load.result.failed == 0, page_load.result.failures
+        assert live_version(http_get, demo_app) == "v1.0.1"
+        assert set(workers_sentry_release(converged_host, salt_cli).values()) == {
+            "v1.0.1"
+        }
+    finally:
+        write_config(converged_host, original)
+    # the master read the changed file: the original one is a change again
+    with new_load(demo_app) as load:
+        back = salt_cli.run("djangoapp.rollback", "app=demo", timeout=RELEASE_TIMEOUT)
+    assert back.returncode == 0, back.data
+    assert step(back.data, "reload")["method"] == "hup"
+    assert load.result.failed == 0, load.result.failures
+    assert live_version(http_get, demo_app) == "v1.0.0"
+    assert set(workers_sentry_release(converged_host, salt_cli).values()) == {"v1.0.0"}
 
 
 FAILURES = {

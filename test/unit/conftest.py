@@ -361,6 +361,7 @@ def tiny_app_config(repo, base, uv, cache, **overrides):
         "gunicorn_config": str(base / "no-gunicorn.conf.py"),
         "process_manager": "supervisor",
         "service": "djangoapp-unit-test-no-such-service",
+        "run_dir": str(base / "run"),
         "keep_releases": 2,
         "uv": uv,
         "uv_cache": cache,

@@ -1,0 +1,295 @@
+"""
+The rolling hand-over with a real Gunicorn: releases of the tiny project served
+by Gunicorn with the formula's own gunicorn.conf.py (rendered by Salt), while a
+client keeps requesting the page through Gunicorn's socket. Workers are added
+and removed on the control socket; a release of the tiny project must not lose
+a single request, and each worker must run the new release with SENTRY_RELEASE
+naming it.
+
+As in test_module_djangoapp_verify.py, the process manager is a stand-in: a
+``supervisorctl`` script on PATH reporting the master's pid, read from
+Gunicorn's pidfile (the engine does not take the pidfile alone as proof here:
+the master's parent is not supervisord).
+
+The tests run in file order and share one app.
+"""
+
+import http.client
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from test_module_djangoapp_verify import SUPERVISORCTL, Health
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "salt" / "djangoapp" / "files" / "gunicorn.conf.py.jinja"
+WORKERS = 2
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Client:
+    """Requests the page in a loop; counts failures and the answers seen."""
+
+    def __init__(self, path):
+        self.path = path
+        self.answers = []
+        self.failures = []
+        self.running = True
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while self.running:
+            connection = UnixHTTPConnection(self.path)
+            try:
+                connection.request("GET", "/", headers={"Host": "example.com"})
+                response = connection.getresponse()
+                body = response.read().decode()
+                if response.status != 200:
+                    self.failures.append(f"HTTP {response.status}")
+                else:
+                    self.answers.append(body)
+            except OSError as exc:
+                self.failures.append(repr(exc))
+            finally:
+                connection.close()
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("rolling") / "srv"
+
+
+@pytest.fixture(scope="module")
+def fake_pm(tmp_path_factory):
+    bindir = tmp_path_factory.mktemp("rollingpm")
+    script = bindir / "supervisorctl"
+    script.write_text(SUPERVISORCTL)
+    script.chmod(0o755)
+    return bindir
+
+
+@pytest.fixture(scope="module")
+def health_server():
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def gunicorn_settings(base, name):
+    run = base / "run"
+    return {
+        "name": name,
+        "service": f"djangoapp-{name}",
+        "gunicorn_config": str(base / "gunicorn.conf.py"),
+        "env_file": None,  # filled in by the app fixture
+        "base_dir": str(base),
+        "project_dir": ".",
+        "run_dir": str(run),
+        "socket": str(run / "gunicorn.sock"),
+        "control_socket": str(run / "gunicorn.ctl"),
+        "server": "wsgi",
+        "worker_class": "sync",
+        "threads": 1,
+        "workers": WORKERS,
+        "timeout": 30,
+        "graceful_timeout": 5,
+    }
+
+
+def render_config(mods, settings, extra=""):
+    text = mods["file.apply_template_on_contents"](
+        contents=TEMPLATE.read_text(),
+        template="jinja",
+        context={"app": settings},
+        defaults=None,
+        saltenv="base",
+    )
+    pathlib.Path(settings["gunicorn_config"]).write_text(text + extra)
+
+
+@pytest.fixture
+def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
+    settings = gunicorn_settings(base, "rolling")
+    (base / "run").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "run" / "gunicorn.pid"))
+    url = f"http://127.0.0.1:{health_server.server_address[1]}/healthz/"
+    cfg = tiny_app(
+        "rolling",
+        base,
+        health={"url": url, "host": "example.com", "timeout": 5, "verify_tls": False},
+        graceful_timeout=5,
+        gunicorn_config=settings["gunicorn_config"],
+        run_dir=settings["run_dir"],
+        control_socket=settings["control_socket"],
+    )
+    settings["env_file"] = cfg["env_file"]
+    if not pathlib.Path(settings["gunicorn_config"]).exists():
+        render_config(mods, settings)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def master(base):
+    procs = []
+
+    def start():
+        python = base / "current" / "venv" / "bin" / "python"
+        proc = subprocess.Popen(
+            [
+                str(python),
+                "-m",
+                "gunicorn",
+                "--config",
+                str(base / "gunicorn.conf.py"),
+                "tinysite.wsgi:application",
+            ],
+            cwd=str(base),
+            env={"PATH": os.environ["PATH"], "PWD": str(base), "HOME": str(base)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(base / "gunicorn.log", "ab"),  # noqa: SIM115
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        workers = base / "run" / "workers"
+        while time.monotonic() < deadline:
+            if workers.is_dir() and len(list(workers.glob("*.json"))) >= WORKERS:
+                return proc
+            assert proc.poll() is None, (base / "gunicorn.log").read_text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError((base / "gunicorn.log").read_text()[-3000:])
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _step(ret, name):
+    return next(s for s in ret["steps"] if s["name"] == name)
+
+
+def _worker_versions(mods):
+    status = mods["djangoapp.status"]("rolling")
+    return {(w["release"], w["version"]) for w in status["workers"]}
+
+
+def test_first_release_then_gunicorn_starts(mods, app, base, master):
+    ret = mods["djangoapp.release"]("v1.0.0", app="rolling")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    proc = master()
+    # what the master loaded, for the engine to compare with the next release
+    state = json.loads((base / "run" / "gunicorn.json").read_text())
+    info = json.loads((base / "releases" / ret["id"] / "release.json").read_text())
+    assert state["pid"] == proc.pid
+    assert state["gunicorn"] == info["gunicorn"]
+    assert state["config_sha256"] == info["gunicorn_config"]
+    assert (base / "run" / "gunicorn.pid").read_text().strip() == str(proc.pid)
+    assert _worker_versions(mods) == {(ret["id"], "v1.0.0")}
+
+
+def test_release_hands_the_workers_over_without_a_failed_request(mods, app, base):
+    with Client(str(base / "run" / "gunicorn.sock")) as client:
+        time.sleep(0.5)
+        ret = mods["djangoapp.release"]("v1.1.0", app="rolling")
+        time.sleep(0.5)
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    reload = _step(ret, "reload")
+    assert reload["method"] == "rolling", reload
+    assert reload["workers_added"] == WORKERS
+    assert _step(ret, "verify")["workers"]
+    assert client.failures == []
+    assert "version 1" in client.answers and client.answers[-1] == "version 2"
+    assert _worker_versions(mods) == {(ret["id"], "v1.1.0")}
+    # the hand-over restored the worker count and the workers' priority
+    status = mods["djangoapp.status"]("rolling")
+    assert len(status["workers"]) == WORKERS
+    for worker in status["workers"]:
+        assert os.getpriority(os.PRIO_PROCESS, worker["pid"]) == 0
+    # the gunicorn config and version did not change: no second check-config
+    assert _step(ret, "preflight")["gunicorn_check_config"] is False
+
+
+def test_failed_health_check_hands_back_the_same_way(mods, app, base):
+    before = os.readlink(base / "current").split("/")[-1]
+    Health.status["code"] = 500
+    try:
+        with Client(str(base / "run" / "gunicorn.sock")) as client:
+            ret = mods["djangoapp.release"]("v1.2.0", app="rolling")
+            time.sleep(0.5)
+    finally:
+        Health.status["code"] = 200
+    assert ret["result"] is False
+    assert ret["failed_step"] == "health", (ret["failed_step"], ret["error"])
+    assert _step(ret, "reload")["method"] == "rolling"
+    assert "handed the workers over to it (rolling)" in ret["restored"]
+    assert any(r.startswith(f"workers back on {before}") for r in ret["restored"])
+    assert client.failures == []
+    assert client.answers[-1] == "version 2"
+    assert _worker_versions(mods) == {(before, "v1.1.0")}
+    assert len(mods["djangoapp.status"]("rolling")["workers"]) == WORKERS
+
+
+def test_rollback_hands_over_too(mods, app, base):
+    with Client(str(base / "run" / "gunicorn.sock")) as client:
+        ret = mods["djangoapp.rollback"]("rolling")
+        time.sleep(0.5)
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert _step(ret, "reload")["method"] == "rolling"
+    assert client.failures == []
+    assert client.answers[-1] == "version 1"
+    assert _worker_versions(mods) == {(ret["id"], "v1.0.0")}
+
+
+def test_changed_gunicorn_config_takes_a_hup(mods, app, base):
+    settings = gunicorn_settings(base, "rolling")
+    settings["env_file"] = app["env_file"]
+    render_config(mods, settings, extra="\n# changed\n")
+    ret = mods["djangoapp.release"]("v1.1.0", app="rolling")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    reload = _step(ret, "reload")
+    assert reload["method"] == "hup"
+    assert "config changed" in reload["reason"]
+    # the config changed: gunicorn --check-config ran again
+    assert _step(ret, "preflight")["gunicorn_check_config"] is True
+    assert _worker_versions(mods) == {(ret["id"], "v1.1.0")}
+    # the master read the new config on the HUP: the next one rolls again
+    state = json.loads((base / "run" / "gunicorn.json").read_text())
+    assert state["config_sha256"] == _sha256(base / "gunicorn.conf.py")
+    ret = mods["djangoapp.rollback"]("rolling")
+    assert _step(ret, "reload")["method"] == "rolling", ret
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
