@@ -53,6 +53,8 @@ SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
 PREFLIGHT_MARKER = "DJANGOAPP-PREFLIGHT "
 STATIC_STAGING = ".static-staging"
+# Where a release keeps its collected files when STATIC_ROOT lies outside it.
+STATIC_KEPT = "static"
 OUTPUT_LIMIT = 4000
 CONTROL_MESSAGE_LIMIT = 16 * 1024 * 1024
 SECRET_NAME_RE = re.compile(
@@ -407,6 +409,7 @@ class Layout:
         self.mirror = os.path.join(self.base, "repo.git")
         self.ledger = os.path.join(self.base, "ledger.jsonl")
         self.lock = os.path.join(self.base, ".release.lock")
+        self.shared_media = os.path.join(self.base, "shared", "media")
 
     def release(self, rid):
         return os.path.join(self.releases, rid)
@@ -1853,7 +1856,6 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
         "app_callable": app_callable,
         "fail_level": cfg.get("check_deploy_fail_level") or "ERROR",
         "collectstatic": bool(collect),
-        "release_dir": os.path.realpath(rdir),
         "static_staging": staging if collect else None,
     }
     run_env = _app_env(cfg, env, rdir, version)
@@ -1918,18 +1920,27 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     return result
 
 
-def place_static(cfg, rdir, result):
-    """Move collected files from the staging dir to STATIC_ROOT (as root)."""
+def place_static(layout, rdir, result):
+    """
+    Move the collected files from the staging dir (as root) to STATIC_ROOT when it
+    lies inside the release; else keep them in ``releases/<id>/static`` and make
+    STATIC_ROOT a link to the live release's copy (link_static_root).
+    """
     staging = os.path.join(rdir, STATIC_STAGING)
     collected = (result.get("collectstatic") or {}).get("staged")
     if not collected or not os.path.isdir(staging):
         if os.path.lexists(staging):
             shutil.rmtree(staging)
         return None
-    target = os.path.realpath(result["static_root"])
+    static_root = os.path.abspath(result["static_root"])
+    target = os.path.realpath(static_root)
     if not inside(target, os.path.realpath(rdir)):
-        shutil.rmtree(staging)
-        raise StepFailed("preflight", f"STATIC_ROOT {target} is outside the release")
+        try:
+            link_static_root(layout, static_root)
+        except StepFailed:
+            shutil.rmtree(staging)
+            raise
+        target = os.path.join(rdir, STATIC_KEPT)
     chown_tree(staging, os.getuid(), os.getgid())
     fix_permissions(staging)
     if os.path.lexists(target):
@@ -1937,6 +1948,70 @@ def place_static(cfg, rdir, result):
     os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
     os.rename(staging, target)
     return target
+
+
+def link_static_root(layout, static_root):
+    """
+    Make ``static_root``, a path outside the releases, a link to the live
+    release's collected files (``<base>/current/static``): switching ``current``
+    switches them too. Raises StepFailed, with nothing changed, when that path is
+    something else: a directory with files, a file, or a link to anywhere else.
+    """
+    target = os.path.join(layout.current, STATIC_KEPT)
+    if os.path.islink(static_root):
+        if os.readlink(static_root) == target:
+            return
+        raise StepFailed(
+            "preflight",
+            f"STATIC_ROOT {static_root} is a link to {os.readlink(static_root)}, "
+            f"not to this app's releases ({target})",
+        )
+    if os.path.isdir(static_root):
+        if os.listdir(static_root):
+            raise StepFailed(
+                "preflight",
+                f"STATIC_ROOT {static_root} is a directory with files in it: each "
+                "release keeps its own static files and STATIC_ROOT becomes a link "
+                f"to the live release's ({target}); move that directory away "
+                "(the release collects the files again)",
+            )
+        os.rmdir(static_root)
+    elif os.path.lexists(static_root):
+        raise StepFailed(
+            "preflight", f"STATIC_ROOT {static_root} exists and is not a directory"
+        )
+    os.makedirs(os.path.dirname(static_root), mode=0o755, exist_ok=True)
+    os.symlink(target, static_root)
+
+
+def prepare_media_root(cfg, layout, rdir, media_root):
+    """
+    Where the app's uploads go. A MEDIA_ROOT inside the release (``BASE_DIR /
+    "media"``, Django's usual setting) becomes a link to ``<base>/shared/media``,
+    so that uploads outlive the release; what the repository holds there (a
+    placeholder) goes. A MEDIA_ROOT elsewhere that does not exist yet is made,
+    owned by the app's user. Returns MEDIA_ROOT, or None when there is none.
+    """
+    if not media_root:
+        return None
+    media_root = os.path.abspath(media_root)
+    if inside(media_root, os.path.realpath(rdir)) or inside(media_root, rdir):
+        if os.path.islink(media_root):
+            if os.readlink(media_root) == layout.shared_media:
+                return media_root
+            os.unlink(media_root)
+        elif os.path.isdir(media_root):
+            shutil.rmtree(media_root)
+        elif os.path.lexists(media_root):
+            os.unlink(media_root)
+        os.makedirs(os.path.dirname(media_root), mode=0o755, exist_ok=True)
+        os.symlink(layout.shared_media, media_root)
+    elif not os.path.lexists(media_root):
+        os.makedirs(os.path.dirname(media_root), mode=0o755, exist_ok=True)
+        os.mkdir(media_root, 0o755)
+        uid, gid = _user_ids(cfg["user"])
+        os.chown(media_root, uid, gid)
+    return media_root
 
 
 def parse_database_url(url):
@@ -2397,7 +2472,8 @@ def _release_locked(
             step.info["timings"] = pre.get("timings")
             step.info["gunicorn_check_config"] = bool(pre.get("also_checked"))
             if not reuse:
-                place_static(cfg, rdir, pre)
+                place_static(layout, rdir, pre)
+                prepare_media_root(cfg, layout, rdir, pre.get("media_root"))
             warnings = [
                 "{} {}: {}".format(m["level"], m["id"], m["msg"])
                 for m in pre.get("checks") or []
@@ -2780,10 +2856,10 @@ def static_location(cfg):
         return {"static": None, "media": None, "release": None}
     static = media = None
     if info.get("static_url"):
-        static = {
-            "url": info["static_url"],
-            "path": map_to_current(layout, current, info.get("static_root")),
-        }
+        static_path = map_to_current(layout, current, info.get("static_root"))
+        if os.path.isdir(os.path.join(layout.release(current), STATIC_KEPT)):
+            static_path = os.path.join(layout.current, STATIC_KEPT)
+        static = {"url": info["static_url"], "path": static_path}
     if info.get("media_url"):
         media = {
             "url": info["media_url"],
