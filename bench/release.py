@@ -310,7 +310,14 @@ class Bench:
         except Exception as error:  # recorded, and the run goes on
             detail = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         finished = time.monotonic()
-        record = {"label": label, "wall_s": round(finished - started, 3), **detail}
+        record = {
+            "label": label,
+            "wall_s": round(finished - started, 3),
+            # this machine's 1-minute load average when the command ended: other
+            # jobs on the machine move the figures, and differently from run to run
+            "machine_load": load_average(),
+            **detail,
+        }
         if generator is not None:
             self.settle(generator, target, finished)
             result = generator.stop()
@@ -887,6 +894,7 @@ def aggregate(records: list[dict]) -> dict:
         "wall_max": max(walls) if walls else None,
         "engine_median": median(r.get("engine_s") for r in records),
         "old_last_median": median(r.get("old_last_s") for r in records),
+        "machine_load_median": median(r.get("machine_load") for r in records),
     }
     if loads:
         row.update(
@@ -913,8 +921,8 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
     lines = [
         "| scenario | runs | wall s: median (min–max) | engine s | requests "
         "| failed | longest gap s | p50 ms | p99 ms | old version last seen s "
-        "| ours / in place |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| ours / in place | machine load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, title in SCENARIOS.items():
         row = rows.get(name)
@@ -932,7 +940,7 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
             f"| {fmt(row.get('requests'))} | {fmt(row.get('failed'))} "
             f"| {fmt(row.get('gap_max'), 3)} | {fmt(row.get('p50_median'), 1)} "
             f"| {fmt(row.get('p99_max'), 1)} | {fmt(row['old_last_median'])} "
-            f"| {ratio} |"
+            f"| {ratio} | {fmt(row['machine_load_median'])} |"
         )
     text = "\n".join(lines) + "\n"
     text += "\n" + step_table(runs)
