@@ -209,10 +209,17 @@ def static_location(app=None):
     return __utils__["djangoapp_release.static_location"](cfg)
 
 
-def reload(app=None):
+def reload(app=None, **kwargs):
     """
-    Reload the app's gunicorn gracefully (HUP through supervisor or systemd).
-    Returns False when the service is not running.
+    Have the app's gunicorn take up a changed environment file (env.json) or
+    gunicorn config, without a failed request. state.apply calls it when
+    either changed. It waits for a release or rollback of the app to finish,
+    then hands the workers over to new ones of the live release (they read
+    env.json when forked); a changed gunicorn config takes a HUP instead.
+
+    Returns ``{"result": True, "method": "rolling"|"hup", "workers": [pids]}``
+    (``reason`` says why a HUP), or ``result: False`` with a ``comment`` when
+    gunicorn is not running.
 
     CLI Example:
 
@@ -221,7 +228,11 @@ def reload(app=None):
         salt '*' djangoapp.reload shop
     """
     cfg = _app(app)
-    return __utils__["djangoapp_release.reload_service"](cfg, _make_host())
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.reload_service"](
+        cfg, _make_host(), user=user, jid=jid
+    )
+    return _fail(ret)
 
 
 def validate_pillar(djangoapp=None, **kwargs):

@@ -575,25 +575,23 @@ class ReleaseLock:
             os.close(fd)
         return False
 
-    def acquire(self):
+    def acquire(self, wait=0):
+        """Take the lock, waiting up to ``wait`` seconds for its holder."""
+        deadline = time.monotonic() + wait
+        busy = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno in busy and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                os.close(fd)
+                if exc.errno in busy:
+                    raise self._busy() from exc
                 raise
-            holder = self.read_holder(self.path) or {}
-            details = ", ".join(
-                f"{k}={holder[k]}"
-                for k in ("pid", "action", "version", "user", "jid", "started")
-                if holder.get(k) is not None
-            )
-            raise LockBusy(
-                "another release is running for this app ({})".format(
-                    details or "holder unknown"
-                )
-            ) from exc
         self.fd = fd
         stale = os.read(fd, 4096).decode("utf-8", "replace").strip()
         if stale:
@@ -606,6 +604,19 @@ class ReleaseLock:
         os.write(fd, json.dumps(self.holder, sort_keys=True).encode("utf-8"))
         os.fsync(fd)
         return self
+
+    def _busy(self):
+        holder = self.read_holder(self.path) or {}
+        details = ", ".join(
+            f"{k}={holder[k]}"
+            for k in ("pid", "action", "version", "user", "jid", "started")
+            if holder.get(k) is not None
+        )
+        return LockBusy(
+            "another release, rollback or reload is running for this app ({})".format(
+                details or "holder unknown"
+            )
+        )
 
     def release(self):
         if self.fd is None:
@@ -1010,11 +1021,14 @@ class Service:
             found.append({"pid": pid, "cwd": cwd, "release": _release_of(layout, cwd)})
         return found
 
-    def wait_workers_on(self, layout, rid, timeout, master=None, ready=False):
+    def wait_workers_on(
+        self, layout, rid, timeout, master=None, ready=False, replaced=()
+    ):
         """
-        Wait until every worker of the master runs from ``releases/<rid>``
-        and, with ``ready``, has reported that it loaded the app. Returns the
-        worker pids; raises CommandExecutionError on timeout.
+        Wait until every worker of the master runs from ``releases/<rid>``,
+        none of them is one of the pids in ``replaced``, and, with ``ready``,
+        each has reported that it loaded the app. Returns the worker pids;
+        raises CommandExecutionError on timeout.
         """
         master = master or self.master_pid()
         deadline = time.monotonic() + timeout
@@ -1026,7 +1040,9 @@ class Service:
             workers = self.workers(layout, master)
             reports = self.worker_reports() if ready else {}
             if workers and all(
-                w["release"] == rid and (not ready or w["pid"] in reports)
+                w["release"] == rid
+                and w["pid"] not in replaced
+                and (not ready or w["pid"] in reports)
                 for w in workers
             ):
                 # the same workers in two looks in a row: not a process
@@ -1077,7 +1093,15 @@ def hup_reason(service, layout, rid, master):
     return None
 
 
+# During a hand-over, relative to the master's own niceness: the old workers yield the
+# CPU, and the new ones (forked while the master is boosted) load the app ahead of
+# everything else on the host, until they report ready.
+RETIRING_NICENESS = 10
+BOOTING_NICENESS = -5
+
+
 def _renice(pids, niceness):
+    niceness = max(-20, min(19, niceness))
     for pid in pids:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, pid, niceness)
@@ -1089,9 +1113,10 @@ def hand_over(service, layout, rid, master, timeout):
     without a moment with no worker ready: N more workers on the control
     socket, and each time a new worker has loaded the app (its report in the
     run directory, its cwd in the release), one worker fewer (Gunicorn stops
-    the oldest first). The old workers yield the CPU to the booting ones
-    meanwhile (nice 10), until they are told to stop. Returns details for the
-    step; the old workers may still be finishing their requests.
+    the oldest first). Meanwhile the old workers yield the CPU to the booting
+    ones until they are told to stop, and the new ones boot at a higher
+    priority until they are ready. Returns details for the step; the old
+    workers may still be finishing their requests.
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -1116,7 +1141,14 @@ def hand_over(service, layout, rid, master, timeout):
     for pid in set(service.worker_reports()) - old:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(service.worker_state_dir, f"{pid}.json"))
-    _renice(old, 10)
+    try:
+        niceness = os.getpriority(os.PRIO_PROCESS, master)
+    except OSError as exc:
+        raise CommandExecutionError(f"gunicorn master {master} is gone") from exc
+    _renice(old, niceness + RETIRING_NICENESS)
+    _renice([master], niceness + BOOTING_NICENESS)
+    master_boosted = True
+    settled = set()
     retired = 0
     try:
         control.set_workers(before + count)
@@ -1124,21 +1156,24 @@ def hand_over(service, layout, rid, master, timeout):
             if not pid_alive(master):
                 raise CommandExecutionError(f"gunicorn master {master} is gone")
             reports = service.worker_reports()
+            new = [pid for pid in children(master) if pid not in old]
+            if master_boosted and len(new) >= count:
+                _renice([master], niceness)
+                master_boosted = False
             ready = [
                 pid
-                for pid in children(master)
-                if pid not in old
-                and pid in reports
-                and _release_of(layout, proc_cwd(pid)) == rid
+                for pid in new
+                if pid in reports and _release_of(layout, proc_cwd(pid)) == rid
             ]
+            _renice(set(ready) - settled, niceness)
+            settled.update(ready)
             due = before if len(ready) >= count else min(len(ready), before)
             if due > retired:
                 control.set_workers(before + count - due)
                 # told to stop: let them finish their request at full speed
-                _renice(retiring[retired:due], 0)
+                _renice(retiring[retired:due], niceness)
                 retired = due
             if len(ready) >= count:
-                _renice(old & set(children(master)), 0)
                 break
             if time.monotonic() >= deadline:
                 raise CommandExecutionError(
@@ -1146,9 +1181,9 @@ def hand_over(service, layout, rid, master, timeout):
                     f"after {timeout}s"
                 )
             time.sleep(0.05)
-    except CommandExecutionError:
-        _renice(old & set(children(master)), 0)
-        raise
+    finally:
+        # the master and every worker it has back at the master's niceness
+        _renice([master, *children(master)], niceness)
     return {
         "method": "rolling",
         "workers_added": count,
@@ -2868,14 +2903,45 @@ def static_location(cfg):
     return {"static": static, "media": media, "release": current}
 
 
-def reload_service(cfg, host):
+# How long a reload waits for a release or rollback of the app to finish.
+RELOAD_LOCK_WAIT = 900
+
+
+def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
     """
-    HUP gunicorn: the master reads its config file and the environment file
-    again and replaces its workers. False when gunicorn is not running.
+    Have gunicorn take up a changed environment file or gunicorn config
+    (state.apply calls this when either changed). Once no release or rollback
+    of the app runs (waiting up to ``wait`` seconds for it), the workers are
+    handed over to new ones of the live release, which read the environment
+    file when forked; when the master must read its config again, a HUP.
+    Either way, returns once every worker is a new one that has loaded the
+    app: ``{"result": True, "method": "rolling"|"hup", "workers": [pids]}``
+    (a HUP names its ``reason``), or ``{"result": False, "comment": ...}``
+    when gunicorn is not running.
     """
+    layout = Layout(cfg["base_dir"])
     service = Service(cfg, host)
-    master = service.master_pid()
-    if not master:
-        return False
-    service.hup(master)
-    return True
+    lock = ReleaseLock(layout.lock, _holder("reload", None, user or os_user(), jid))
+    lock.acquire(wait=wait)
+    try:
+        master = service.master_pid()
+        if not master:
+            return {"result": False, "comment": f"{cfg['service']} is not running"}
+        rid = layout.current_id()
+        if rid is None:
+            service.hup(master)
+            return {"result": True, "method": "hup", "reason": "no release is live"}
+        timeout = _worker_timeout(cfg)
+        before = set(children(master))
+        how = reload_workers(service, layout, rid, master, timeout)
+        how["workers"] = service.wait_workers_on(
+            layout,
+            rid,
+            timeout,
+            master,
+            ready=_reports_ready(service, master),
+            replaced=before,
+        )
+        return {"result": True, **how}
+    finally:
+        lock.release()

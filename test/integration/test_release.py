@@ -56,18 +56,23 @@ def step(data, name):
     return next(s for s in data["steps"] if s["name"] == name)
 
 
-def workers_sentry_release(host, salt_cli) -> dict[int, str]:
-    """SENTRY_RELEASE of each Gunicorn worker, from the worker's live environment:
-    /proc/<pid>/environ holds only what its master was started with."""
+def workers_variable(host, salt_cli, name) -> dict[int, str]:
+    """The variable ``name`` of each Gunicorn worker's live environment (empty when
+    unset): /proc/<pid>/environ holds only what its master was started with."""
     found = {}
     for worker in salt_cli("djangoapp.status", "demo")["workers"]:
-        result = host.run(
-            "python3 -c %s %s SENTRY_RELEASE", LIVE_ENVIRON, str(worker["pid"])
-        )
+        result = host.run("python3 -c %s %s %s", LIVE_ENVIRON, str(worker["pid"]), name)
         assert result.rc == 0, result.stderr
         found[worker["pid"]] = result.stdout.strip()
-        assert worker["version"] == found[worker["pid"]]  # the worker's own report
     assert found
+    return found
+
+
+def workers_sentry_release(host, salt_cli) -> dict[int, str]:
+    """SENTRY_RELEASE of each Gunicorn worker, checked against its own report."""
+    found = workers_variable(host, salt_cli, "SENTRY_RELEASE")
+    for worker in salt_cli("djangoapp.status", "demo")["workers"]:
+        assert worker["version"] == found[worker["pid"]]
     return found
 
 
@@ -205,6 +210,40 @@ def test_a_changed_gunicorn_config_is_read_with_a_hup(
     assert load.result.failed == 0, load.result.failures
     assert live_version(http_get, demo_app) == "v1.0.0"
     assert set(workers_sentry_release(converged_host, salt_cli).values()) == {"v1.0.0"}
+
+
+def reload_state(states) -> dict:
+    return next(
+        result
+        for key, result in states.items()
+        if "djangoapp-demo-gunicorn-reloaded" in key
+    )
+
+
+def test_a_changed_environment_reaches_new_workers_without_a_failed_request(
+    converged_host, salt_cli, demo_app
+):
+    """state.apply with a new variable in the app's env: the workers are handed over
+    to new ones that have it, under load, without a failed request; without it again,
+    the same way back."""
+    mark = "DJANGOAPP_TEST_MARK"
+    override = {"djangoapp": {"apps": {"demo": {"env": {mark: "changed"}}}}}
+    before = set(workers_variable(converged_host, salt_cli, mark))
+    try:
+        with new_load(demo_app) as load:
+            changed = salt_cli("state.apply", pillar=override, timeout=900)
+        reloaded = reload_state(changed)
+        assert reloaded["result"] is True, reloaded
+        assert reloaded["changes"]["djangoapp.reload"]["method"] == "rolling", reloaded
+        assert load.result.failed == 0, load.result.failures
+        live = workers_variable(converged_host, salt_cli, mark)
+        assert set(live.values()) == {"changed"} and not set(live) & before
+    finally:
+        with new_load(demo_app) as load:
+            restored = salt_cli("state.apply", timeout=900)
+    assert reload_state(restored)["changes"]["djangoapp.reload"]["method"] == "rolling"
+    assert load.result.failed == 0, load.result.failures
+    assert set(workers_variable(converged_host, salt_cli, mark).values()) == {""}
 
 
 FAILURES = {

@@ -648,6 +648,25 @@ def test_lock_contention_and_takeover(tmp_path):
     assert path.read_text() == ""
 
 
+def test_lock_waits_for_its_holder_when_asked(tmp_path):
+    path = tmp_path / ".release.lock"
+    holder = _hold_lock(path)
+    lock = engine.ReleaseLock(str(path), {"pid": os.getpid(), "action": "reload"})
+    started = time.monotonic()
+    with pytest.raises(engine.LockBusy, match=f"pid={holder.pid}"):
+        lock.acquire(wait=0.6)
+    assert time.monotonic() - started >= 0.6
+    threading.Timer(0.5, holder.kill).start()
+    try:
+        lock.acquire(wait=30)
+    finally:
+        holder.wait()
+    try:
+        assert json.loads(path.read_text())["action"] == "reload"
+    finally:
+        lock.release()
+
+
 def test_release_refused_while_locked(mods, make_app):
     cfg = make_app("demo", repo="file:///nonexistent")
     holder = _hold_lock(os.path.join(cfg["base_dir"], ".release.lock"))

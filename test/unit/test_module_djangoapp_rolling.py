@@ -293,3 +293,86 @@ def _sha256(path):
     import hashlib
 
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+# Appended to the formula's config: each worker records, once it has loaded the app,
+# its niceness and the ROLLING_MARK of its environment.
+WORKER_RECORDER = """
+_formula_post_worker_init = post_worker_init
+
+
+def post_worker_init(worker):
+    with open(os.path.join(RUN_DIR, f"recorded-{worker.pid}.json"), "w") as record:
+        json.dump(
+            {
+                "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+                "mark": os.environ.get("ROLLING_MARK"),
+            },
+            record,
+        )
+    _formula_post_worker_init(worker)
+"""
+
+
+def _recorded(base, pid):
+    return json.loads((base / "run" / f"recorded-{pid}.json").read_text())
+
+
+def test_new_workers_boot_ahead_and_end_at_the_masters_priority(mods, app, base):
+    settings = gunicorn_settings(base, "rolling")
+    settings["env_file"] = app["env_file"]
+    render_config(mods, settings, extra=WORKER_RECORDER)
+    live = os.readlink(base / "current").split("/")[-1]
+    other = next(r for r in os.listdir(base / "releases") if r != live)
+    # the config changed: this one is a HUP, after which the master has the recorder
+    ret = mods["djangoapp.rollback"]("rolling", to=other)
+    assert _step(ret, "reload")["method"] == "hup", ret
+    ret = mods["djangoapp.rollback"]("rolling", to=live)
+    assert _step(ret, "reload")["method"] == "rolling", ret
+    workers = mods["djangoapp.status"]("rolling")["workers"]
+    assert len(workers) == WORKERS
+    master_pid = int((base / "run" / "gunicorn.pid").read_text())
+    assert os.getpriority(os.PRIO_PROCESS, master_pid) == 0
+    for worker in workers:
+        # loaded the app boosted, and serves at the master's priority
+        assert _recorded(base, worker["pid"])["niceness"] == -5, worker
+        assert os.getpriority(os.PRIO_PROCESS, worker["pid"]) == 0
+
+
+def test_reload_hands_a_changed_environment_over_without_a_failed_request(
+    mods, app, base
+):
+    env_file = pathlib.Path(app["env_file"])
+    original = env_file.read_text()
+    env_file.write_text(json.dumps(dict(json.loads(original), ROLLING_MARK="second")))
+    try:
+        before = {w["pid"] for w in mods["djangoapp.status"]("rolling")["workers"]}
+        with Client(str(base / "run" / "gunicorn.sock")) as client:
+            ret = mods["djangoapp.reload"]("rolling")
+            time.sleep(0.3)
+        assert ret["result"] is True, ret
+        assert ret["method"] == "rolling", ret
+        assert client.failures == []
+        assert len(ret["workers"]) == WORKERS and not set(ret["workers"]) & before
+        for pid in ret["workers"]:
+            assert _recorded(base, pid)["mark"] == "second"
+        # the release lock was taken and given back
+        assert (base / ".release.lock").read_text() == ""
+    finally:
+        env_file.write_text(original)
+
+
+def test_reload_of_a_changed_gunicorn_config_takes_a_hup(mods, app, base):
+    settings = gunicorn_settings(base, "rolling")
+    settings["env_file"] = app["env_file"]
+    render_config(mods, settings)
+    before = {w["pid"] for w in mods["djangoapp.status"]("rolling")["workers"]}
+    with Client(str(base / "run" / "gunicorn.sock")) as client:
+        ret = mods["djangoapp.reload"]("rolling")
+        time.sleep(0.3)
+    assert ret["result"] is True, ret
+    assert ret["method"] == "hup" and "config changed" in ret["reason"], ret
+    assert client.failures == []
+    assert ret["workers"] and not set(ret["workers"]) & before
+    state = json.loads((base / "run" / "gunicorn.json").read_text())
+    assert state["config_sha256"] == _sha256(base / "gunicorn.conf.py")

@@ -199,18 +199,16 @@ def test_rollback_reloads_and_verifies(mods, app, base):
     assert {w["release"] for w in st["workers"]} == {ret["id"]}
 
 
-def test_reload_sends_hup(mods, app, base):
+def test_reload_without_the_hooks_sends_hup_and_waits_for_new_workers(mods, app, base):
     before = {w["pid"] for w in mods["djangoapp.status"]("verified")["workers"]}
-    assert mods["djangoapp.reload"]("verified") is True
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        after = {w["pid"] for w in mods["djangoapp.status"]("verified")["workers"]}
-        if after and not after & before:
-            break
-        time.sleep(0.1)
-    assert after and not after & before
+    ret = mods["djangoapp.reload"]("verified")
+    assert ret["result"] is True, ret
+    assert ret["method"] == "hup"
+    assert "has not recorded what it loaded" in ret["reason"]
+    # returned once every worker was a new one
+    assert ret["workers"] and not set(ret["workers"]) & before
+    after = {w["pid"] for w in mods["djangoapp.status"]("verified")["workers"]}
+    assert after == set(ret["workers"])
 
 
 def test_health_check_does_not_follow_redirects(health_server):
