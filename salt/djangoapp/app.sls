@@ -13,6 +13,13 @@ djangoapp-envrun-file-managed:
     - makedirs: true
     - mode: "0755"
 
+djangoapp-database-module-file-managed:
+  file.managed:
+    - name: {{ paths.lib_dir }}/djangoapp_database.py
+    - source: salt://{{ tpldir }}/files/djangoapp_database.py
+    - makedirs: true
+    - mode: "0644"
+
 {%- for path, mode in [
       (paths.base_root, "0755"),
       (paths.config_root, "0755"),

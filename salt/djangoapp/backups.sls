@@ -20,6 +20,8 @@ djangoapp-backups-script-file-managed:
     - source: salt://{{ tpldir }}/files/backups-dump.py
     - makedirs: true
     - mode: "0755"
+    - require:
+      - file: djangoapp-database-module-file-managed
 
 djangoapp-backups-service-unit-file-managed:
   file.managed:

@@ -28,6 +28,8 @@ djangoapp-monitoring-check-script-file-managed:
     - source: salt://{{ tpldir }}/files/monitoring-check.py
     - makedirs: true
     - mode: "0755"
+    - require:
+      - file: djangoapp-database-module-file-managed
 
 djangoapp-monitoring-sudoers-file-managed:
   file.managed:

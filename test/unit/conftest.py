@@ -7,6 +7,7 @@ configuration whose every path lies in a temporary directory, so that
 ``__salt__["cmd.run_all"]`` and friends are the real ones.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+FORMULA_FILES = REPO / "salt" / "djangoapp" / "files"
 
 
 @pytest.fixture(scope="session")
@@ -396,3 +398,19 @@ def tiny_app(config_dir, tiny_repo, uv_binary, uv_cache):
         return cfg
 
     return factory
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """A script of salt/djangoapp/files as a module, able to import the modules
+    installed beside it (as it does in lib_dir)."""
+    monkeypatch.syspath_prepend(str(FORMULA_FILES))
+
+    def load(filename):
+        name = filename.removesuffix(".py").replace("-", "_")
+        spec = importlib.util.spec_from_file_location(name, FORMULA_FILES / filename)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,20 +2,15 @@
 where, what it rotates away and what it keeps when a dump fails. The dump tools are
 replaced by fakes; the integration tests run the real pg_dump."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "salt/djangoapp/files/backups-dump.py"
-
 
 @pytest.fixture
-def backup(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("backups_dump", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def backup(tmp_path, monkeypatch, load_script):
+    module = load_script("backups-dump.py")
     monkeypatch.setattr(module, "LOCK_FILE", str(tmp_path / "backup.lock"))
     return module
 

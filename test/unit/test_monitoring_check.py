@@ -4,7 +4,6 @@ database checks, and the database password kept off every command line. A local 
 server and fake database clients stand in; the integration tests run the real ones."""
 
 import http.server
-import importlib.util
 import json
 import os
 import threading
@@ -12,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = (
-    Path(__file__).resolve().parents[2] / "salt/djangoapp/files/monitoring-check.py"
-)
 PASSWORD = "p@ss/w:rd canary"
 
 
 @pytest.fixture
-def check():
-    spec = importlib.util.spec_from_file_location("monitoring_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("monitoring-check.py")
 
 
 def configure(root, app, env=None):

@@ -25,7 +25,8 @@ import re
 import subprocess
 import sys
 import time
-import urllib.parse
+
+import djangoapp_database  # installed beside this script
 
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -57,29 +58,16 @@ def configured_apps(config_root, names):
 
 
 def database_settings(app):
-    """The app's database settings, with DATABASE_URL from env.json over them."""
-    database = dict(app.get("database") or {})
+    """The app's database settings, with DATABASE_URL from env.json over them (an
+    unreadable env.json counts as one without DATABASE_URL)."""
     try:
-        with open(app["env_file"], encoding="utf-8") as handle:
-            url = json.load(handle).get("DATABASE_URL")
+        environment = djangoapp_database.read_environment(app["env_file"])
     except (KeyError, OSError, ValueError):
-        url = None
-    if url:
-        parts = urllib.parse.urlsplit(url)
-        from_url = {
-            "user": urllib.parse.unquote(parts.username or ""),
-            "password": urllib.parse.unquote(parts.password or ""),
-            "host": parts.hostname,
-            "port": parts.port,
-            "name": urllib.parse.unquote(parts.path.lstrip("/")),
-        }
-        database.update({key: value for key, value in from_url.items() if value})
-    for key in ("name", "user"):
-        value = str(database.get(key) or "")
-        if not value or value.startswith("-"):
-            raise BackupError(f"database {key} unknown")
-    database.setdefault("host", "localhost")
-    return database
+        environment = {}
+    try:
+        return djangoapp_database.database_settings(app, environment)
+    except djangoapp_database.DatabaseUnknown as error:
+        raise BackupError(str(error)) from error
 
 
 def run(argv, output=None, env=None):

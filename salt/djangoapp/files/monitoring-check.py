@@ -30,6 +30,8 @@ import sys
 import time
 import urllib.parse
 
+import djangoapp_database  # installed beside this script
+
 OK, WARNING, CRITICAL, UNKNOWN = range(4)
 STATUS_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -127,26 +129,12 @@ def check_gunicorn(app):
 
 
 def database_settings(app, env_file):
-    """The database of app.json with the user, password, host, port and name of
-    env.json's DATABASE_URL over it."""
-    database = dict(app.get("database") or {})
-    url = read_json(env_file).get("DATABASE_URL")
-    if url:
-        parts = urllib.parse.urlsplit(url)
-        from_url = {
-            "user": urllib.parse.unquote(parts.username or ""),
-            "password": urllib.parse.unquote(parts.password or ""),
-            "host": parts.hostname,
-            "port": parts.port,
-            "name": urllib.parse.unquote(parts.path.lstrip("/")),
-        }
-        database.update({key: value for key, value in from_url.items() if value})
-    for key in ("name", "user"):
-        value = str(database.get(key) or "")
-        if not value or value.startswith("-"):
-            raise CheckError(f"database {key} unknown")
-    database.setdefault("host", "localhost")
-    return database
+    """The database of app.json with the settings of env.json's DATABASE_URL over
+    them."""
+    try:
+        return djangoapp_database.database_settings(app, read_json(env_file))
+    except djangoapp_database.DatabaseUnknown as error:
+        raise CheckError(str(error)) from error
 
 
 def database_command(engine, database, timeout):
