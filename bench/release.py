@@ -464,10 +464,11 @@ class Bench:
             raise RuntimeError(f"the Gunicorn master runs {command!r}, not {expected}")
 
     def setup_inplace(self) -> None:
-        """A checkout and a virtualenv as the guides set them up, then the app's
-        Supervisor program pointed at them (same program, socket, Gunicorn settings,
-        database and Nginx site as djangoapp's releases)."""
-        log("in place: clone, virtualenv, pip install, program switched to it")
+        """A checkout and a virtualenv as the guides set them up, and a Gunicorn
+        config for it (same program, socket, Gunicorn settings, database and Nginx
+        site as djangoapp's releases); the program is switched to it by
+        ``serve_inplace``."""
+        log("in place: clone, virtualenv, pip install")
         gunicorn = self.exec(
             [
                 f"{self.cfg['base_dir']}/current/venv/bin/python",
@@ -499,8 +500,11 @@ class Bench:
             f"for hook in {FORMULA_HOOKS!r}:\n"
             "    globals().pop(hook, None)\n",
         )
-        program = self.program_file()
-        self.program_original = self.host.get_file(program)
+        self.program_original = self.host.get_file(self.program_file())
+
+    def serve_inplace(self, version: str) -> None:
+        """Point the app's Supervisor program at the in-place checkout, which has
+        ``version`` checked out (a restart, not measured)."""
         text = self.program_original
         base = self.cfg["base_dir"]
         text = re.sub(
@@ -511,16 +515,19 @@ class Bench:
         )
         text = re.sub(r"(?m)^directory=.*$", f"directory={INPLACE_DIR}", text)
         text = text.replace(f'PWD="{base}"', f'PWD="{INPLACE_DIR}"')
-        self.host.put_file(program, text)
-        self.exec(["supervisorctl", "update", self.cfg["service"]])
-        self.wait_for_version(BASE_VERSION)
-        self.serving_from(INPLACE_VENV)
+        self.switch_program(text, INPLACE_VENV, version)
 
-    def restore_program(self) -> None:
-        self.host.put_file(self.program_file(), self.program_original)
+    def serve_releases(self, version: str) -> None:
+        """The app's Supervisor program as the formula wrote it, serving the live
+        release, which is ``version`` (a restart)."""
+        venv = f"{self.cfg['base_dir']}/current/venv"
+        self.switch_program(self.program_original, venv, version)
+
+    def switch_program(self, text: str, venv: str, version: str) -> None:
+        self.host.put_file(self.program_file(), text)
         self.exec(["supervisorctl", "update", self.cfg["service"]])
-        self.wait_for_version(BASE_VERSION)
-        self.serving_from(f"{self.cfg['base_dir']}/current/venv")
+        self.wait_for_version(version)
+        self.serving_from(venv)
 
     def program_file(self) -> str:
         return f"/etc/supervisor/conf.d/{self.cfg['service']}.conf"
@@ -634,15 +641,28 @@ class Bench:
             self.measure("apply_idempotent", "state.apply", self.converge, BASE_VERSION)
         base_id = self.current_id()
 
-        previous = BASE_VERSION
-        for tag in self.tags["bench-ours"]:
+        # Code-only updates, ours and in place + HUP taking turns, so that both
+        # meet the same moments of the machine: the ratio compares them.
+        self.setup_inplace()
+        ours_from, inplace_from = BASE_VERSION, BASE_VERSION
+        for ours, inplace in zip(
+            self.tags["bench-ours"], self.tags["bench-hup"], strict=True
+        ):
             self.measure(
                 "release_code",
-                f"{previous} -> {tag}",
-                lambda tag=tag: self.release(tag),
-                tag,
+                f"{ours_from} -> {ours}",
+                lambda tag=ours: self.release(tag),
+                ours,
             )
-            previous = tag
+            self.serve_inplace(inplace_from)
+            self.measure(
+                "inplace_hup_code",
+                f"{inplace_from} -> {inplace}",
+                lambda tag=inplace: self.inplace(tag, "hup"),
+                inplace,
+            )
+            self.serve_releases(ours)
+            ours_from, inplace_from = ours, inplace
         # Back along the chain: each rollback skips the release it left.
         chain = [BASE_VERSION, *self.tags["bench-ours"]]
         for number in range(runs):
@@ -661,20 +681,24 @@ class Bench:
             )
             self.release_back_to_base(base_id)
 
-        self.setup_inplace()
+        self.exec(["git", "-C", INPLACE_DIR, "checkout", "--quiet", BASE_VERSION])
+        self.serve_inplace(BASE_VERSION)
         for mode in ("hup", "restart"):
-            previous = BASE_VERSION
-            for tag in self.tags[f"bench-{mode}"]:
-                self.measure(
-                    f"inplace_{mode}_code",
-                    f"{previous} -> {tag}",
-                    lambda tag=tag, mode=mode: self.inplace(tag, mode),
-                    tag,
+            if mode == "restart":
+                previous = BASE_VERSION
+                for tag in self.tags["bench-restart"]:
+                    self.measure(
+                        "inplace_restart_code",
+                        f"{previous} -> {tag}",
+                        lambda tag=tag: self.inplace(tag, "restart"),
+                        tag,
+                    )
+                    previous = tag
+                self.exec(
+                    ["git", "-C", INPLACE_DIR, "checkout", "--quiet", BASE_VERSION]
                 )
-                previous = tag
-            self.exec(["git", "-C", INPLACE_DIR, "checkout", "--quiet", BASE_VERSION])
-            self.exec(["supervisorctl", "signal", "HUP", self.cfg["service"]])
-            self.wait_for_version(BASE_VERSION)
+                self.exec(["supervisorctl", "signal", "HUP", self.cfg["service"]])
+                self.wait_for_version(BASE_VERSION)
             for _ in range(runs):
                 record = self.measure(
                     f"inplace_{mode}_deps",
@@ -684,7 +708,7 @@ class Bench:
                 )
                 migrated = "migrate" in record.get("steps", {})
                 self.inplace_back_to_base(migrate_back=migrated)
-        self.restore_program()
+        self.serve_releases(BASE_VERSION)
 
     def results(self, incomplete: str | None = None) -> dict:
         started = self.started
