@@ -153,3 +153,18 @@ def state_args(states: dict, state_id: str) -> tuple[str, dict]:
                 args.update(item)
         return f"{module}.{function}", args
     raise KeyError(state_id)
+
+
+def app_pillar(name, **settings):
+    """The pillar of an app called ``name``: the keys every app needs, with
+    ``settings`` over them."""
+    return {
+        "repo": f"https://git.example.com/{name}.git",
+        "version": "v1.0.0",
+        "settings_module": f"{name}.settings",
+        "wsgi": f"{name}.wsgi:application",
+        "server_names": [f"{name}.example.com"],
+        "env": {"DJANGO_SECRET_KEY": "x" * 50},
+        "database": {"engine": "postgresql", "password": "pg-password"},
+        **settings,
+    }

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from rendering import PLATFORMS, RenderError, state_args
+from rendering import PLATFORMS, RenderError, app_pillar, state_args
 
 COMMUNITY = "snmp-canary-3f9a0c"
 DB_PASSWORD = "db-canary-8e21"
@@ -18,15 +18,8 @@ CHECK_SCRIPT = "/usr/local/lib/djangoapp/monitoring-check"
 
 
 def app(name, **settings):
-    return {
-        "repo": f"https://git.example.com/{name}.git",
-        "version": "v1.0.0",
-        "settings_module": f"{name}.settings",
-        "wsgi": f"{name}.wsgi:application",
-        "server_names": [f"{name}.example.com"],
-        "database": {"engine": "postgresql", "password": DB_PASSWORD},
-        **settings,
-    }
+    database = {"engine": "postgresql", "password": DB_PASSWORD}
+    return app_pillar(name, **{"database": database, **settings})
 
 
 MONITORING = {

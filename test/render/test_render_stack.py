@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rendering import PLATFORMS, REPO, RenderError, state_args
+from rendering import app_pillar as app
 
 KEY_CANARY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCanaryKey"
 CERTIFICATE = (
@@ -17,19 +18,6 @@ CERTIFICATE = (
 )
 PRIVATE_KEY = f"-----BEGIN PRIVATE KEY-----\n{KEY_CANARY}\n-----END PRIVATE KEY-----\n"
 DB_PASSWORD = "db-pass'with\\quotes"
-
-
-def app(name, **settings):
-    return {
-        "repo": f"https://git.example.com/{name}.git",
-        "version": "v1.0.0",
-        "settings_module": f"{name}.settings",
-        "wsgi": f"{name}.wsgi:application",
-        "server_names": [f"{name}.example.com"],
-        "env": {"DJANGO_SECRET_KEY": "x" * 50},
-        "database": {"engine": "postgresql", "password": "pg-password"},
-        **settings,
-    }
 
 
 # Four apps on one host, between them every choice:

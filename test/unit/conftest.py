@@ -7,14 +7,17 @@ configuration whose every path lies in a temporary directory, so that
 ``__salt__["cmd.run_all"]`` and friends are the real ones.
 """
 
+import http.server
 import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import pytest
+import standins
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FORMULA_FILES = REPO / "salt" / "djangoapp" / "files"
@@ -414,3 +417,23 @@ def load_script(monkeypatch):
         return module
 
     return load
+
+
+@pytest.fixture(scope="module")
+def health_server():
+    """The health URL (answering as ``standins.Health.status`` says), per module."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), standins.Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_pm(tmp_path_factory):
+    """A directory holding the stand-in ``supervisorctl``, to put first on PATH."""
+    bindir = tmp_path_factory.mktemp("fakepm")
+    script = bindir / "supervisorctl"
+    script.write_text(standins.SUPERVISORCTL)
+    script.chmod(0o755)
+    return bindir

@@ -25,7 +25,7 @@ import threading
 import time
 
 import pytest
-from test_module_djangoapp_verify import SUPERVISORCTL, Health
+from standins import Health
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "salt" / "djangoapp" / "files" / "gunicorn.conf.py.jinja"
@@ -82,26 +82,6 @@ class Client:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tmp_path_factory.mktemp("rolling") / "srv"
-
-
-@pytest.fixture(scope="module")
-def fake_pm(tmp_path_factory):
-    bindir = tmp_path_factory.mktemp("rollingpm")
-    script = bindir / "supervisorctl"
-    script.write_text(SUPERVISORCTL)
-    script.chmod(0o755)
-    return bindir
-
-
-@pytest.fixture(scope="module")
-def health_server():
-    import http.server
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
 
 
 def gunicorn_settings(base, name):

@@ -10,16 +10,15 @@ local HTTP server whose answer the tests choose.
 The tests run in file order and share one app.
 """
 
-import http.server
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
+from standins import Health
 
 MASTER = r"""
 import os, signal, subprocess, sys, time
@@ -50,46 +49,6 @@ print("ready", flush=True)
 while True:
     time.sleep(1)
 """
-
-SUPERVISORCTL = """#!/bin/sh
-case "$1" in
-  pid) cat "$FAKE_MASTER_PIDFILE" 2>/dev/null || echo 0 ;;
-  signal) kill -s "$2" "$(cat "$FAKE_MASTER_PIDFILE")" ;;
-  *) echo "ERROR: unsupported" ; exit 1 ;;
-esac
-"""
-
-
-class Health(http.server.BaseHTTPRequestHandler):
-    status = {"code": 200}
-
-    def do_GET(self):
-        code = self.status["code"] if self.headers.get("Host") == "example.com" else 400
-        self.send_response(code)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def health_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fake_pm(tmp_path_factory):
-    bindir = tmp_path_factory.mktemp("fakepm")
-    script = bindir / "supervisorctl"
-    script.write_text(SUPERVISORCTL)
-    script.chmod(0o755)
-    return bindir
 
 
 @pytest.fixture(scope="module")
