@@ -83,10 +83,15 @@ djangoapp-{{ name }}-nginx-site-file-managed:
         tls_settings: {{ djangoapp.tls | json }}
     - require:
       - pkg: djangoapp-nginx-package-installed
-      - djangoapp: djangoapp-{{ name }}-release-deployed
 {%-   if app.tls.enabled %}
       - sls: {{ tpldir }}.tls
 {%-   endif %}
+    {#- After the release (the site serves its STATIC_ROOT), and also when it failed:
+        the site goes without static files until the app is released, and Nginx
+        goes on with the other apps' sites. #}
+    - require_any:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+      - pkg: djangoapp-nginx-package-installed
     - require_in:
       - cmd: djangoapp-nginx-config-tested
     - watch_in:

@@ -17,6 +17,7 @@ The slot is $DJANGOAPP_COMBINATION_SLOT, by default the shared host's slot plus 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -146,9 +147,10 @@ def app_pillar(name: str, env: dict | None = None, **settings) -> dict:
 class CombinationHost:
     """The booted host, its testinfra view, and salt-call in it."""
 
-    def __init__(self, host, pillar: dict, certificate: str):
+    def __init__(self, host, pillar: dict, pillar_file: Path, certificate: str):
         self.host = host
         self.pillar = pillar
+        self.pillar_file = pillar_file
         self.certificate = certificate
         self.infra = nspawn_host(host.pid1)
         self.first_apply: dict | list | None = None
@@ -241,11 +243,12 @@ def combination(tmp_path_factory) -> CombinationHost:
         pillar["djangoapp"]["apps"]["blog"].update(
             serve_git_over_ssh(host, module.PROXY_URL, work)
         )
-        (pillar_dir / "combinations.sls").write_text(yaml.safe_dump(pillar))
+        pillar_file = pillar_dir / "combinations.sls"
+        pillar_file.write_text(yaml.safe_dump(pillar))
         (pillar_dir / "top.sls").write_text(
             yaml.safe_dump({"base": {"*": ["combinations"]}})
         )
-        combo = CombinationHost(host, pillar, certificate)
+        combo = CombinationHost(host, pillar, pillar_file, certificate)
         _, combo.first_apply, combo.first_apply_output = combo.salt(
             "state.apply", "--retcode-passthrough"
         )
@@ -463,3 +466,36 @@ def test_blog_uploads_outlive_its_releases(converged):
     assert (media["status"], media["body"]) == (200, "kept through releases")
     live = infra.file("/srv/djangoapp/blog/current").linked_to
     assert infra.file(BLOG_STATIC_ROOT).linked_to.startswith(live)
+
+
+def test_a_failed_first_release_holds_no_other_site_back(converged):
+    """A new app whose first release fails (its code does not import), in the same
+    apply as a new server name for blog: Nginx takes blog's new name up and goes on
+    serving both apps; the new app's site is there, without a release behind it."""
+    pillar = copy.deepcopy(converged.pillar)
+    apps = pillar["djangoapp"]["apps"]
+    # the versions the tests above released: this apply releases neither app
+    apps["shop"]["version"], apps["blog"]["version"] = "v1.1.0", "v1.0.1"
+    apps["blog"]["server_names"] = ["blog.test", "www.blog.test"]
+    apps["wiki"] = app_pillar(
+        "wiki",
+        version="broken-import",
+        wsgi="demosite.wsgi:application",
+        database={"engine": "none"},
+        tls={"mode": "off"},
+    )
+    converged.pillar_file.write_text(yaml.safe_dump(pillar))
+    try:
+        rc, states, output = converged.salt("state.apply", "--retcode-passthrough")
+    finally:
+        converged.pillar_file.write_text(yaml.safe_dump(converged.pillar))
+    failures = failed_states(states)
+    assert rc != 0, output
+    assert any("djangoapp-wiki-release-deployed" in line for line in failures)
+    # only the new app's own states failed
+    assert all("wiki" in line for line in failures), "\n".join(failures)
+    new_name = converged.get("http://127.0.0.1/", "www.blog.test")
+    assert '<span class="version">v1.0.1</span>' in new_name["body"]
+    shop = converged.get("https://127.0.0.1/", "shop.test")
+    assert shop["status"] == 200
+    assert converged.get("http://127.0.0.1/", "wiki.test")["status"] == 502

@@ -328,6 +328,12 @@ def test_nginx_sites_and_tls_settings(stack):
     _, site = state_args(states, "djangoapp-shop-nginx-site-file-managed")
     assert site["name"] == f"{FAMILY[family(platform)]['site_dir']}/djangoapp-shop.conf"
     assert {"sls": "djangoapp.tls"} in site["require"]
+    # written after the app's release, whatever became of it: a failed release of
+    # one app must not hold back the other sites, nor Nginx's start
+    release = {"djangoapp": "djangoapp-shop-release-deployed"}
+    assert release not in site["require"]
+    assert release in site["require_any"]
+    assert {"pkg": "djangoapp-nginx-package-installed"} in site["require_any"]
     _, tls = state_args(states, "djangoapp-nginx-tls-settings-file-managed")
     assert tls["name"] == "/etc/nginx/djangoapp-tls.conf"
     lines = tls["contents"].splitlines()
