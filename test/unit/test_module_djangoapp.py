@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import pwd
 import signal
 import subprocess
 import sys
@@ -797,3 +798,41 @@ def test_parse_database_url():
         "name": "name",
     }
     assert engine.parse_database_url("mysql://u:p@localhost/n")["engine"] == "mysql"
+
+
+def test_commands_of_the_app_user_run_through_setpriv():
+    """The app user's commands drop to its uid, gid and groups without a login
+    session; the caller's environment and working directory are kept."""
+    calls = []
+
+    def run_all(argv, **kwargs):
+        calls.append((argv, kwargs))
+        done = subprocess.run(
+            argv,
+            cwd=kwargs.get("cwd"),
+            env=kwargs.get("env"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return {"retcode": done.returncode, "stdout": done.stdout, "stderr": ""}
+
+    host = engine.Host(run_all)
+    nobody = pwd.getpwnam("nobody")
+    ret = host.run(
+        ["sh", "-c", 'echo "$(id -u) $(id -g) $MARK $PWD"'],
+        runas="nobody",
+        cwd="/tmp",
+        env={"PATH": engine.SAFE_PATH, "MARK": "kept"},
+        clean_env=True,
+    )
+    assert ret["stdout"].split() == [
+        str(nobody.pw_uid),
+        str(nobody.pw_gid),
+        "kept",
+        "/tmp",
+    ]
+    argv, kwargs = calls[-1]
+    assert os.path.basename(argv[0]) == "setpriv" and "runas" not in kwargs
+    with pytest.raises(engine.CommandExecutionError, match="no-such-user"):
+        host.run(["true"], runas="no-such-user")
