@@ -255,3 +255,25 @@ def validate_pillar(djangoapp=None, **kwargs):
     if djangoapp is None:
         djangoapp = __salt__["pillar.get"]("djangoapp", {})
     return __utils__["djangoapp_validate.pillar"](djangoapp)
+
+
+def derive_settings(djangoapp):
+    """
+    The ``djangoapp`` configuration as merged by the formula's ``map.jinja``
+    (parameters, then the pillar), with what the states read derived from
+    it: each app's names, paths, database URL, environment, TLS files and
+    Redis database, the proxy environment, the local database engines, the
+    apps with TLS. ``map.jinja`` calls it after ``validate_pillar``.
+
+    djangoapp
+        The merged mapping (it is not changed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call djangoapp.derive_settings "$(cat merged-djangoapp.json)"
+    """
+    if not isinstance(djangoapp, dict):
+        raise SaltInvocationError("djangoapp must be a mapping")
+    return __utils__["djangoapp_settings.derive"](djangoapp, __grains__)
