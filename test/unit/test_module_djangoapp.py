@@ -16,8 +16,15 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import djangoapp_common
+import djangoapp_disk
+import djangoapp_django
+import djangoapp_files
+import djangoapp_host
+import djangoapp_procs
+import djangoapp_source
 import pytest
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -31,7 +38,6 @@ def _load(name):
     return module
 
 
-engine = _load("djangoapp_release")
 rules = _load("djangoapp_validate")
 
 
@@ -108,7 +114,10 @@ def test_app_name_rejected(name):
 
 
 def test_release_id_for_replaces_slashes():
-    assert engine._rid("feature/x", "0123456789abcdef") == "feature_x-01234567"
+    assert (
+        djangoapp_source.release_id("feature/x", "0123456789abcdef")
+        == "feature_x-01234567"
+    )
 
 
 @pytest.mark.parametrize("value", ["../etc", "-rf", "a/b", "", ".x"])
@@ -404,12 +413,12 @@ def test_every_public_function_has_a_cli_example(mods):
 
 def test_ledger_round_trip_and_tolerance(tmp_path):
     path = tmp_path / "ledger.jsonl"
-    assert engine.ledger_read(str(path)) == []
-    engine.ledger_append(str(path), {"id": "a", "status": "success"})
+    assert djangoapp_disk.ledger_read(str(path)) == []
+    djangoapp_disk.ledger_append(str(path), {"id": "a", "status": "success"})
     with open(path, "a") as handle:
         handle.write("not json\n\n[1, 2]\n")
-    engine.ledger_append(str(path), {"id": "b", "status": "failed"})
-    entries = engine.ledger_read(str(path))
+    djangoapp_disk.ledger_append(str(path), {"id": "b", "status": "failed"})
+    entries = djangoapp_disk.ledger_read(str(path))
     assert [e["id"] for e in entries] == ["a", "b"]
     assert path.read_text().count("\n") == 5
 
@@ -439,10 +448,10 @@ def test_rollback_target_is_previous_success_in_ledger_order():
         ("release", "r5", "success"),
     )
     on_disk = ["r1", "r2", "r5"]
-    assert engine.rollback_target(entries, "r5", on_disk) == "r2"
+    assert djangoapp_disk.rollback_target(entries, "r5", on_disk) == "r2"
     # order is the ledger's, not names or mtimes
-    assert engine.rollback_target(entries, "r5", ["r1", "r5"]) == "r1"
-    assert engine.rollback_target(entries, "r1", on_disk) == "r5"
+    assert djangoapp_disk.rollback_target(entries, "r5", ["r1", "r5"]) == "r1"
+    assert djangoapp_disk.rollback_target(entries, "r1", on_disk) == "r5"
 
 
 def test_rolled_away_release_is_not_a_rollback_target():
@@ -452,10 +461,10 @@ def test_rolled_away_release_is_not_a_rollback_target():
         ("release", "r3", "success"),
         ("rollback", "r2", "success", "r3"),
     )
-    assert engine.rollback_target(entries, "r2", ["r1", "r2", "r3"]) == "r1"
+    assert djangoapp_disk.rollback_target(entries, "r2", ["r1", "r2", "r3"]) == "r1"
     # released again: good again
     entries += _entries(("release", "r3", "success"))
-    assert engine.rollback_target(entries, "r3", ["r1", "r2", "r3"]) == "r2"
+    assert djangoapp_disk.rollback_target(entries, "r3", ["r1", "r2", "r3"]) == "r2"
 
 
 def test_last_deploy_of_sees_rollbacks():
@@ -464,7 +473,7 @@ def test_last_deploy_of_sees_rollbacks():
         ("release", "r2", "success"),
         ("rollback", "r1", "success", "r2"),
     )
-    assert engine.last_deploy_of(entries, "r1")["event"] == "rollback"
+    assert djangoapp_disk.last_deploy_of(entries, "r1")["event"] == "rollback"
 
 
 # --------------------------------------------------------------------------
@@ -472,7 +481,7 @@ def test_last_deploy_of_sees_rollbacks():
 
 
 def _layout_with(tmp_path, names):
-    layout = engine.Layout(str(tmp_path / "base"))
+    layout = djangoapp_disk.Layout(str(tmp_path / "base"))
     for name in names:
         os.makedirs(os.path.join(layout.releases, name, "src"))
     return layout
@@ -488,7 +497,7 @@ def test_prune_keeps_n_successful_and_drops_failed(tmp_path):
         ("release", "r3", "success"),
         ("release", "r4", "success"),
     )
-    removed = engine.prune(layout, entries, 2, "r4", "r3", in_use=set())
+    removed = djangoapp_disk.prune(layout, entries, 2, "r4", "r3", in_use=set())
     assert sorted(removed) == ["bad", "half", "r1", "r2"]
     assert layout.on_disk() == ["r3", "r4"]
 
@@ -497,12 +506,12 @@ def test_prune_never_removes_current_previous_or_in_use(tmp_path):
     layout = _layout_with(tmp_path, ["r1", "r2", "r3", "r4", "r5"])
     entries = _entries(*[("release", f"r{i}", "success") for i in range(1, 6)])
     # current r2 (rolled back), previous good r1, r3 used by a process
-    removed = engine.prune(layout, entries, 1, "r2", "r1", in_use={"r3"})
+    removed = djangoapp_disk.prune(layout, entries, 1, "r2", "r1", in_use={"r3"})
     assert sorted(removed) == ["r4", "r5"]
     assert layout.on_disk() == ["r1", "r2", "r3"]
     # keep=3: the protected ones count, the oldest unprotected goes first
     layout = _layout_with(tmp_path / "again", ["r1", "r2", "r3", "r4", "r5"])
-    removed = engine.prune(layout, entries, 3, "r5", "r4", in_use=set())
+    removed = djangoapp_disk.prune(layout, entries, 3, "r5", "r4", in_use=set())
     assert removed == ["r1", "r2"]
 
 
@@ -515,7 +524,7 @@ def test_prune_failed_releases_do_not_count(tmp_path):
         ("release", "f3", "failed"),
         ("release", "r2", "success"),
     )
-    removed = engine.prune(layout, entries, 2, "r2", "r1", in_use=set())
+    removed = djangoapp_disk.prune(layout, entries, 2, "r2", "r1", in_use=set())
     assert sorted(removed) == ["f1", "f2", "f3"]
     assert layout.on_disk() == ["r1", "r2"]
 
@@ -528,13 +537,13 @@ def test_releases_in_use_sees_a_process_cwd(tmp_path):
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if "r1" in engine.releases_in_use(layout):
+            if "r1" in djangoapp_procs.releases_in_use(layout):
                 break
             time.sleep(0.05)
-        used = engine.releases_in_use(layout)
+        used = djangoapp_procs.releases_in_use(layout)
         assert "r1" in used and "r2" not in used
         entries = _entries(("release", "r1", "success"), ("release", "r2", "success"))
-        assert engine.prune(layout, entries, 1, "r2", None) == []
+        assert djangoapp_disk.prune(layout, entries, 1, "r2", None) == []
     finally:
         proc.kill()
         proc.wait()
@@ -543,7 +552,7 @@ def test_releases_in_use_sees_a_process_cwd(tmp_path):
 def _wait_exec(pid):
     """Right after exec, /proc/<pid>/environ may still read empty."""
     deadline = time.monotonic() + 5
-    while not engine.proc_environ(pid) and time.monotonic() < deadline:
+    while not djangoapp_procs.proc_environ(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -568,7 +577,7 @@ def test_master_birth_release_pins_without_pwd(tmp_path):
     proc = subprocess.Popen(["sleep", "30"], env=env)
     try:
         _wait_exec(proc.pid)
-        assert engine.master_birth_release(layout, entries, proc.pid) == "r1"
+        assert djangoapp_procs.master_birth_release(layout, entries, proc.pid) == "r1"
     finally:
         proc.kill()
         proc.wait()
@@ -581,7 +590,10 @@ def test_master_birth_release_pins_without_pwd(tmp_path):
         proc = subprocess.Popen(["sleep", "30"], env=env)
         try:
             _wait_exec(proc.pid)
-            assert engine.master_birth_release(layout, entries, proc.pid) == expected
+            assert (
+                djangoapp_procs.master_birth_release(layout, entries, proc.pid)
+                == expected
+            )
         finally:
             proc.kill()
             proc.wait()
@@ -594,6 +606,7 @@ HOLDER = r"""
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("e", sys.argv[1])
 e = importlib.util.module_from_spec(spec); spec.loader.exec_module(e)
+e = e.load_engine()["djangoapp_disk"]
 holder = {"pid": __import__("os").getpid(), "action": "release", "version": "v9.9.9",
           "user": "alice", "jid": "123", "started": "now"}
 lock = e.ReleaseLock(sys.argv[2], holder)
@@ -623,9 +636,11 @@ def test_lock_contention_and_takeover(tmp_path):
     path = tmp_path / ".release.lock"
     holder = _hold_lock(path)
     try:
-        assert engine.ReleaseLock.is_held(str(path))
-        lock = engine.ReleaseLock(str(path), {"pid": os.getpid(), "version": "v1"})
-        with pytest.raises(engine.LockBusy) as info:
+        assert djangoapp_disk.ReleaseLock.is_held(str(path))
+        lock = djangoapp_disk.ReleaseLock(
+            str(path), {"pid": os.getpid(), "version": "v1"}
+        )
+        with pytest.raises(djangoapp_disk.LockBusy) as info:
             lock.acquire()
         message = str(info.value)
         assert f"pid={holder.pid}" in message
@@ -638,8 +653,8 @@ def test_lock_contention_and_takeover(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # the kernel released the flock with the process: the next release takes over
-    assert not engine.ReleaseLock.is_held(str(path))
-    lock = engine.ReleaseLock(str(path), {"pid": os.getpid(), "version": "v1"})
+    assert not djangoapp_disk.ReleaseLock.is_held(str(path))
+    lock = djangoapp_disk.ReleaseLock(str(path), {"pid": os.getpid(), "version": "v1"})
     lock.acquire()
     try:
         assert lock.stale["pid"] == holder.pid
@@ -653,9 +668,11 @@ def test_lock_contention_and_takeover(tmp_path):
 def test_lock_waits_for_its_holder_when_asked(tmp_path):
     path = tmp_path / ".release.lock"
     holder = _hold_lock(path)
-    lock = engine.ReleaseLock(str(path), {"pid": os.getpid(), "action": "reload"})
+    lock = djangoapp_disk.ReleaseLock(
+        str(path), {"pid": os.getpid(), "action": "reload"}
+    )
     started = time.monotonic()
-    with pytest.raises(engine.LockBusy, match=f"pid={holder.pid}"):
+    with pytest.raises(djangoapp_disk.LockBusy, match=f"pid={holder.pid}"):
         lock.acquire(wait=0.6)
     assert time.monotonic() - started >= 0.6
     threading.Timer(0.5, holder.kill).start()
@@ -689,7 +706,7 @@ def test_release_refused_while_locked(mods, make_app):
 
 def test_switch_is_atomic_and_relative(tmp_path):
     layout = _layout_with(tmp_path, ["a", "b"])
-    engine.switch_current(layout, "a")
+    djangoapp_disk.switch_current(layout, "a")
     assert os.readlink(layout.current) == "releases/a"
     seen = []
     stop = threading.Event()
@@ -702,7 +719,7 @@ def test_switch_is_atomic_and_relative(tmp_path):
     thread = threading.Thread(target=reader)
     thread.start()
     for i in range(300):
-        engine.switch_current(layout, "b" if i % 2 == 0 else "a")
+        djangoapp_disk.switch_current(layout, "b" if i % 2 == 0 else "a")
     stop.set()
     thread.join()
     assert seen and all(seen)
@@ -710,7 +727,7 @@ def test_switch_is_atomic_and_relative(tmp_path):
     assert not os.path.lexists(layout.current + ".tmp")
     # a stale current.tmp from a killed run does not get in the way
     os.symlink("releases/b", layout.current + ".tmp")
-    engine.switch_current(layout, "b")
+    djangoapp_disk.switch_current(layout, "b")
     assert layout.current_id() == "b"
 
 
@@ -723,7 +740,7 @@ def _deployed(
 ):
     base = tmp_path / "srv" / "demo"
     cfg = make_app("demo", base_dir=base)
-    layout = engine.Layout(str(base))
+    layout = djangoapp_disk.Layout(str(base))
     rid = "v1.0.0-01234567"
     os.makedirs(layout.release(rid))
     root = static_root.format(release=layout.release(rid))
@@ -738,7 +755,7 @@ def _deployed(
             },
             handle,
         )
-    engine.switch_current(layout, rid)
+    djangoapp_disk.switch_current(layout, rid)
     return cfg, layout
 
 
@@ -762,9 +779,9 @@ def test_static_location_outside_release_is_kept(mods, make_app, tmp_path):
 
 
 def test_static_location_does_not_map_a_sibling_prefix(tmp_path):
-    layout = engine.Layout(str(tmp_path))
+    layout = djangoapp_disk.Layout(str(tmp_path))
     path = layout.release("v1") + "0/static"
-    assert engine.map_to_current(layout, "v1", path) == path
+    assert djangoapp_files.map_to_current(layout, "v1", path) == path
 
 
 # --------------------------------------------------------------------------
@@ -772,7 +789,7 @@ def test_static_location_does_not_map_a_sibling_prefix(tmp_path):
 
 
 def test_redactor_hides_secret_values_and_url_passwords():
-    redact = engine.Redactor.from_env(
+    redact = djangoapp_common.Redactor.from_env(
         {
             "DJANGO_SECRET_KEY": "very-secret-value",
             "DATABASE_URL": "postgres://demo:p%40ss-word@localhost:5432/demo",
@@ -789,7 +806,9 @@ def test_redactor_hides_secret_values_and_url_passwords():
 
 
 def test_parse_database_url():
-    db = engine.parse_database_url("postgres://u%2Bx:p%40w@db.local:5433/name")
+    db = djangoapp_django.parse_database_url(
+        "postgres://u%2Bx:p%40w@db.local:5433/name"
+    )
     assert db == {
         "engine": "postgresql",
         "user": "u+x",
@@ -798,7 +817,10 @@ def test_parse_database_url():
         "port": 5433,
         "name": "name",
     }
-    assert engine.parse_database_url("mysql://u:p@localhost/n")["engine"] == "mysql"
+    assert (
+        djangoapp_django.parse_database_url("mysql://u:p@localhost/n")["engine"]
+        == "mysql"
+    )
 
 
 def test_commands_of_the_app_user_run_through_setpriv():
@@ -818,13 +840,13 @@ def test_commands_of_the_app_user_run_through_setpriv():
         )
         return {"retcode": done.returncode, "stdout": done.stdout, "stderr": ""}
 
-    host = engine.Host(run_all)
+    host = djangoapp_host.Host(run_all)
     nobody = pwd.getpwnam("nobody")
     ret = host.run(
         ["sh", "-c", 'echo "$(id -u) $(id -g) $MARK $PWD"'],
         runas="nobody",
         cwd="/tmp",
-        env={"PATH": engine.SAFE_PATH, "MARK": "kept"},
+        env={"PATH": djangoapp_common.SAFE_PATH, "MARK": "kept"},
         clean_env=True,
     )
     assert ret["stdout"].split() == [
@@ -835,5 +857,5 @@ def test_commands_of_the_app_user_run_through_setpriv():
     ]
     argv, kwargs = calls[-1]
     assert os.path.basename(argv[0]) == "setpriv" and "runas" not in kwargs
-    with pytest.raises(engine.CommandExecutionError, match="no-such-user"):
+    with pytest.raises(CommandExecutionError, match="no-such-user"):
         host.run(["true"], runas="no-such-user")

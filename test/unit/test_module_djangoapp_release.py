@@ -197,7 +197,7 @@ def test_rollback_and_roll_forward(mods, app, base):
     ret = mods["djangoapp.rollback"]("tiny")
     assert ret["result"] is True, ret
     assert ret["id"].startswith("v1.1.0-") and ret["version"] == "v1.1.0"
-    assert [s["name"] for s in ret["steps"]] == ["lock", "switch"]
+    assert [s["name"] for s in ret["steps"]] == ["lock", "select", "switch"]
     assert ret["seconds"] < 5
     assert os.readlink(base / "current") == f"releases/{ret['id']}"
     last = _ledger(base)[-1]

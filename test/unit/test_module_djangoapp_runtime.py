@@ -15,8 +15,14 @@ import sys
 import threading
 import time
 
+import djangoapp_build
+import djangoapp_common
+import djangoapp_disk
+import djangoapp_django
+import djangoapp_gunicorn
+import djangoapp_host
 import pytest
-from test_module_djangoapp import engine
+from salt.exceptions import CommandExecutionError
 
 # --------------------------------------------------------------------------
 # events
@@ -28,17 +34,17 @@ def test_no_event_sender_when_masterless_without_a_minion_daemon(tmp_path):
 
     pidfile = tmp_path / "salt-minion.pid"
     masterless = {"file_client": "local", "pidfile": str(pidfile)}
-    assert engine.event_sender(masterless, send) is None
+    assert djangoapp_host.event_sender(masterless, send) is None
     pidfile.write_text("999999999\n")
-    assert engine.event_sender(masterless, send) is None
+    assert djangoapp_host.event_sender(masterless, send) is None
     pidfile.write_text(f"{os.getpid()}\n")
-    assert engine.event_sender(masterless, send) is send
+    assert djangoapp_host.event_sender(masterless, send) is send
     with_master = {"file_client": "remote", "pidfile": str(tmp_path / "none")}
-    assert engine.event_sender(with_master, send) is send
+    assert djangoapp_host.event_sender(with_master, send) is send
     told_to_use_master = dict(masterless, use_master_when_local=True)
     pidfile.unlink()
-    assert engine.event_sender(told_to_use_master, send) is send
-    assert engine.event_sender(with_master, None) is None
+    assert djangoapp_host.event_sender(told_to_use_master, send) is send
+    assert djangoapp_host.event_sender(with_master, None) is None
 
 
 def test_background_command_holds_no_output_open():
@@ -46,7 +52,7 @@ def test_background_command_holds_no_output_open():
     saved = os.dup(1)
     os.dup2(writer, 1)
     try:
-        engine.Host.run_background(["sleep", "5"])
+        djangoapp_host.Host.run_background(["sleep", "5"])
     finally:
         os.dup2(saved, 1)
         os.close(saved)
@@ -125,7 +131,9 @@ def fake_control(tmp_path):
 
 
 def test_control_commands_and_worker_count_survive_lost_answers(fake_control):
-    client = engine.GunicornControl(fake_control.path, timeout=5, attempt=0.5)
+    client = djangoapp_gunicorn.GunicornControl(
+        fake_control.path, timeout=5, attempt=0.5
+    )
     assert client.command("show stats")["pid"] == 4242
     client.set_workers(6)
     assert fake_control.stats["workers_target"] == 6
@@ -135,24 +143,26 @@ def test_control_commands_and_worker_count_survive_lost_answers(fake_control):
     ]
     client.set_workers(2)
     assert fake_control.stats["workers_target"] == 2
-    with pytest.raises(engine.CommandExecutionError, match="Unknown command"):
+    with pytest.raises(CommandExecutionError, match="Unknown command"):
         client.command("reboot")
 
 
 def test_a_connection_nobody_answers_is_given_up_and_made_again(fake_control):
     """As when a connection lands in the socket a forked worker inherited."""
     fake_control.silent = 1
-    client = engine.GunicornControl(fake_control.path, timeout=5, attempt=0.3)
+    client = djangoapp_gunicorn.GunicornControl(
+        fake_control.path, timeout=5, attempt=0.3
+    )
     started = time.monotonic()
     assert client.command("show stats")["pid"] == 4242
     assert time.monotonic() - started < 2
 
 
 def test_control_socket_that_does_not_answer(tmp_path):
-    client = engine.GunicornControl(
+    client = djangoapp_gunicorn.GunicornControl(
         str(tmp_path / "none.ctl"), timeout=0.2, attempt=0.1
     )
-    with pytest.raises(engine.ControlSocketError):
+    with pytest.raises(djangoapp_gunicorn.ControlSocketError):
         client.command("show stats")
 
 
@@ -199,10 +209,12 @@ def _service(tmp_path, config, manager="supervisor"):
         "process_manager": manager,
         "service": "djangoapp-unit-test-no-such-service",
         "run_dir": str(tmp_path / "run"),
+        "control_socket": None,
+        "graceful_timeout": 30,
     }
     (tmp_path / "run").mkdir(exist_ok=True)
-    host = engine.Host(lambda argv, **kwargs: {"retcode": 1, "stdout": ""})
-    return engine.Service(cfg, host)
+    host = djangoapp_host.Host(lambda argv, **kwargs: {"retcode": 1, "stdout": ""})
+    return djangoapp_gunicorn.Service(cfg, host)
 
 
 def test_master_from_pidfile_is_checked_against_proc(tmp_path, process_tree):
@@ -255,48 +267,58 @@ def test_hup_reason_compares_what_the_master_loaded(tmp_path):
     config = tmp_path / "gunicorn.conf.py"
     config.write_text("workers = 2\n")
     service = _service(tmp_path, str(config))
-    layout = engine.Layout(str(tmp_path / "base"))
+    layout = djangoapp_disk.Layout(str(tmp_path / "base"))
     _release_with_venv(layout, "r2")
     master = os.getpid()  # its executable: this test's python
-    assert "not recorded" in engine.hup_reason(service, layout, "r2", master)
+    assert "not recorded" in djangoapp_gunicorn.hup_reason(
+        service, layout, "r2", master
+    )
     state = {
         "pid": master,
-        "config_sha256": engine.file_sha256(str(config)),
+        "config_sha256": djangoapp_common.file_sha256(str(config)),
         "gunicorn": "27.0.1",
         "python": "3.11.2",
     }
     pathlib.Path(service.master_state_file).write_text(json.dumps(state))
-    assert "no control socket" in engine.hup_reason(service, layout, "r2", master)
+    assert "no control socket" in djangoapp_gunicorn.hup_reason(
+        service, layout, "r2", master
+    )
     pathlib.Path(service.control_socket).touch()
-    assert engine.hup_reason(service, layout, "r2", master) is None
+    assert djangoapp_gunicorn.hup_reason(service, layout, "r2", master) is None
     # a record of another master is no record
-    assert "not recorded" in engine.hup_reason(service, layout, "r2", master + 1)
+    assert "not recorded" in djangoapp_gunicorn.hup_reason(
+        service, layout, "r2", master + 1
+    )
 
     config.write_text("workers = 3\n")
-    assert "config changed" in engine.hup_reason(service, layout, "r2", master)
+    assert "config changed" in djangoapp_gunicorn.hup_reason(
+        service, layout, "r2", master
+    )
     config.write_text("workers = 2\n")
 
     _release_with_venv(layout, "r3", gunicorn="28.0.0")
     assert (
-        engine.hup_reason(service, layout, "r3", master)
+        djangoapp_gunicorn.hup_reason(service, layout, "r3", master)
         == "gunicorn 27.0.1 runs, the release has 28.0.0"
     )
     _release_with_venv(layout, "r4", python="/bin/sh")
-    assert "the master runs" in engine.hup_reason(service, layout, "r4", master)
+    assert "the master runs" in djangoapp_gunicorn.hup_reason(
+        service, layout, "r4", master
+    )
 
 
 def test_venv_package_version(tmp_path):
-    layout = engine.Layout(str(tmp_path))
+    layout = djangoapp_disk.Layout(str(tmp_path))
     _release_with_venv(layout, "r1", gunicorn="25.1.0")
     venv = os.path.join(layout.release("r1"), "venv")
-    assert engine.venv_package_version(venv, "gunicorn") == "25.1.0"
-    assert engine.venv_package_version(venv, "django") is None
+    assert djangoapp_build.venv_package_version(venv, "gunicorn") == "25.1.0"
+    assert djangoapp_build.venv_package_version(venv, "django") is None
 
 
 def test_gunicorn_check_config_is_skipped_only_when_nothing_changed(tmp_path):
     config = tmp_path / "gunicorn.conf.py"
     config.write_text("workers = 2\n")
-    layout = engine.Layout(str(tmp_path / "base"))
+    layout = djangoapp_disk.Layout(str(tmp_path / "base"))
     _release_with_venv(layout, "r2")
     src = pathlib.Path(layout.release("r2")) / "src"
     src.mkdir()
@@ -308,19 +330,22 @@ def test_gunicorn_check_config_is_skipped_only_when_nothing_changed(tmp_path):
         "pip_extra": ["gunicorn"],
     }
     live = {
-        "gunicorn_config": engine.file_sha256(str(config)),
+        "gunicorn_config": djangoapp_common.file_sha256(str(config)),
         "gunicorn": "27.0.1",
-        "requirements": engine.requirements_digest(cfg, str(src)),
+        "requirements": djangoapp_build.requirements_digest(cfg, str(src)),
     }
     rdir = layout.release("r2")
-    assert engine.gunicorn_checked(cfg, live, rdir) is True
-    assert engine.gunicorn_checked(cfg, None, rdir) is False
-    assert engine.gunicorn_checked(cfg, dict(live, gunicorn="26.0"), rdir) is False
+    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is True
+    assert djangoapp_django.gunicorn_checked(cfg, None, rdir) is False
+    assert (
+        djangoapp_django.gunicorn_checked(cfg, dict(live, gunicorn="26.0"), rdir)
+        is False
+    )
     (src / "requirements.txt").write_text("Django\nhumanize\n")
-    assert engine.gunicorn_checked(cfg, live, rdir) is False
+    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is False
     (src / "requirements.txt").write_text("Django\n")
     config.write_text("workers = 3\n")
-    assert engine.gunicorn_checked(cfg, live, rdir) is False
+    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is False
 
 
 # --------------------------------------------------------------------------
@@ -344,7 +369,7 @@ def test_venv_bytecode_links_what_uv_linked(tmp_path):
     os.link(old / "pkg" / "same.py", new / "pkg" / "same.py")  # as uv links them
     _py(new / "pkg" / "other.py", "B = 1\n")  # same text, another file
     _py(new / "pkg" / "fresh.py", "C = 1\n")
-    linked, missing = engine.venv_bytecode(
+    linked, missing = djangoapp_build.venv_bytecode(
         str(tmp_path / "old" / "venv"), str(tmp_path / "new" / "venv")
     )
     assert linked == 1
@@ -355,7 +380,9 @@ def test_venv_bytecode_links_what_uv_linked(tmp_path):
     old_pyc = old / "pkg" / "__pycache__" / f"same.{tag}.pyc"
     new_pyc = new / "pkg" / "__pycache__" / f"same.{tag}.pyc"
     assert new_pyc.stat().st_ino == old_pyc.stat().st_ino
-    linked, missing = engine.venv_bytecode(None, str(tmp_path / "new" / "venv"))
+    linked, missing = djangoapp_build.venv_bytecode(
+        None, str(tmp_path / "new" / "venv")
+    )
     assert linked == 0 and len(missing) == 3
 
 
@@ -373,9 +400,9 @@ def test_project_bytecode_of_unchanged_files_is_reused_and_valid(tmp_path):
     _py(new / "app" / "changed.py", "B = 2\n")
     _py(new / "app" / "added.py", "C = 1\n")
     os.utime(new / "app" / "same.py", (1, 1))  # as tar leaves them: commit time
-    unchanged = engine.link_project_bytecode(str(old), str(new), tag)
+    unchanged = djangoapp_build.link_project_bytecode(str(old), str(new), tag)
     assert unchanged == {str(new / "app" / "same.py")}
-    assert sorted(engine.project_sources(str(new), unchanged)) == [
+    assert sorted(djangoapp_build.project_sources(str(new), unchanged)) == [
         str(new / "app" / "added.py"),
         str(new / "app" / "changed.py"),
     ]
@@ -385,7 +412,9 @@ def test_project_bytecode_of_unchanged_files_is_reused_and_valid(tmp_path):
     header = pyc.read_bytes()[8:16]
     mtime, size = struct.unpack("<II", header)
     assert (mtime, size) == (int(source.stat().st_mtime), source.stat().st_size)
-    engine.compile_sources(None, sys.executable, tag, [str(new / "app" / "added.py")])
+    djangoapp_build.compile_sources(
+        None, sys.executable, tag, [str(new / "app" / "added.py")]
+    )
     assert pathlib.Path(
         importlib.util.cache_from_source(str(new / "app" / "added.py"))
     ).is_file()
@@ -396,7 +425,7 @@ def test_project_bytecode_of_unchanged_files_is_reused_and_valid(tmp_path):
 
 
 def test_prune_looks_for_processes_only_when_something_goes(tmp_path, monkeypatch):
-    layout = engine.Layout(str(tmp_path / "base"))
+    layout = djangoapp_disk.Layout(str(tmp_path / "base"))
     for name in ("r1", "r2", "r3"):
         os.makedirs(os.path.join(layout.releases, name, "src"))
     entries = [
@@ -407,16 +436,21 @@ def test_prune_looks_for_processes_only_when_something_goes(tmp_path, monkeypatc
     def scan(layout):
         raise AssertionError("no release was to go: no need to look at /proc")
 
-    monkeypatch.setattr(engine, "releases_in_use", scan)
+    monkeypatch.setattr(djangoapp_disk, "releases_in_use", scan)
     deleted = []
-    assert engine.prune(layout, entries, 3, "r3", "r2", delete=deleted.extend) == []
+    assert (
+        djangoapp_disk.prune(layout, entries, 3, "r3", "r2", delete=deleted.extend)
+        == []
+    )
     assert deleted == []
-    monkeypatch.setattr(engine, "releases_in_use", lambda layout: set())
-    removed = engine.prune(
+    monkeypatch.setattr(djangoapp_disk, "releases_in_use", lambda layout: set())
+    removed = djangoapp_disk.prune(
         layout, entries, 1, "r3", "r2", protect={"r1"}, delete=deleted.extend
     )
     assert removed == []
-    removed = engine.prune(layout, entries, 1, "r3", None, delete=deleted.extend)
+    removed = djangoapp_disk.prune(
+        layout, entries, 1, "r3", None, delete=deleted.extend
+    )
     assert removed == ["r1", "r2"]
     assert layout.on_disk() == ["r3"]
     assert [os.path.basename(p).split("-")[1] for p in deleted] == ["r1", "r2"]
@@ -428,7 +462,7 @@ def test_prune_looks_for_processes_only_when_something_goes(tmp_path, monkeypatc
 
 
 def test_app_commands_name_their_release_for_sentry(tmp_path):
-    env = engine._app_env(
+    env = djangoapp_django.app_env(
         {"base_dir": str(tmp_path)},
         {"SENTRY_DSN": "https://k@sentry.example/1", "SENTRY_RELEASE": "stale"},
         "/srv/djangoapp/demo/releases/v2-1234abcd",

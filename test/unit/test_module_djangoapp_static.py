@@ -5,15 +5,18 @@ settings put them elsewhere than the demo does: STATIC_ROOT outside the release
 shared/media).
 """
 
+import os
 import pathlib
 
+import djangoapp_common
+import djangoapp_disk
+import djangoapp_files
 import pytest
-from test_module_djangoapp import engine
 
 
 @pytest.fixture
 def layout(tmp_path):
-    layout = engine.Layout(str(tmp_path / "srv" / "shop"))
+    layout = djangoapp_disk.Layout(str(tmp_path / "srv" / "shop"))
     (tmp_path / "srv" / "shop" / "shared" / "media").mkdir(parents=True)
     return layout
 
@@ -21,8 +24,8 @@ def layout(tmp_path):
 def new_release(layout, rid, static_files=("site.css",)):
     """A release dir whose preflight staged ``static_files``."""
     rdir = layout.release(rid)
-    staging = f"{rdir}/{engine.STATIC_STAGING}"
-    engine.os.makedirs(staging)
+    staging = f"{rdir}/{djangoapp_files.STATIC_STAGING}"
+    os.makedirs(staging)
     for name in static_files:
         with open(f"{staging}/{name}", "w", encoding="utf-8") as handle:
             handle.write(name)
@@ -36,37 +39,37 @@ def preflight_result(static_root, staged=True):
 def test_static_root_inside_the_release_gets_the_files(layout):
     rdir = new_release(layout, "r1")
     static_root = f"{rdir}/src/staticfiles"
-    placed = engine.place_static(layout, rdir, preflight_result(static_root))
+    placed = djangoapp_files.place_static(layout, rdir, preflight_result(static_root))
     assert placed == static_root
     assert pathlib.Path(static_root, "site.css").read_text() == "site.css"
-    assert not engine.os.path.lexists(f"{rdir}/{engine.STATIC_STAGING}")
+    assert not os.path.lexists(f"{rdir}/{djangoapp_files.STATIC_STAGING}")
 
 
 def test_static_root_outside_becomes_a_link_to_the_live_release(layout, tmp_path):
     static_root = str(tmp_path / "var" / "www" / "shop" / "static")
     rdir = new_release(layout, "r1")
-    placed = engine.place_static(layout, rdir, preflight_result(static_root))
-    assert placed == f"{rdir}/{engine.STATIC_KEPT}"
-    assert engine.os.readlink(static_root) == f"{layout.current}/static"
-    engine.switch_current(layout, "r1")
+    placed = djangoapp_files.place_static(layout, rdir, preflight_result(static_root))
+    assert placed == f"{rdir}/{djangoapp_files.STATIC_KEPT}"
+    assert os.readlink(static_root) == f"{layout.current}/static"
+    djangoapp_disk.switch_current(layout, "r1")
     assert pathlib.Path(static_root, "site.css").read_text() == "site.css"
     # The next release keeps the link and brings its own files.
     rdir2 = new_release(layout, "r2", static_files=("new.css",))
-    engine.place_static(layout, rdir2, preflight_result(static_root))
-    engine.switch_current(layout, "r2")
-    assert engine.os.listdir(static_root) == ["new.css"]
+    djangoapp_files.place_static(layout, rdir2, preflight_result(static_root))
+    djangoapp_disk.switch_current(layout, "r2")
+    assert os.listdir(static_root) == ["new.css"]
 
 
 def test_static_location_of_a_release_with_static_outside(layout, tmp_path):
     static_root = str(tmp_path / "www" / "static")
     rdir = new_release(layout, "r1")
-    engine.place_static(layout, rdir, preflight_result(static_root))
-    engine._write_json_atomic(
+    djangoapp_files.place_static(layout, rdir, preflight_result(static_root))
+    djangoapp_common.write_json_atomic(
         f"{rdir}/release.json",
         {"static_url": "/static/", "static_root": static_root, "media_url": None},
     )
-    engine.switch_current(layout, "r1")
-    location = engine.static_location({"base_dir": layout.base})
+    djangoapp_disk.switch_current(layout, "r1")
+    location = djangoapp_files.static_location({"base_dir": layout.base})
     assert location["static"] == {"url": "/static/", "path": f"{layout.current}/static"}
 
 
@@ -82,43 +85,49 @@ def test_static_root_that_is_something_else_stops_the_release(layout, tmp_path, 
     else:
         static_root.symlink_to(tmp_path / "elsewhere")
     rdir = new_release(layout, "r1")
-    with pytest.raises(engine.StepFailed, match=f"STATIC_ROOT {static_root}"):
-        engine.place_static(layout, rdir, preflight_result(str(static_root)))
+    with pytest.raises(djangoapp_common.StepFailed, match=f"STATIC_ROOT {static_root}"):
+        djangoapp_files.place_static(layout, rdir, preflight_result(str(static_root)))
     # Nothing changed, and the staged files are gone with the failed release.
     if kind == "files":
         assert [p.name for p in static_root.iterdir()] == ["old.css"]
-    assert not engine.os.path.lexists(f"{rdir}/{engine.STATIC_STAGING}")
+    assert not os.path.lexists(f"{rdir}/{djangoapp_files.STATIC_STAGING}")
 
 
 def test_an_empty_static_root_directory_is_replaced_by_the_link(layout, tmp_path):
     static_root = tmp_path / "www" / "static"
     static_root.mkdir(parents=True)
     rdir = new_release(layout, "r1")
-    engine.place_static(layout, rdir, preflight_result(str(static_root)))
+    djangoapp_files.place_static(layout, rdir, preflight_result(str(static_root)))
     assert static_root.is_symlink()
 
 
 def test_media_root_inside_the_release_links_to_shared_media(layout):
     rdir = new_release(layout, "r1")
     media_root = f"{rdir}/src/media"
-    engine.os.makedirs(media_root)
+    os.makedirs(media_root)
     pathlib.Path(media_root, ".gitkeep").touch()
     app = {"user": "nobody"}
-    assert engine.prepare_media_root(app, layout, rdir, media_root) == media_root
-    assert engine.os.readlink(media_root) == layout.shared_media
+    assert (
+        djangoapp_files.prepare_media_root(app, layout, rdir, media_root) == media_root
+    )
+    assert os.readlink(media_root) == layout.shared_media
     # Again: already a link to shared/media.
-    assert engine.prepare_media_root(app, layout, rdir, media_root) == media_root
-    assert engine.os.readlink(media_root) == layout.shared_media
+    assert (
+        djangoapp_files.prepare_media_root(app, layout, rdir, media_root) == media_root
+    )
+    assert os.readlink(media_root) == layout.shared_media
 
 
 def test_media_root_elsewhere_is_made_for_the_app_once(layout, tmp_path):
     rdir = new_release(layout, "r1")
     uploads = tmp_path / "var" / "uploads"
     app = {"user": "nobody"}
-    assert engine.prepare_media_root(app, layout, rdir, str(uploads)) == str(uploads)
+    assert djangoapp_files.prepare_media_root(app, layout, rdir, str(uploads)) == str(
+        uploads
+    )
     assert uploads.is_dir() and not uploads.is_symlink()
     assert uploads.owner() == "nobody"
     (uploads / "kept.txt").write_text("kept")
-    engine.prepare_media_root(app, layout, rdir, str(uploads))
+    djangoapp_files.prepare_media_root(app, layout, rdir, str(uploads))
     assert (uploads / "kept.txt").read_text() == "kept"
-    assert engine.prepare_media_root(app, layout, rdir, None) is None
+    assert djangoapp_files.prepare_media_root(app, layout, rdir, None) is None

@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 
+import djangoapp_health
 import pytest
+from salt.exceptions import CommandExecutionError
 from standins import Health
 
 MASTER = r"""
@@ -152,7 +154,7 @@ def test_rollback_reloads_and_verifies(mods, app, base):
     ret = mods["djangoapp.rollback"]("verified")
     assert ret["result"] is True, ret
     assert ret["version"] == "v1.0.0"
-    assert _names(ret) == ["lock", "switch", "reload", "verify", "health"]
+    assert _names(ret) == ["lock", "select", "switch", "reload", "verify", "health"]
     st = mods["djangoapp.status"]("verified")
     assert st["current"] == ret["id"]
     assert {w["release"] for w in st["workers"]} == {ret["id"]}
@@ -171,17 +173,18 @@ def test_reload_without_the_hooks_sends_hup_and_waits_for_new_workers(mods, app,
 
 
 def test_health_check_does_not_follow_redirects(health_server):
-    from test_module_djangoapp import engine
 
     Health.status["code"] = 301
     try:
         url = f"http://127.0.0.1:{health_server.server_address[1]}/"
-        with pytest.raises(engine.CommandExecutionError, match="HTTP 301"):
-            engine.health_check(
+        with pytest.raises(CommandExecutionError, match="HTTP 301"):
+            djangoapp_health.health_check(
                 {"url": url, "host": "example.com"}, tries=2, delay=0.01
             )
     finally:
         Health.status["code"] = 200
-    assert engine.health_check({"url": url, "host": "example.com"}) == "HTTP 200"
-    with pytest.raises(engine.CommandExecutionError, match="HTTP 400"):
-        engine.health_check({"url": url, "host": "other.example"}, tries=1)
+    assert (
+        djangoapp_health.health_check({"url": url, "host": "example.com"}) == "HTTP 200"
+    )
+    with pytest.raises(CommandExecutionError, match="HTTP 400"):
+        djangoapp_health.health_check({"url": url, "host": "other.example"}, tries=1)

@@ -1,0 +1,151 @@
+"""
+What every part of the djangoapp release engine shares: the failure of a step,
+secrets kept out of what people see, JSON files written atomically, paths.
+
+Not a Salt utility: ``djangoapp_release`` (the one the execution module calls)
+loads it with the engine's other modules.
+"""
+
+import getpass
+import hashlib
+import json
+import os
+import pwd
+import re
+import urllib.parse
+from datetime import UTC, datetime
+
+CONFIG_DIR = "/etc/djangoapp"
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OUTPUT_LIMIT = 4000
+SECRET_NAME_RE = re.compile(
+    r"SECRET|PASSW|PASSPHRASE|PWD|TOKEN|KEY|PRIVATE|CREDENTIAL|AUTH|SALT|DSN|COOKIE",
+    re.IGNORECASE,
+)
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def now_iso():
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def inside(path, directory):
+    """True when ``path`` is ``directory`` or lies below it (no resolving)."""
+    if not path or not directory:
+        return False
+    directory = directory.rstrip("/")
+    return path == directory or path.startswith(directory + "/")
+
+
+def read_json(path, default=None):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return default
+
+
+def write_json_atomic(path, data, mode=0o644):
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_user():
+    try:
+        return getpass.getuser()
+    except Exception:  # pylint: disable=broad-except
+        return str(os.getuid())
+
+
+class Redactor:
+    """Replaces secret values (from env.json) in text shown to people."""
+
+    def __init__(self, secrets=()):
+        self.secrets = sorted(
+            {s for s in secrets if isinstance(s, str) and len(s) >= 4},
+            key=len,
+            reverse=True,
+        )
+
+    def __call__(self, text):
+        if text is None:
+            return None
+        text = str(text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @classmethod
+    def from_env(cls, env):
+        """
+        Secrets of an app environment: the values of variables whose name
+        says secret (``SECRET``, ``PASSWORD``, ``TOKEN``, ``KEY``, ``DSN``...)
+        and the password part of every URL-like value.
+        """
+        secrets = []
+        for key, value in (env or {}).items():
+            if not isinstance(value, str):
+                continue
+            if SECRET_NAME_RE.search(key):
+                secrets.append(value)
+            if "://" in value:
+                try:
+                    parts = urllib.parse.urlsplit(value)
+                    password = parts.password
+                except ValueError:
+                    password = None
+                if password:
+                    secrets.append(password)
+                    secrets.append(urllib.parse.unquote(password))
+        return cls(secrets)
+
+
+def tail(text, limit=OUTPUT_LIMIT):
+    text = (text or "").strip()
+    if len(text) > limit:
+        return "..." + text[-limit:]
+    return text
+
+
+class StepFailed(Exception):
+    def __init__(self, step, message):
+        super().__init__(message)
+        self.step = step
+        self.message = message
+
+
+# --------------------------------------------------------------------------
+# the host: commands and events through Salt
+
+
+def user_ids(name):
+    entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def file_sha256(path):
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None

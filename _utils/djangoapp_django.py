@@ -1,0 +1,308 @@
+"""
+Django's side of a release, run as the app's user with the production
+environment: the preflight (checks, collectstatic, pending migrations, in one
+process of the release's Python, see ``djangoapp_preflight.py``), the database
+backup taken before migrating, and ``migrate``.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import urllib.parse
+
+from djangoapp_build import requirements_digest, venv_package_version
+from djangoapp_common import SAFE_PATH, StepFailed, file_sha256, tail, user_ids
+from djangoapp_files import STATIC_STAGING
+from djangoapp_host import run_in_thread
+
+PREFLIGHT_MARKER = "DJANGOAPP-PREFLIGHT "
+PREFLIGHT_SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "djangoapp_preflight.py"
+)
+MIGRATE_TIMEOUT = 3600
+BACKUP_TIMEOUT = 7200
+DATABASE_ENGINES = {
+    "postgres": "postgresql",
+    "postgresql": "postgresql",
+    "pgsql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def app_env(cfg, env, rdir, version):
+    """The environment of the app's commands in ``rdir``: env.json, and
+    SENTRY_RELEASE naming the release (as the gunicorn workers have it)."""
+    full = {
+        "PATH": os.path.join(rdir, "venv", "bin") + ":" + SAFE_PATH,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": cfg["base_dir"],
+    }
+    full.update(env)
+    full["SENTRY_RELEASE"] = version
+    return full
+
+
+def project_dir(cfg, rdir):
+    """Where the project's ``manage.py`` lies in the release ``rdir``."""
+    return os.path.join(rdir, "src", cfg["project_dir"] or ".")
+
+
+def as_app(cfg, env, rdir, version, timeout):
+    """``Host.run`` options for a command of the app in ``rdir``, as its user."""
+    return {
+        "runas": cfg["user"],
+        "cwd": project_dir(cfg, rdir),
+        "env": app_env(cfg, env, rdir, version),
+        "clean_env": True,
+        "reset_system_locale": False,
+        "timeout": timeout,
+    }
+
+
+def gunicorn_checked(cfg, live_info, rdir):
+    """
+    True when ``gunicorn --check-config`` can tell nothing new about the
+    release in ``rdir``: the live release passed it with the same config file,
+    the same Gunicorn and the same requirements (the worker class), and the
+    preflight imports the app itself.
+    """
+    if not live_info or not live_info.get("gunicorn_config"):
+        return False
+    venv = os.path.join(rdir, "venv")
+    return (
+        live_info["gunicorn_config"] == file_sha256(cfg["gunicorn_config"])
+        and live_info.get("gunicorn") == venv_package_version(venv, "gunicorn")
+        and live_info.get("requirements")
+        == requirements_digest(cfg, os.path.join(rdir, "src"))
+    )
+
+
+def _static_staging(cfg, rdir):
+    """An empty directory in the release that the app's user may collect into."""
+    staging = os.path.join(rdir, STATIC_STAGING)
+    if os.path.lexists(staging):
+        shutil.rmtree(staging)
+    os.mkdir(staging, 0o755)
+    try:
+        uid, gid = user_ids(cfg["user"])
+    except KeyError:
+        raise StepFailed("preflight", f"user {cfg['user']!r} does not exist") from None
+    os.chown(staging, uid, gid)
+    return staging
+
+
+def _gunicorn_check_argv(cfg, rdir):
+    python = os.path.join(rdir, "venv", "bin", "python")
+    argv = [python, "-m", "gunicorn", "--check-config"]
+    argv += ["--chdir", project_dir(cfg, rdir)]
+    if os.path.isfile(cfg["gunicorn_config"] or ""):
+        argv += ["-c", cfg["gunicorn_config"]]
+    return argv + [cfg["asgi"] or cfg["wsgi"]]
+
+
+def _preflight_result(ret, redact):
+    """The JSON the preflight printed last, checked; raises StepFailed."""
+    result = None
+    for line in reversed((ret.get("stdout") or "").splitlines()):
+        if line.startswith(PREFLIGHT_MARKER):
+            with contextlib.suppress(ValueError):
+                result = json.loads(line[len(PREFLIGHT_MARKER) :])
+            break
+    if result is None:
+        raise StepFailed(
+            "preflight",
+            redact(
+                "the preflight process gave no result (exit {}): {}".format(
+                    ret.get("retcode"), tail(ret.get("stderr"))
+                )
+            ),
+        )
+    if not result.get("ok"):
+        raise StepFailed(
+            "preflight",
+            redact(
+                "{} failed: {}\n{}".format(
+                    result.get("failed"),
+                    result.get("error"),
+                    tail(result.get("traceback"), 1500),
+                )
+            ),
+        )
+    return result
+
+
+def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
+    """
+    One process of the new release's python runs the Django checks
+    (djangoapp_preflight.py) while gunicorn --check-config (when
+    ``check_config``) runs beside it. Returns the preflight result dict;
+    raises StepFailed.
+    """
+    if not os.path.isdir(project_dir(cfg, rdir)):
+        raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
+    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
+        source = handle.read()
+    options = {
+        "app_callable": cfg["asgi"] or cfg["wsgi"],
+        "fail_level": cfg["check_deploy_fail_level"] or "ERROR",
+        "collectstatic": bool(collect),
+        "static_staging": _static_staging(cfg, rdir) if collect else None,
+    }
+    run_as_app = as_app(cfg, env, rdir, version, timeout=900)
+    join_gunicorn = None
+    if check_config and os.path.exists(os.path.join(rdir, "venv", "bin", "gunicorn")):
+        join_gunicorn = run_in_thread(
+            host.run, _gunicorn_check_argv(cfg, rdir), **run_as_app
+        )
+    python = os.path.join(rdir, "venv", "bin", "python")
+    ret = host.run(
+        [python, "-", json.dumps(options)],
+        stdin=source,
+        stdin_raw_newlines=True,
+        **run_as_app,
+    )
+    gunicorn_ret = join_gunicorn() if join_gunicorn else None
+    result = _preflight_result(ret, redact)
+    result["also_checked"] = []
+    if gunicorn_ret is not None:
+        if gunicorn_ret.get("retcode") != 0:
+            raise StepFailed(
+                "preflight",
+                redact(
+                    "gunicorn --check-config failed: "
+                    + tail(gunicorn_ret.get("stderr"))
+                ),
+            )
+        result["also_checked"].append("gunicorn --check-config")
+    return result
+
+
+def migrate(cfg, host, rdir, env, redact, version):
+    """``manage.py migrate --noinput`` in the new release, as the app user."""
+    python = os.path.join(rdir, "venv", "bin", "python")
+    if os.path.isfile(os.path.join(project_dir(cfg, rdir), "manage.py")):
+        argv = [python, "manage.py", "migrate", "--noinput"]
+    else:
+        argv = [python, "-m", "django", "migrate", "--noinput"]
+    ret = host.run(argv, **as_app(cfg, env, rdir, version, timeout=MIGRATE_TIMEOUT))
+    if ret.get("retcode") != 0:
+        output = tail((ret.get("stderr") or "") + "\n" + (ret.get("stdout") or ""))
+        raise StepFailed(
+            "migrate", redact(f"migrate failed (exit {ret.get('retcode')}): {output}")
+        )
+    return ret
+
+
+def parse_database_url(url):
+    """The parts of a ``DATABASE_URL`` that a dump needs."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    return {
+        "engine": DATABASE_ENGINES.get(scheme, scheme),
+        "user": urllib.parse.unquote(parts.username or ""),
+        "password": urllib.parse.unquote(parts.password or ""),
+        "host": parts.hostname or "localhost",
+        "port": parts.port,
+        "name": urllib.parse.unquote(parts.path.lstrip("/")),
+    }
+
+
+def needs_backup(cfg):
+    """True when the app has a database: it is dumped before migrating."""
+    return (cfg["database"] or {}).get("engine") not in (None, "", "none")
+
+
+def _database(cfg, env):
+    """app.json's database, completed by DATABASE_URL from the environment."""
+    db = dict(cfg["database"] or {})
+    if env.get("DATABASE_URL"):
+        db.update(
+            {k: v for k, v in parse_database_url(env["DATABASE_URL"]).items() if v}
+        )
+    for key in ("name", "user"):
+        if not db.get(key) or str(db[key]).startswith("-"):
+            raise StepFailed(
+                "backup", f"database {key} unknown: set DATABASE_URL in env.json"
+            )
+    db["host"] = str(db.get("host") or "localhost")
+    return db
+
+
+def _dump_postgresql(host, db, path, run_env):
+    if db.get("password"):
+        run_env["PGPASSWORD"] = db["password"]
+    host.check(
+        "backup",
+        [
+            "pg_dump",
+            "--format=custom",
+            "--no-password",
+            f"--host={db['host']}",
+            f"--port={db.get('port') or 5432}",
+            f"--username={db['user']}",
+            f"--file={path}",
+            f"--dbname={db['name']}",
+        ],
+        env=run_env,
+        clean_env=True,
+        umask="077",
+        timeout=BACKUP_TIMEOUT,
+    )
+    listing = host.check("backup", ["pg_restore", "--list", path], env=run_env)
+    if "Archive created at" not in (listing.get("stdout") or ""):
+        raise StepFailed("backup", f"pg_restore --list cannot read {path}")
+
+
+def _dump_mysql(host, db, path, run_env):
+    if db.get("password"):
+        run_env["MYSQL_PWD"] = db["password"]
+    host.check(
+        "backup",
+        [
+            "mysqldump",
+            "--single-transaction",
+            "--routines",
+            "--triggers",
+            f"--host={db['host']}",
+            f"--port={db.get('port') or 3306}",
+            f"--user={db['user']}",
+            f"--result-file={path}",
+            "--databases",
+            db["name"],
+        ],
+        env=run_env,
+        clean_env=True,
+        umask="077",
+        timeout=BACKUP_TIMEOUT,
+    )
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 512))
+        if b"-- Dump completed" not in handle.read():
+            raise StepFailed("backup", f"{path} has no '-- Dump completed' trailer")
+
+
+DUMPS = {"postgresql": (".dump", _dump_postgresql), "mysql": (".sql", _dump_mysql)}
+
+
+def backup_database(cfg, host, env, rid):
+    """
+    Dump the database before migrating, named after the release, and check the
+    dump; returns its path. Credentials travel in the environment only.
+    """
+    engine = (cfg["database"] or {}).get("engine")
+    if engine not in DUMPS:
+        raise StepFailed("backup", f"database engine {engine!r} has no backup method")
+    db = _database(cfg, env)
+    os.makedirs(cfg["backup_dir"], mode=0o700, exist_ok=True)
+    suffix, dump = DUMPS[engine]
+    path = os.path.join(cfg["backup_dir"], rid + suffix)
+    dump(host, db, path, {"PATH": SAFE_PATH, "LC_ALL": "C"})
+    os.chmod(path, 0o600)
+    return path

@@ -1,0 +1,490 @@
+"""
+The app's Gunicorn: its master (found through the pidfile or the process
+manager), the records its hooks write, its control socket, and the two ways of
+putting its workers on a release: a rolling hand-over, or a HUP where a
+hand-over cannot be right.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import time
+
+from djangoapp_build import venv_package_version
+from djangoapp_common import file_sha256, read_json
+from djangoapp_procs import (
+    children,
+    pid_alive,
+    proc_cmdline,
+    proc_cwd,
+    proc_exe,
+    proc_ppid,
+)
+from salt.exceptions import CommandExecutionError
+
+CONTROL_MESSAGE_LIMIT = 16 * 1024 * 1024
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+class ControlSocketError(CommandExecutionError):
+    """Gunicorn's control socket did not answer."""
+
+
+class AnswerLost(CommandExecutionError):
+    """A command was sent to Gunicorn, and its answer did not come back."""
+
+
+class HandOverUnavailable(CommandExecutionError):
+    """The hand-over could not start; nothing was changed."""
+
+
+class GunicornControl:
+    """
+    A client of Gunicorn's control socket (``control_socket``, gunicorn 25.1+;
+    the protocol of gunicorn/ctl/protocol.py): every message is a 4-byte
+    big-endian length and a JSON object, requests ``{"id", "command", "args"}``
+    and answers ``{"id", "status": "ok", "data"}`` or ``{"status": "error",
+    "error"}``.
+
+    The master stops its control server around every fork (each new worker)
+    and starts it again, which closes the connections and recreates the
+    socket; a connection made in the middle of that may also land in a socket
+    that a new worker inherited and nobody answers on. So each command gets
+    its own connection and a short wait (``attempt``), and is tried again
+    until ``timeout``. A command whose answer was lost may have been carried
+    out: the worker count changes through ``set_workers``, which looks at the
+    count again instead of repeating a change.
+    """
+
+    def __init__(self, path, timeout=20.0, attempt=2.0):
+        self.path = path
+        self.timeout = timeout
+        self.attempt = attempt
+
+    def command(self, text, repeatable=True):
+        """
+        Send one command (``"show stats"``); return its ``data``. A command
+        that is not ``repeatable`` is sent once: when its answer is lost,
+        ``AnswerLost`` says that it may or may not have been carried out.
+        """
+        payload = json.dumps({"id": 1, "command": text, "args": []}).encode()
+        request = struct.pack(">I", len(payload)) + payload
+        deadline = time.monotonic() + self.timeout
+        while True:
+            sent = False
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(self.attempt)
+                    sock.connect(self.path)
+                    sent = True
+                    sock.sendall(request)
+                    (length,) = struct.unpack(">I", _receive(sock, 4))
+                    if length > CONTROL_MESSAGE_LIMIT:
+                        raise ValueError(f"gunicorn answered {length} bytes")
+                    answer = json.loads(_receive(sock, length).decode("utf-8"))
+                break
+            except (OSError, ValueError) as exc:
+                if sent and not repeatable:
+                    raise AnswerLost(f"{text!r}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise ControlSocketError(
+                        f"gunicorn control socket {self.path}, {text!r}: {exc}"
+                    ) from exc
+                time.sleep(0.02)
+        if answer.get("status") != "ok":
+            raise CommandExecutionError(
+                f"gunicorn refused {text!r}: {answer.get('error')}"
+            )
+        return answer.get("data") or {}
+
+    def set_workers(self, target):
+        """Make the master keep ``target`` workers (it stops the oldest first)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            current = int(self.command("show stats").get("workers_target") or 0)
+            if current == target:
+                return
+            if current < target:
+                change = f"worker add {target - current}"
+            else:
+                change = f"worker remove {current - target}"
+            try:
+                self.command(change, repeatable=False)
+            except AnswerLost as exc:
+                # carried out or not: the next look at the count tells
+                if time.monotonic() >= deadline:
+                    raise ControlSocketError(str(exc)) from exc
+
+
+def _receive(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("connection closed")
+        data += chunk
+    return data
+
+
+class Service:
+    """
+    The gunicorn master of an app: found through Gunicorn's pidfile (checked
+    against /proc) or else its process manager, and what the master and its
+    workers record in the app's run directory (written by the hooks of the
+    formula's gunicorn.conf.py).
+    """
+
+    def __init__(self, cfg, host):
+        self.cfg = cfg
+        self.host = host
+        self.manager = cfg["process_manager"]
+        self.name = cfg["service"]
+        run_dir = cfg["run_dir"]
+        self.pidfile = os.path.join(run_dir, "gunicorn.pid")
+        self.master_state_file = os.path.join(run_dir, "gunicorn.json")
+        self.worker_state_dir = os.path.join(run_dir, "workers")
+        self.control_socket = cfg["control_socket"] or os.path.join(
+            run_dir, "gunicorn.ctl"
+        )
+
+    @property
+    def worker_timeout(self):
+        """How long new workers may take to be ready, and old ones to exit."""
+        return int(self.cfg["graceful_timeout"]) + 15
+
+    def reports_ready(self, master):
+        """
+        Whether the master's workers report when they have loaded the app: its
+        config has the hooks (it recorded what it loaded). A worker's cwd is in
+        the new release from its fork on, before it has imported anything.
+        """
+        return self.master_state(master) is not None
+
+    def verify_workers(self, layout, rid, master, replaced=()):
+        """Wait until every worker runs ``rid`` (and has loaded it, where the
+        workers report it). Returns their pids."""
+        return self.wait_workers_on(
+            layout,
+            rid,
+            self.worker_timeout,
+            master,
+            ready=self.reports_ready(master),
+            replaced=replaced,
+        )
+
+    def master_pid(self):
+        return self.pidfile_master() or self.manager_master()
+
+    def is_master(self, pid):
+        """
+        True when ``pid`` is this app's gunicorn master: gunicorn started with
+        this app's config file, by the app's process manager.
+        """
+        argv = proc_cmdline(pid)
+        config = self.cfg["gunicorn_config"]
+        if not any(os.path.basename(arg) == "gunicorn" for arg in argv[:3]):
+            return False
+        if config not in argv and f"--config={config}" not in argv:
+            return False
+        parent = proc_ppid(pid)
+        if self.manager == "systemd":
+            return parent == 1
+        return any(
+            os.path.basename(arg) == "supervisord" for arg in proc_cmdline(parent)[:2]
+        )
+
+    def pidfile_master(self):
+        try:
+            with open(self.pidfile, encoding="ascii") as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            return 0
+        return pid if self.is_master(pid) else 0
+
+    def manager_master(self):
+        if self.manager == "systemd":
+            if not shutil.which("systemctl"):
+                return 0
+            ret = self.host.run(
+                ["systemctl", "show", "--property=MainPID", "--value", self.name]
+            )
+        else:
+            if not shutil.which("supervisorctl"):
+                return 0
+            ret = self.host.run(["supervisorctl", "pid", self.name])
+        text = (ret.get("stdout") or "").strip()
+        if ret.get("retcode") != 0 or not text.isdigit():
+            return 0
+        pid = int(text)
+        return pid if pid_alive(pid) else 0
+
+    def hup(self, master):
+        """A graceful reload: what ``systemctl reload`` and ``supervisorctl
+        signal HUP`` would send."""
+        try:
+            os.kill(master, signal.SIGHUP)
+        except OSError as exc:
+            raise CommandExecutionError(f"HUP to gunicorn {master}: {exc}") from exc
+
+    def master_state(self, master):
+        """What the running master recorded when it read its config, or None."""
+        try:
+            state = read_json(self.master_state_file)
+        except (OSError, ValueError):
+            return None
+        if isinstance(state, dict) and state.get("pid") == master:
+            return state
+        return None
+
+    def worker_reports(self):
+        """pid -> the report each worker wrote once it had loaded the app."""
+        reports = {}
+        try:
+            names = os.listdir(self.worker_state_dir)
+        except OSError:
+            return reports
+        for name in names:
+            stem, _, ext = name.partition(".")
+            if ext != "json" or not stem.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                report = read_json(os.path.join(self.worker_state_dir, name))
+                if isinstance(report, dict):
+                    reports[int(stem)] = report
+        return reports
+
+    def workers(self, layout, master=None):
+        master = master if master is not None else self.master_pid()
+        if not master:
+            return []
+        found = []
+        for pid in children(master):
+            cwd = proc_cwd(pid)
+            found.append({"pid": pid, "cwd": cwd, "release": layout.release_of(cwd)})
+        return found
+
+    def wait_workers_on(
+        self, layout, rid, timeout, master=None, ready=False, replaced=()
+    ):
+        """
+        Wait until every worker of the master runs from ``releases/<rid>``,
+        none of them is one of the pids in ``replaced``, and, with ``ready``,
+        each has reported that it loaded the app. Returns the worker pids;
+        raises CommandExecutionError on timeout.
+        """
+        master = master or self.master_pid()
+        deadline = time.monotonic() + timeout
+        workers = []
+        settled = None
+        while True:
+            if not pid_alive(master):
+                raise CommandExecutionError(f"gunicorn master {master} is gone")
+            workers = self.workers(layout, master)
+            reports = self.worker_reports() if ready else {}
+            if workers and all(
+                w["release"] == rid
+                and w["pid"] not in replaced
+                and (not ready or w["pid"] in reports)
+                for w in workers
+            ):
+                # the same workers in two looks in a row: not a process
+                # caught between fork and exec, nor one about to appear
+                pids = sorted(w["pid"] for w in workers)
+                if pids == settled:
+                    return pids
+                settled = pids
+            else:
+                settled = None
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(WORKER_POLL)
+        detail = ", ".join(f"{w['pid']}:{w['release'] or w['cwd']}" for w in workers)
+        raise CommandExecutionError(
+            f"workers not all {'ready ' if ready else ''}on {rid} after {timeout}s "
+            f"({detail or 'no workers'})"
+        )
+
+
+def hup_reason(service, layout, rid, master):
+    """
+    Why a rolling hand-over to ``releases/<rid>`` cannot be right, or None.
+
+    New workers are forked from the running master: they keep its Python,
+    its Gunicorn and the settings it read from the config file, and take
+    only the code, the virtualenv's packages and the environment file of the
+    live release. Anything else that changed needs the master to read its
+    config again (HUP).
+    """
+    state = service.master_state(master)
+    if state is None:
+        return "the master has not recorded what it loaded (started before the hooks)"
+    if state.get("config_sha256") != file_sha256(service.cfg["gunicorn_config"]):
+        return "the gunicorn config changed since the master read it"
+    venv = os.path.join(layout.release(rid), "venv")
+    gunicorn_version = venv_package_version(venv, "gunicorn")
+    if gunicorn_version != state.get("gunicorn"):
+        return "gunicorn {} runs, the release has {}".format(
+            state.get("gunicorn"), gunicorn_version
+        )
+    master_python = proc_exe(master)
+    release_python = os.path.realpath(os.path.join(venv, "bin", "python"))
+    if master_python != release_python:
+        return f"the master runs {master_python}, the release {release_python}"
+    if not os.path.exists(service.control_socket):
+        return f"no control socket at {service.control_socket}"
+    return None
+
+
+# How often the workers are looked at while they are replaced (a look reads /proc and
+# the run directory: a few milliseconds).
+WORKER_POLL = 0.02
+
+# During a hand-over, relative to the master's own niceness: the old workers yield the
+# CPU, and the new ones (forked while the master is boosted) load the app ahead of
+# everything else on the host, until they report ready.
+RETIRING_NICENESS = 10
+BOOTING_NICENESS = -5
+
+
+def _renice(pids, niceness):
+    niceness = max(-20, min(19, niceness))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
+class HandOver:
+    """
+    Replace the master's workers by new ones running ``releases/<rid>``
+    without a moment with no worker ready: N more workers on the control
+    socket, and each time a new worker has loaded the app (its report in the
+    run directory, its cwd in the release), one worker fewer (Gunicorn stops
+    the oldest first). Meanwhile the old workers yield the CPU to the booting
+    ones until they are told to stop, and the new ones boot at a higher
+    priority until they are ready.
+    """
+
+    def __init__(self, service, layout, rid, master):
+        self.service = service
+        self.layout = layout
+        self.rid = rid
+        self.master = master
+        self.control = GunicornControl(service.control_socket)
+        self.retired = 0
+        self.settled = set()
+
+    def run(self, timeout):
+        """Hand over; returns details for the step. The old workers may still be
+        finishing their requests."""
+        started = time.monotonic()
+        self.look()
+        _renice(self.old, self.niceness + RETIRING_NICENESS)
+        _renice([self.master], self.niceness + BOOTING_NICENESS)
+        try:
+            self.control.set_workers(self.before + self.count)
+            self.wait_ready(started + timeout, timeout)
+        finally:
+            # the master and every worker it has back at the master's niceness
+            _renice([self.master, *children(self.master)], self.niceness)
+        return {
+            "method": "rolling",
+            "workers_added": self.count,
+            "workers_retired": self.retired,
+            "ready_seconds": round(time.monotonic() - started, 3),
+        }
+
+    def look(self):
+        """What runs now; raises HandOverUnavailable when the socket cannot help."""
+        try:
+            stats = self.control.command("show stats")
+        except ControlSocketError as exc:
+            raise HandOverUnavailable(str(exc)) from exc
+        if stats.get("pid") != self.master:
+            raise HandOverUnavailable(
+                f"the control socket answers for pid {stats.get('pid')}, "
+                f"not {self.master}"
+            )
+        self.count = int(self.control.command("show config").get("workers") or 1)
+        self.before = int(stats.get("workers_target") or self.count)
+        self.old = set(children(self.master))
+        # oldest first, the order in which Gunicorn stops them
+        self.retiring = [
+            worker["pid"]
+            for worker in self.control.command("show workers").get("workers") or []
+            if worker.get("pid") in self.old
+        ]
+        for pid in set(self.service.worker_reports()) - self.old:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.service.worker_state_dir, f"{pid}.json"))
+        try:
+            self.niceness = os.getpriority(os.PRIO_PROCESS, self.master)
+        except OSError as exc:
+            raise CommandExecutionError(
+                f"gunicorn master {self.master} is gone"
+            ) from exc
+
+    def wait_ready(self, deadline, timeout):
+        """Retire one old worker for each new one ready, until all are new."""
+        master_boosted = True
+        while True:
+            if not pid_alive(self.master):
+                raise CommandExecutionError(f"gunicorn master {self.master} is gone")
+            new = [pid for pid in children(self.master) if pid not in self.old]
+            if master_boosted and len(new) >= self.count:
+                _renice([self.master], self.niceness)
+                master_boosted = False
+            ready = self.ready_among(new)
+            due = (
+                self.before
+                if len(ready) >= self.count
+                else min(len(ready), self.before)
+            )
+            if due > self.retired:
+                self.control.set_workers(self.before + self.count - due)
+                # told to stop: let them finish their request at full speed
+                _renice(self.retiring[self.retired : due], self.niceness)
+                self.retired = due
+            if len(ready) >= self.count:
+                return
+            if time.monotonic() >= deadline:
+                raise CommandExecutionError(
+                    f"{len(ready)} of {self.count} new workers ready on {self.rid} "
+                    f"after {timeout}s"
+                )
+            time.sleep(WORKER_POLL)
+
+    def ready_among(self, new):
+        """The new workers that loaded the app from the release; back to normal
+        priority once ready."""
+        reports = self.service.worker_reports()
+        ready = [
+            pid
+            for pid in new
+            if pid in reports and self.layout.release_of(proc_cwd(pid)) == self.rid
+        ]
+        _renice(set(ready) - self.settled, self.niceness)
+        self.settled.update(ready)
+        return ready
+
+
+def reload_workers(service, layout, rid, master):
+    """
+    Have the master's workers run ``releases/<rid>`` (``current`` already
+    points there): a rolling hand-over when it can be right, else a HUP.
+    Returns ``{"method": "rolling"|"hup", ...}``; a HUP names its reason.
+    """
+    reason = hup_reason(service, layout, rid, master)
+    if reason is None:
+        try:
+            return HandOver(service, layout, rid, master).run(service.worker_timeout)
+        except HandOverUnavailable as exc:
+            reason = str(exc)
+    service.hup(master)
+    return {"method": "hup", "reason": reason}

@@ -1,0 +1,85 @@
+"""
+What an operator asks about an app, read and never changed: the live release
+and its workers (``status``), and the ledger with the releases on disk
+(``releases``).
+"""
+
+from djangoapp_disk import (
+    Layout,
+    ReleaseLock,
+    last_deploy_of,
+    ledger_read,
+    rollback_target,
+    successful_releases,
+)
+from djangoapp_gunicorn import Service
+from djangoapp_procs import proc_cwd
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def status(cfg, host):
+    layout = Layout(cfg["base_dir"])
+    entries = ledger_read(layout.ledger)
+    current = layout.current_id()
+    info = (layout.release_json(current) if current else None) or {}
+    deploy = last_deploy_of(entries, current) if current else None
+    service = Service(cfg, host)
+    master = service.master_pid()
+    workers = service.workers(layout, master) if master else []
+    reports = service.worker_reports()
+    lock_holder = None
+    if ReleaseLock.is_held(layout.lock):
+        lock_holder = ReleaseLock.read_holder(layout.lock) or {}
+    return {
+        "app": cfg["name"],
+        "current": current,
+        "version": info.get("version"),
+        "sha": info.get("sha"),
+        "deployed": (deploy or {}).get("finished"),
+        "deployed_by": (deploy or {}).get("user"),
+        "deployed_how": (deploy or {}).get("event", "release") if deploy else None,
+        "jid": (deploy or {}).get("jid"),
+        "service": {
+            "name": service.name,
+            "manager": service.manager,
+            "running": bool(master),
+            "master_pid": master or None,
+            "master_release": layout.release_of(proc_cwd(master)) if master else None,
+        },
+        "workers": [
+            {
+                "pid": w["pid"],
+                "release": w["release"],
+                "version": (reports.get(w["pid"]) or {}).get("version"),
+            }
+            for w in workers
+        ],
+        "release_running": lock_holder,
+        "previous_good": rollback_target(entries, current, layout.on_disk()),
+    }
+
+
+def releases(cfg):
+    layout = Layout(cfg["base_dir"])
+    entries = ledger_read(layout.ledger)
+    on_disk = layout.on_disk()
+    current = layout.current_id()
+    successful = successful_releases(entries)
+    return {
+        "app": cfg["name"],
+        "current": current,
+        "previous_good": rollback_target(entries, current, on_disk),
+        "on_disk": [
+            {
+                "id": rid,
+                "version": (layout.release_json(rid) or {}).get("version"),
+                "current": rid == current,
+                "successful": rid in successful,
+            }
+            for rid in on_disk
+        ],
+        "history": entries,
+    }
