@@ -133,15 +133,8 @@ def _collectstatic(target):
     return out.getvalue().strip().splitlines()[-1:] or [""]
 
 
-def main(argv):
-    options = json.loads(argv[1]) if len(argv) > 1 else {}
-    # Keep stdout for the result alone: the project's own output (and any C
-    # extension writing to fd 1) goes to stderr.
-    result_stream = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    result = {
+def _new_result():
+    return {
         "ok": False,
         "failed": None,
         "error": None,
@@ -156,88 +149,99 @@ def main(argv):
         "media_root": None,
         "collectstatic": None,
     }
+
+
+def setup(options, result):
+    import django
+
+    result["django"] = django.get_version()
+    django.setup()
+
+
+def import_app(options, result):
+    result["app_type"] = _import_callable(options.get("app_callable") or "")
+
+
+def check(options, result):
+    """``check --deploy``; then what the settings say of static and media files."""
+    found, failing = _run_checks(options.get("fail_level") or "ERROR")
+    result["checks"] = found
+    if failing:
+        raise RuntimeError(
+            "check --deploy: "
+            + "; ".join(
+                "{} {}: {}".format(m["level"], m["id"], m["msg"]) for m in failing
+            )
+        )
+    from django.conf import settings
+
+    result["static_url"] = settings.STATIC_URL
+    result["static_root"] = str(settings.STATIC_ROOT) if settings.STATIC_ROOT else None
+    result["media_url"] = settings.MEDIA_URL or None
+    result["media_root"] = str(settings.MEDIA_ROOT) if settings.MEDIA_ROOT else None
+
+
+def makemigrations(options, result):
+    result["missing_migrations"] = _missing_migrations()
+    if result["missing_migrations"]:
+        raise RuntimeError(
+            "models have changes that have no migration: "
+            + result["missing_migrations"]
+        )
+
+
+def migrate_plan(options, result):
+    result["pending_migrations"] = _pending_migrations()
+
+
+def collectstatic(options, result):
+    from django.apps import apps
+
+    if not options.get("collectstatic", True):
+        result["collectstatic"] = {"ran": False, "reason": "not requested"}
+    elif not apps.is_installed("django.contrib.staticfiles"):
+        result["collectstatic"] = {"ran": False, "reason": "staticfiles not installed"}
+    elif not result["static_root"]:
+        result["collectstatic"] = {"ran": False, "reason": "STATIC_ROOT not set"}
+    else:
+        # Always into the staging dir: the engine puts the files in place, in the
+        # release or beside it (STATIC_ROOT outside the release).
+        staging = options.get("static_staging")
+        summary = _collectstatic(staging)
+        result["collectstatic"] = {
+            "ran": True,
+            "staged": staging,
+            "summary": summary[0],
+        }
+
+
+STAGES = (
+    ("setup", setup),
+    ("import", import_app),
+    ("check", check),
+    ("makemigrations", makemigrations),
+    ("migrate_plan", migrate_plan),
+    ("collectstatic", collectstatic),
+)
+
+
+def main(argv):
+    options = json.loads(argv[1]) if len(argv) > 1 else {}
+    # Keep stdout for the result alone: the project's own output (and any C
+    # extension writing to fd 1) goes to stderr.
+    result_stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    result = _new_result()
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-
     step = "setup"
-    started = time.monotonic()
-
-    def lap(name):
-        nonlocal started
-        now = time.monotonic()
-        result["timings"][name] = round(now - started, 3)
-        started = now
-
     try:
-        import django
-
-        result["django"] = django.get_version()
-        django.setup()
-        lap("setup")
-
-        step = "import"
-        result["app_type"] = _import_callable(options.get("app_callable") or "")
-        lap("import")
-
-        step = "check"
-        found, failing = _run_checks(options.get("fail_level") or "ERROR")
-        result["checks"] = found
-        lap("check")
-        if failing:
-            raise RuntimeError(
-                "check --deploy: "
-                + "; ".join(
-                    "{} {}: {}".format(m["level"], m["id"], m["msg"]) for m in failing
-                )
-            )
-
-        from django.conf import settings
-
-        result["static_url"] = settings.STATIC_URL
-        result["static_root"] = (
-            str(settings.STATIC_ROOT) if settings.STATIC_ROOT else None
-        )
-        result["media_url"] = settings.MEDIA_URL or None
-        result["media_root"] = str(settings.MEDIA_ROOT) if settings.MEDIA_ROOT else None
-
-        step = "makemigrations"
-        result["missing_migrations"] = _missing_migrations()
-        lap("makemigrations")
-        if result["missing_migrations"]:
-            raise RuntimeError(
-                "models have changes that have no migration: "
-                + result["missing_migrations"]
-            )
-
-        step = "migrate_plan"
-        result["pending_migrations"] = _pending_migrations()
-        lap("migrate_plan")
-
-        step = "collectstatic"
-        from django.apps import apps
-
-        if not options.get("collectstatic", True):
-            result["collectstatic"] = {"ran": False, "reason": "not requested"}
-        elif not apps.is_installed("django.contrib.staticfiles"):
-            result["collectstatic"] = {
-                "ran": False,
-                "reason": "staticfiles not installed",
-            }
-        elif not result["static_root"]:
-            result["collectstatic"] = {"ran": False, "reason": "STATIC_ROOT not set"}
-        else:
-            # Always into the staging dir: the engine puts the files in place, in
-            # the release or beside it (STATIC_ROOT outside the release).
-            staging = options.get("static_staging")
-            summary = _collectstatic(staging)
-            result["collectstatic"] = {
-                "ran": True,
-                "staged": staging,
-                "summary": summary[0],
-            }
-        lap("collectstatic")
-
+        for step, stage in STAGES:
+            started = time.monotonic()
+            stage(options, result)
+            result["timings"][step] = round(time.monotonic() - started, 3)
         result["ok"] = True
     except BaseException as exc:  # report everything, including SystemExit
         result["failed"] = step

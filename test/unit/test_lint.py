@@ -146,3 +146,28 @@ def test_requirements_are_pinned():
 
 def canonical(name):
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# The formula's own Python code: what Salt syncs to minions and what the states install.
+FORMULA_PYTHON_DIRS = ("_modules", "_states", "_utils", "salt")
+MAX_FILE_LINES = 800
+MAX_FUNCTION_LINES = 80
+
+
+def test_formula_code_stays_readable():
+    """No file of the formula's Python code over 800 lines, no function over 80."""
+    import ast
+
+    too_long = []
+    for top in FORMULA_PYTHON_DIRS:
+        for path in walk(top, lambda p: p.suffix == ".py"):
+            text = (REPO / path).read_text(encoding="utf-8")
+            lines = len(text.splitlines())
+            if lines > MAX_FILE_LINES:
+                too_long.append(f"{path}: {lines} lines")
+            for node in ast.walk(ast.parse(text, filename=path)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        too_long.append(f"{path}:{node.lineno} {node.name}: {length}")
+    assert too_long == []

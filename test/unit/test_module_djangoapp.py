@@ -17,9 +17,11 @@ import time
 from datetime import UTC, datetime
 
 import djangoapp_common
+import djangoapp_config
 import djangoapp_disk
 import djangoapp_django
 import djangoapp_files
+import djangoapp_flow
 import djangoapp_host
 import djangoapp_procs
 import djangoapp_source
@@ -388,7 +390,33 @@ def test_rollback_without_history_fails_with_retcode(mods, loaders, make_app):
     ret = mods["djangoapp.rollback"]("demo")
     assert ret["result"] is False
     assert ret["failed_step"] == "select"
-    assert "no previous good release" in ret["error"]
+    assert ret["error"] == "no previous good release on disk to roll back to"
+    assert ret["restored"] == ["current unchanged (nothing deployed yet)"]
+
+
+def test_failed_rollback_sends_a_failure_event(make_app):
+    cfg = make_app("demo")
+    app = djangoapp_config.load_app(
+        "demo", str(pathlib.Path(cfg["env_file"]).parents[1])
+    )
+    sent = []
+    host = djangoapp_host.Host(
+        lambda argv, **kwargs: {"retcode": 1},
+        lambda tag, data: sent.append((tag, data)),
+    )
+    ret = djangoapp_flow.rollback(app, host, user="alice", jid="20261204")
+    for thread in host._events:
+        thread.join()
+    assert ret["failed_step"] == "select"
+    assert [tag for tag, _ in sent] == ["djangoapp/release/failure"]
+    data = sent[0][1]
+    assert (data["action"], data["failed_step"], data["user"], data["jid"]) == (
+        "rollback",
+        "select",
+        "alice",
+        "20261204",
+    )
+    assert data["restored"] == ret["restored"]
 
 
 def test_every_public_function_has_a_cli_example(mods):
