@@ -235,26 +235,25 @@ def _database(cfg, env):
     return db
 
 
-def _dump_postgresql(host, db, path, run_env):
-    if db.get("password"):
-        run_env["PGPASSWORD"] = db["password"]
+def _dump(host, argv, run_env):
+    """Run a dump command: credentials in the environment, the file private."""
     host.check(
         "backup",
-        [
-            "pg_dump",
-            "--format=custom",
-            "--no-password",
-            f"--host={db['host']}",
-            f"--port={db.get('port') or 5432}",
-            f"--username={db['user']}",
-            f"--file={path}",
-            f"--dbname={db['name']}",
-        ],
+        argv,
         env=run_env,
         clean_env=True,
         umask="077",
         timeout=BACKUP_TIMEOUT,
     )
+
+
+def _dump_postgresql(host, db, path, run_env):
+    if db.get("password"):
+        run_env["PGPASSWORD"] = db["password"]
+    argv = ["pg_dump", "--format=custom", "--no-password"]
+    argv += [f"--host={db['host']}", f"--port={db.get('port') or 5432}"]
+    argv += [f"--username={db['user']}", f"--file={path}", f"--dbname={db['name']}"]
+    _dump(host, argv, run_env)
     listing = host.check("backup", ["pg_restore", "--list", path], env=run_env)
     if "Archive created at" not in (listing.get("stdout") or ""):
         raise StepFailed("backup", f"pg_restore --list cannot read {path}")
@@ -263,25 +262,10 @@ def _dump_postgresql(host, db, path, run_env):
 def _dump_mysql(host, db, path, run_env):
     if db.get("password"):
         run_env["MYSQL_PWD"] = db["password"]
-    host.check(
-        "backup",
-        [
-            "mysqldump",
-            "--single-transaction",
-            "--routines",
-            "--triggers",
-            f"--host={db['host']}",
-            f"--port={db.get('port') or 3306}",
-            f"--user={db['user']}",
-            f"--result-file={path}",
-            "--databases",
-            db["name"],
-        ],
-        env=run_env,
-        clean_env=True,
-        umask="077",
-        timeout=BACKUP_TIMEOUT,
-    )
+    argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
+    argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
+    argv += [f"--user={db['user']}", f"--result-file={path}"]
+    _dump(host, argv + ["--databases", db["name"]], run_env)
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 512))
         if b"-- Dump completed" not in handle.read():
