@@ -497,7 +497,15 @@ def health_due(run):
 
 
 def health(run, info):
-    info["response"] = health_check(run.cfg["health"])
+    try:
+        info["response"] = health_check(run.cfg["health"])
+    except CommandExecutionError as exc:
+        pillar = f"djangoapp:apps:{run.cfg['name']}"
+        raise StepFailed(
+            "health",
+            f"{exc} (the pillar's {pillar}:health_path and "
+            f"{pillar}:health_statuses say where and what)",
+        ) from exc
 
 
 # --------------------------------------------------------------------------

@@ -64,17 +64,40 @@ def health_get(health):
         conn.close()
 
 
+# What a release answers on its health path to be healthy, unless the pillar says
+# otherwise (``health_statuses``): any success or redirect, which is not followed.
+DEFAULT_ACCEPT = ("2xx", "3xx")
+
+
+def accepts(accept, status):
+    """True when ``status`` is one of ``accept``: numbers (``302``) or classes
+    (``"2xx"``)."""
+    for rule in accept or DEFAULT_ACCEPT:
+        if str(rule) == str(status) or str(rule).lower() == f"{status // 100}xx":
+            return True
+    return False
+
+
 def health_check(health, tries=5, delay=1.0):
+    """
+    GET the health URL until it answers a status of ``health["accept"]`` (at most
+    ``tries`` times). Returns what it answered; raises CommandExecutionError
+    naming the path, the Host, the last answer and what would have been accepted.
+    """
+    accept = health.get("accept") or DEFAULT_ACCEPT
     last = "not tried"
     for attempt in range(tries):
         try:
             status, last = health_get(health)
-            if 200 <= status < 300:
+            if accepts(accept, status):
                 return last
         except (OSError, http.client.HTTPException) as exc:
             last = f"{type(exc).__name__}: {exc}"
         if attempt + 1 < tries:
             time.sleep(delay)
+    url = urllib.parse.urlsplit(health["url"])
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     raise CommandExecutionError(
-        f"GET {health['url']} (Host {health.get('host')}): {last}"
+        f"GET {path} (Host {health.get('host')}, {url.scheme} through Nginx) "
+        f"answered {last}; healthy is {', '.join(str(a) for a in accept)}"
     )

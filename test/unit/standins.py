@@ -21,6 +21,8 @@ class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         code = self.status["code"] if self.headers.get("Host") == "example.com" else 400
         self.send_response(code)
+        if 300 <= code < 400:
+            self.send_header("Location", "/accounts/login/?next=/")
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")

@@ -172,19 +172,29 @@ def test_reload_without_the_hooks_sends_hup_and_waits_for_new_workers(mods, app,
     assert after == set(ret["workers"])
 
 
-def test_health_check_does_not_follow_redirects(health_server):
-
-    Health.status["code"] = 301
+def test_health_check_takes_a_redirect_without_following_it(health_server):
+    url = f"http://127.0.0.1:{health_server.server_address[1]}/"
+    health = {"url": url, "host": "example.com"}
+    Health.status["code"] = 302
     try:
-        url = f"http://127.0.0.1:{health_server.server_address[1]}/"
-        with pytest.raises(CommandExecutionError, match="HTTP 301"):
-            djangoapp_health.health_check(
-                {"url": url, "host": "example.com"}, tries=2, delay=0.01
-            )
+        answer = djangoapp_health.health_check(health, tries=1)
+        assert answer == "HTTP 302 -> /accounts/login/?next=/"
+        only_success = dict(health, accept=["2xx"])
+        with pytest.raises(CommandExecutionError) as refused:
+            djangoapp_health.health_check(only_success, tries=2, delay=0.01)
+        assert str(refused.value) == (
+            "GET / (Host example.com, http through Nginx) answered "
+            "HTTP 302 -> /accounts/login/?next=/; healthy is 2xx"
+        )
+        assert djangoapp_health.health_check(dict(health, accept=[302])) == answer
     finally:
         Health.status["code"] = 200
-    assert (
-        djangoapp_health.health_check({"url": url, "host": "example.com"}) == "HTTP 200"
-    )
+    assert djangoapp_health.health_check(health) == "HTTP 200"
+    Health.status["code"] = 503
+    try:
+        with pytest.raises(CommandExecutionError, match="answered HTTP 503;"):
+            djangoapp_health.health_check(health, tries=1)
+    finally:
+        Health.status["code"] = 200
     with pytest.raises(CommandExecutionError, match="HTTP 400"):
         djangoapp_health.health_check({"url": url, "host": "other.example"}, tries=1)

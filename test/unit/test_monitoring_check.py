@@ -52,23 +52,26 @@ def web():
     server.server_close()
 
 
-def http_app(url, host="shop.example.com"):
-    return {"name": "shop", "health": {"url": url, "host": host, "verify_tls": False}}
+def http_app(url, host="shop.example.com", accept=("2xx", "3xx")):
+    health = {"url": url, "host": host, "verify_tls": False, "accept": list(accept)}
+    return {"name": "shop", "health": health}
 
 
 @pytest.mark.parametrize(
-    ("path", "host", "status", "start"),
+    ("path", "host", "accept", "status", "start"),
     [
-        ("/healthz/", "shop.example.com", 0, "HTTP OK - 200 OK in "),
-        ("/broken/", "shop.example.com", 2, "HTTP CRITICAL - 500 "),
-        # A redirect is not health: the check never follows one.
-        ("/moved/", "shop.example.com", 2, "HTTP CRITICAL - 301 "),
+        ("/healthz/", "shop.example.com", ["2xx", "3xx"], 0, "HTTP OK - 200 OK in "),
+        ("/broken/", "shop.example.com", ["2xx", "3xx"], 2, "HTTP CRITICAL - 500 "),
+        # A redirect is healthy as the release engine sees it, and never followed.
+        ("/moved/", "shop.example.com", ["2xx", "3xx"], 0, "HTTP OK - 301 "),
+        ("/moved/", "shop.example.com", ["2xx"], 2, "HTTP CRITICAL - 301 "),
+        ("/moved/", "shop.example.com", [200, 301], 0, "HTTP OK - 301 "),
         # The Host header is the app's server name.
-        ("/healthz/", "other.example.com", 2, "HTTP CRITICAL - 444 "),
+        ("/healthz/", "other.example.com", ["2xx", "3xx"], 2, "HTTP CRITICAL - 444 "),
     ],
 )
-def test_http(check, tmp_path, web, capsys, path, host, status, start):
-    configure(tmp_path, http_app(web + path, host))
+def test_http(check, tmp_path, web, capsys, path, host, accept, status, start):
+    configure(tmp_path, http_app(web + path, host, accept))
     assert check.main(["--config-root", str(tmp_path), "http", "shop"]) == status
     line = capsys.readouterr().out
     assert line.startswith(start), line

@@ -80,7 +80,9 @@ def check_http(app, timeout):
         f"{response.status} {response.reason} in {seconds:.3f} s from "
         f"{url.geturl()} (Host {host_header}) | time={seconds:.6f}s;;;0"
     )
-    return (OK if 200 <= response.status < 300 else CRITICAL), text
+    accept = [str(rule).lower() for rule in health.get("accept") or ["2xx", "3xx"]]
+    healthy = {str(response.status), f"{response.status // 100}xx"} & set(accept)
+    return (OK if healthy else CRITICAL), text
 
 
 def process_table(uid):
