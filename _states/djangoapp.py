@@ -7,12 +7,13 @@ path.
 
 .. code-block:: yaml
 
-    djangoapp-demo-released:
+    djangoapp-demo-release-deployed:
       djangoapp.released:
         - name: demo
         - version: v1.2.0
         - require:
-          - file: djangoapp-demo-app-json-managed
+          - file: djangoapp-demo-engine-config-file-serialized
+          - file: djangoapp-demo-environment-file-serialized
 """
 
 __virtualname__ = "djangoapp"

@@ -5,8 +5,6 @@ otherwise), and permissions that keep the app's user from writing its code.
 """
 
 import contextlib
-import hashlib
-import json
 import os
 import py_compile
 import re
@@ -14,8 +12,9 @@ import shutil
 import sys
 import time
 
-from djangoapp_common import SAFE_PATH, StepFailed, inside, read_json
+from djangoapp_common import SAFE_PATH, StepFailed, read_json, user_ids
 from djangoapp_config import proxy_env
+from djangoapp_deps import Dependencies, interpreter_version
 
 
 def __virtual__():
@@ -52,6 +51,25 @@ def chown_tree(path, uid, gid):
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.lchown(os.path.join(root, name), uid, gid)
+
+
+@contextlib.contextmanager
+def lent_to(user, paths):
+    """
+    ``paths`` (trees of a release being built) owned by ``user`` for the time of
+    the block, for the project's own commands to write into; root's again, and
+    writable by nobody else, afterwards.
+    """
+    paths = [path for path in paths if path and os.path.isdir(path)]
+    uid, gid = user_ids(user)
+    try:
+        for path in paths:
+            chown_tree(path, uid, gid)
+        yield
+    finally:
+        for path in paths:
+            chown_tree(path, 0, 0)
+            fix_permissions(path)
 
 
 def pyc_tag(venv):
@@ -202,20 +220,6 @@ def compile_sources(host, python, tag, sources):
     )
 
 
-def requirements_digest(cfg, src):
-    """What the virtualenv of a release depends on, in 16 hex digits."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([cfg["python"], cfg["pip_extra"]]).encode())
-    req = cfg["requirements"]
-    if req:
-        try:
-            with open(os.path.join(src, req), "rb") as handle:
-                digest.update(handle.read())
-        except OSError:
-            pass
-    return digest.hexdigest()[:16]
-
-
 class Builder:
     """
     Builds ``src/`` and ``venv/`` of a release, as root, world-readable.
@@ -238,19 +242,27 @@ class Builder:
         self._lap = time.monotonic()
 
     def build(self, git, sha):
-        """Export ``sha``, install its requirements, compile. Returns the tool."""
+        """Export ``sha``, install its dependencies, compile. Returns how it
+        installed them (``uv`` or ``pip``, and the format)."""
         git.export(sha, self.src)
         self.lap("export")
-        install = self.requirement_args()
+        self.deps = Dependencies(self.cfg, self.src)
         uv = self.uv()
-        tool = (
-            self.install_with_uv(uv, install) if uv else self.install_with_pip(install)
-        )
+        if uv:
+            self.install_with_uv(uv)
+        elif self.deps.format == "requirements":
+            self.install_with_pip()
+        else:
+            raise StepFailed(
+                "build",
+                f"a project with {self.deps.format} is installed with uv, and uv is "
+                f"not installed ({self.cfg['uv']}): state.apply installs it",
+            )
         self.compile()
         self.lap("compile")
         self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", self.rdir])
         self.lap("permissions")
-        return tool
+        return {"tool": "uv" if uv else "pip", "dependencies": self.deps.format}
 
     def lap(self, name):
         now = time.monotonic()
@@ -267,7 +279,7 @@ class Builder:
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
         env.update(proxy_env(self.cfg))
-        return {"env": env, "cwd": self.rdir, "umask": "022"}
+        return {"env": env, "cwd": self.src, "umask": "022"}
 
     def uv(self):
         uv = self.cfg["uv"]
@@ -275,37 +287,49 @@ class Builder:
             return uv
         return shutil.which("uv", path=SAFE_PATH)
 
-    def requirement_args(self):
-        req = self.cfg["requirements"]
-        args = []
-        if req:
-            path = os.path.realpath(os.path.join(self.src, req))
-            if not inside(path, os.path.realpath(self.src)) or not os.path.isfile(path):
-                raise StepFailed(
-                    "build", f"requirements file {req!r} not found in the repository"
-                )
-            args = ["-r", path]
+    def extra_packages(self):
         extra = [str(x) for x in (self.cfg["pip_extra"] or [])]
         if any(x.startswith("-") for x in extra):
             raise StepFailed(
                 "build", "pip_extra entries must be requirements, not options"
             )
-        if not args and not extra:
-            raise StepFailed(
-                "build", "nothing to install: no requirements and no pip_extra"
-            )
-        return args + extra
+        return extra
+
+    def selections(self):
+        """The pillar's dependency groups and extras, as uv's options."""
+        options = []
+        for group in self.cfg["dependency_groups"] or []:
+            options += ["--group", str(group)]
+        for extra in self.cfg["extras"] or []:
+            options += ["--extra", str(extra)]
+        return options
 
     def same_requirements(self):
-        """True when the live release was built from the same requirements."""
+        """True when the live release was built from the same dependencies."""
         if not self.previous:
             return False
         info = read_json(os.path.join(self.previous, "release.json"), default={})
-        return (info or {}).get("requirements") == requirements_digest(
-            self.cfg, self.src
-        )
+        return (info or {}).get("requirements") == self.deps.digest()
 
-    def install_with_uv(self, uv, install):
+    def install_commands(self, uv):
+        """The uv commands that install the release's dependencies."""
+        python = os.path.join(self.venv, "bin", "python")
+        extra = self.extra_packages()
+        install = [uv, "pip", "install", "--quiet", "--python", python]
+        if self.deps.format == "uv.lock":
+            sync = [uv, "sync", "--quiet", "--frozen", "--no-dev"]
+            sync += ["--python", self.cfg["python"], *self.selections()]
+            return [sync] + ([install + extra] if extra else [])
+        if self.deps.format == "pyproject":
+            return [install + ["-r", self.deps.pyproject, *self.selections(), *extra]]
+        files = [arg for path in self.deps.requirement_files() for arg in ("-r", path)]
+        if not files and not extra:
+            raise StepFailed(
+                "build", "nothing to install: no requirements and no pip_extra"
+            )
+        return [install + files + extra]
+
+    def install_with_uv(self, uv):
         options = self.command_options()
         cache = self.cfg["uv_cache"]
         if cache:
@@ -314,6 +338,7 @@ class Builder:
             options["env"].update(
                 UV_CACHE_DIR=cache, UV_LINK_MODE="hardlink" if same_fs else "copy"
             )
+        options["env"]["UV_PROJECT_ENVIRONMENT"] = self.venv
         self.host.check(
             "build",
             [uv, "venv", "--quiet", "--python", self.cfg["python"]]
@@ -321,22 +346,25 @@ class Builder:
             timeout=300,
             **options,
         )
+        self.deps.check_python(interpreter_version(self.venv))
         self.lap("venv")
-        python = os.path.join(self.venv, "bin", "python")
-        argv = [uv, "pip", "install", "--quiet", "--python", python, *install]
+        commands = self.install_commands(uv)
         if self.same_requirements():
-            # Same requirements as the live release: resolve from the cache alone
+            # Same dependencies as the live release: resolve from the cache alone
             # (fast, and the same versions as last time).
-            offline = argv[:3] + ["--offline"] + argv[3:]
-            if self.host.run(offline, timeout=1800, **options).get("retcode") == 0:
+            offline = [argv[:2] + ["--offline"] + argv[2:] for argv in commands]
+            if all(
+                self.host.run(argv, timeout=1800, **options).get("retcode") == 0
+                for argv in offline
+            ):
                 self.notes.append("requirements unchanged: installed from the uv cache")
                 self.lap("install")
-                return "uv"
-        self.host.check("build", argv, timeout=1800, **options)
+                return
+        for argv in commands:
+            self.host.check("build", argv, timeout=1800, **options)
         self.lap("install")
-        return "uv"
 
-    def install_with_pip(self, install):
+    def install_with_pip(self):
         options = self.command_options()
         self.notes.append("uv not found: built the virtualenv with pip (slower)")
         self.host.check(
@@ -345,13 +373,13 @@ class Builder:
             timeout=300,
             **options,
         )
+        self.deps.check_python(interpreter_version(self.venv))
         self.lap("venv")
         pip = os.path.join(self.venv, "bin", "pip")
-        self.host.check(
-            "build", [pip, "install", "--quiet", *install], timeout=1800, **options
-        )
+        files = [arg for path in self.deps.requirement_files() for arg in ("-r", path)]
+        argv = [pip, "install", "--quiet", *files, *self.extra_packages()]
+        self.host.check("build", argv, timeout=1800, **options)
         self.lap("install")
-        return "pip"
 
     def compile(self):
         """

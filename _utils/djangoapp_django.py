@@ -9,10 +9,12 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import urllib.parse
 
-from djangoapp_build import requirements_digest, venv_package_version
+from djangoapp_build import venv_package_version
 from djangoapp_common import SAFE_PATH, StepFailed, file_sha256, tail, user_ids
+from djangoapp_deps import requirements_digest
 from djangoapp_files import STATIC_STAGING
 from djangoapp_host import run_in_thread
 
@@ -21,6 +23,7 @@ PREFLIGHT_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "djangoapp_preflight.py"
 )
 MIGRATE_TIMEOUT = 3600
+HOOK_TIMEOUT = 3600
 BACKUP_TIMEOUT = 7200
 DATABASE_ENGINES = {
     "postgres": "postgresql",
@@ -198,6 +201,30 @@ def migrate(cfg, host, rdir, env, redact, version):
             "migrate", redact(f"migrate failed (exit {ret.get('retcode')}): {output}")
         )
     return ret
+
+
+def run_hooks(cfg, host, rdir, env, redact, version, point):
+    """
+    The pillar's commands for ``point`` (``after_build``, ``after_migrate``,
+    ``after_switch``), each an argv run as the app's user in the project
+    directory of ``rdir`` with the production environment. Returns what ran and
+    how long each took; raises StepFailed on the first that fails.
+    """
+    ran = []
+    for argv in (cfg["hooks"] or {}).get(point) or []:
+        argv = [str(arg) for arg in argv]
+        started = time.monotonic()
+        ret = host.run(argv, **as_app(cfg, env, rdir, version, timeout=HOOK_TIMEOUT))
+        ran.append({"argv": argv, "seconds": round(time.monotonic() - started, 3)})
+        if ret.get("retcode") != 0:
+            output = tail((ret.get("stderr") or "") + "\n" + (ret.get("stdout") or ""))
+            raise StepFailed(
+                point,
+                redact(
+                    f"{' '.join(argv)} failed (exit {ret.get('retcode')}): {output}"
+                ),
+            )
+    return ran
 
 
 def parse_database_url(url):

@@ -23,8 +23,10 @@ def __virtual__():
 def place_static(layout, rdir, result):
     """
     Move the collected files from the staging dir (as root) to STATIC_ROOT when it
-    lies inside the release; else keep them in ``releases/<id>/static`` and make
-    STATIC_ROOT a link to the live release's copy (link_static_root).
+    lies inside the release (or in ``<base>/current``, which the release is once
+    live: the engine's DJANGO_STATIC_ROOT); else keep them in
+    ``releases/<id>/static`` and make STATIC_ROOT a link to the live release's
+    copy (link_static_root).
     """
     staging = os.path.join(rdir, STATIC_STAGING)
     collected = (result.get("collectstatic") or {}).get("staged")
@@ -34,7 +36,10 @@ def place_static(layout, rdir, result):
         return None
     static_root = os.path.abspath(result["static_root"])
     target = os.path.realpath(static_root)
-    if not inside(target, os.path.realpath(rdir)):
+    if inside(static_root, layout.current):
+        # the live release's files, seen through current: this release's own
+        target = rdir + static_root[len(layout.current) :]
+    elif not inside(target, os.path.realpath(rdir)):
         try:
             link_static_root(layout, static_root)
         except StepFailed:
@@ -127,25 +132,37 @@ def map_to_current(layout, rid, path):
     return path
 
 
+def served_path(url, root):
+    """True when Nginx can serve ``url`` from ``root``: a path of this site (not
+    an absolute URL such as a CDN's, not the site's root ``/``, which is the
+    app's) and a directory to serve it from."""
+    if not url or not root or not url.startswith("/") or url.startswith("//"):
+        return False
+    return url.strip("/") != ""
+
+
 def static_location(cfg):
+    """
+    Where Nginx finds the live release's static and media files, from what the
+    release's settings say (release.json): ``{"static": {"url", "path"} | None,
+    "media": ... | None, "release": id | None}``. None for files the project
+    serves otherwise: STATIC_URL on another host (a CDN), no STATIC_ROOT, no
+    MEDIA_ROOT, MEDIA_URL empty or ``/``.
+    """
     layout = Layout(cfg["base_dir"])
     current = layout.current_id()
     info = layout.release_json(current) if current else None
     if not info:
         return {"static": None, "media": None, "release": None}
     static = media = None
-    if info.get("static_url"):
+    if served_path(info.get("static_url"), info.get("static_root")):
         static_path = map_to_current(layout, current, info.get("static_root"))
         if os.path.isdir(os.path.join(layout.release(current), STATIC_KEPT)):
             static_path = os.path.join(layout.current, STATIC_KEPT)
         static = {"url": info["static_url"], "path": static_path}
-    if info.get("media_url"):
+    if served_path(info.get("media_url"), info.get("media_root")):
         media = {
             "url": info["media_url"],
             "path": map_to_current(layout, current, info.get("media_root")),
         }
     return {"static": static, "media": media, "release": current}
-
-
-# How long a reload waits for a release or rollback of the app to finish.
-RELOAD_LOCK_WAIT = 900

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 
-from djangoapp_build import Builder, requirements_digest, venv_package_version
+from djangoapp_build import Builder, lent_to, venv_package_version
 from djangoapp_common import (
     Redactor,
     StepFailed,
@@ -34,6 +34,7 @@ from djangoapp_common import (
     write_json_atomic,
 )
 from djangoapp_config import load_env
+from djangoapp_deps import requirements_digest
 from djangoapp_disk import (
     Layout,
     ReleaseLock,
@@ -50,6 +51,7 @@ from djangoapp_django import (
     gunicorn_checked,
     migrate,
     needs_backup,
+    run_hooks,
     run_preflight,
 )
 from djangoapp_files import place_static, prepare_media_root
@@ -103,6 +105,7 @@ class Run:
         self.rid = self.rdir = self.sha = None
         self.built = self.reused = self.switched = False
         self.pending = []
+        self.preflight_static = None
         self.master = 0
         self.entry = None
         self.done = False
@@ -380,7 +383,7 @@ def build(run, info):
     os.makedirs(rdir, mode=0o755)
     live = run.layout.release(run.current) if run.current else None
     builder = Builder(run.cfg, run.host, run.notes, rdir, previous=live)
-    info["tool"] = builder.build(Git(run.cfg, run.layout, run.host), run.sha)
+    info.update(builder.build(Git(run.cfg, run.layout, run.host), run.sha))
     info["timings"] = builder.timings
     info["bytecode_linked"] = builder.linked
     info["compiled"] = builder.compiled
@@ -409,7 +412,7 @@ def preflight(run, info):
     ]
     run.pending = run.ret["pending_migrations"] = found.get("pending_migrations") or []
     if not run.reused:
-        place_static(run.layout, run.rdir, found)
+        run.preflight_static = place_static(run.layout, run.rdir, found)
         prepare_media_root(run.cfg, run.layout, run.rdir, found.get("media_root"))
         write_json_atomic(
             os.path.join(run.rdir, "release.json"), release_record(run, found)
@@ -438,6 +441,44 @@ def release_record(run, found):
     }
     record.update(Git(run.cfg, run.layout, run.host).commit_info(run.sha))
     return record
+
+
+def hooks_at(point):
+    """The condition of a hook step: the pillar names commands for ``point``."""
+
+    def due(run):
+        return bool((run.cfg["hooks"] or {}).get(point))
+
+    due.__name__ = f"hooks_{point}"
+    return due
+
+
+def built_with_hooks(run):
+    """A release built now (not a good one reused) with commands after its build."""
+    return not run.reused and hooks_at("after_build")(run)
+
+
+def after_build(run, info):
+    """The project's commands after the build (compilemessages, an offline
+    compression of assets...): they may write into the release's code and its
+    collected static files, which are the app user's while they run."""
+    static = run.preflight_static
+    with lent_to(run.cfg["user"], [os.path.join(run.rdir, "src"), static]):
+        info["commands"] = run_app_hooks(run, "after_build")
+
+
+def run_app_hooks(run, point):
+    return run_hooks(
+        run.cfg, run.host, run.rdir, run.env, run.redact, run.version, point
+    )
+
+
+def after_migrate(run, info):
+    info["commands"] = run_app_hooks(run, "after_migrate")
+
+
+def after_switch(run, info):
+    info["commands"] = run_app_hooks(run, "after_switch")
 
 
 def migrations_pending(run):
@@ -580,6 +621,7 @@ def select(run, info):
 
 PUBLISHING = (
     Step("switch", switch),
+    Step("after_switch", after_switch, when=hooks_at("after_switch")),
     Step("reload", reload, when=service_running),
     Step("verify", verify, when=service_running),
     Step("health", health, when=health_due),
@@ -591,8 +633,10 @@ RELEASE = (
     Step("resolve", resolve),
     Step("build", build),
     Step("preflight", preflight),
+    Step("after_build", after_build, when=built_with_hooks),
     Step("backup", backup, when=backup_due),
     Step("migrate", migrate_database, when=migrations_pending),
+    Step("after_migrate", after_migrate, when=hooks_at("after_migrate")),
     *PUBLISHING,
 )
 RELEASE_FINISHING = (Step("prune", prune_releases),)

@@ -202,7 +202,12 @@ def collectstatic(options, result):
     elif not apps.is_installed("django.contrib.staticfiles"):
         result["collectstatic"] = {"ran": False, "reason": "staticfiles not installed"}
     elif not result["static_root"]:
-        result["collectstatic"] = {"ran": False, "reason": "STATIC_ROOT not set"}
+        raise RuntimeError(
+            "STATIC_ROOT is not set, and django.contrib.staticfiles is installed: "
+            "the release cannot collect its static files. Set it in the settings from "
+            'the environment, e.g. STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT"): '
+            "the engine gives every release's commands and workers DJANGO_STATIC_ROOT"
+        )
     else:
         # Always into the staging dir: the engine puts the files in place, in the
         # release or beside it (STATIC_ROOT outside the release).

@@ -11,7 +11,8 @@ execution module applies it before calling here.
 The engine itself is a set of plain modules beside this file, one per concern
 (``docs/architecture.md`` shows them): the state on disk (``djangoapp_disk``),
 the app's configuration (``djangoapp_config``), the source (``djangoapp_source``),
-the build (``djangoapp_build``), Django and the database (``djangoapp_django``),
+the dependencies a project declares (``djangoapp_deps``), the build
+(``djangoapp_build``), Django and the database (``djangoapp_django``),
 static and media files (``djangoapp_files``), Gunicorn (``djangoapp_gunicorn``),
 the health check (``djangoapp_health``), ``/proc`` (``djangoapp_procs``), the
 host (``djangoapp_host``), what they share (``djangoapp_common``), the procedures
@@ -30,6 +31,7 @@ ENGINE_MODULES = (
     "djangoapp_procs",
     "djangoapp_host",
     "djangoapp_config",
+    "djangoapp_deps",
     "djangoapp_disk",
     "djangoapp_source",
     "djangoapp_build",

@@ -1,8 +1,9 @@
 """
 The settings the state tree reads, derived from the formula's merged
 configuration (``parameters/*.yaml`` under the pillar, merged by
-``map.jinja``): every app's names, paths, database URL, environment and TLS
-files, the Redis database of each app, the proxy environment.
+``map.jinja``): every app's names, paths, database URL, environment, TLS
+files and engine configuration (app.json), the Redis database of each app,
+the proxy environment, the monitoring checks and the agents' ports.
 
 Derived here once rather than in Jinja: ``map.jinja`` is imported by every SLS
 file and Salt compiles it again for each one, so each line of logic there is
@@ -92,60 +93,144 @@ def database_settings(name, database, database_defaults):
     return database
 
 
-def app_settings(name, app, config, redis_dbs, grains):
-    """One app's pillar over ``app_defaults``, with everything derived from it."""
-    paths = config["paths"]
-    base_dir = f"{paths['base_root']}/{name}"
-    config_dir = f"{paths['config_root']}/{name}"
-    run_dir = f"{paths['run_root']}/{name}"
-    server = "asgi" if app.get("asgi") else "wsgi"
-    server_names = app.get("server_names") or [grains.get("fqdn") or grains["id"]]
-    database = database_settings(name, app["database"], config["database_defaults"])
-
-    environment = {
-        "DJANGO_SETTINGS_MODULE": app["settings_module"],
-        "DJANGO_ALLOWED_HOSTS": ",".join(server_names),
-        "DJANGO_MEDIA_ROOT": f"{base_dir}/shared/media",
-    }
-    if database.get("url"):
-        environment["DATABASE_URL"] = database["url"]
-    cache = app["cache"]
-    if cache.get("engine") == "redis":
-        cache["db"] = redis_dbs[name]
-        environment["REDIS_URL"] = (
-            f"redis://127.0.0.1:{config['redis']['port']}/{redis_dbs[name]}"
-        )
-    elif cache.get("engine") == "memcached":
-        environment["MEMCACHED_URL"] = f"127.0.0.1:{config['memcached']['port']}"
-
-    # YAML reads an unquoted `off` as false. The certificate and key are
-    # written from the pillar by tls.sls (contents_pillar), never from here.
-    tls = app["tls"]
-    tls_mode = "off" if tls.get("mode") in (False, None, "") else tls["mode"]
+def tls_settings(name, tls, config_dir):
+    """
+    The app's ``tls`` with its mode (``off`` when YAML read an unquoted
+    ``off`` as false) and the paths of its files. The certificate and key are
+    written from the pillar by tls.sls (contents_pillar), never from here:
+    they are taken out.
+    """
+    mode = "off" if tls.get("mode") in (False, None, "") else tls["mode"]
     tls_dir = f"{config_dir}/tls"
     tls.pop("cert", None)
     tls.pop("key", None)
     tls.update(
         {
-            "mode": tls_mode,
-            "enabled": tls_mode != "off",
+            "mode": mode,
+            "enabled": mode != "off",
             "dir": tls_dir,
             "cert_file": f"{tls_dir}/cert.pem",
             "key_file": f"{tls_dir}/key.pem",
             "acme_live_dir": f"/etc/letsencrypt/live/{name}",
         }
     )
+    return tls
 
-    # Every app reports to the pillar's Sentry DSN unless its own env names
-    # another one; the release engine sets SENTRY_RELEASE per release.
+
+def app_environment(app, config, redis_dbs):
+    """
+    The environment the app sees (``env.json``): Django's settings module,
+    allowed hosts, media and static roots, the database and cache URLs, Sentry's DSN
+    (the pillar's, unless the app's own env names another; the release
+    engine sets SENTRY_RELEASE per release), then the app's own ``env``,
+    which wins. Sets the Redis database number in the app's ``cache``.
+    """
+    environment = {
+        "DJANGO_SETTINGS_MODULE": app["settings_module"],
+        "DJANGO_ALLOWED_HOSTS": ",".join(app["server_names"]),
+        "DJANGO_MEDIA_ROOT": app["media_dir"],
+        # the live release's collected files, each release its own
+        "DJANGO_STATIC_ROOT": f"{app['base_dir']}/current/static",
+    }
+    if app["database"].get("url"):
+        environment["DATABASE_URL"] = app["database"]["url"]
+    cache = app["cache"]
+    if cache.get("engine") == "redis":
+        cache["db"] = redis_dbs[app["name"]]
+        environment["REDIS_URL"] = (
+            f"redis://127.0.0.1:{config['redis']['port']}/{cache['db']}"
+        )
+    elif cache.get("engine") == "memcached":
+        environment["MEMCACHED_URL"] = f"127.0.0.1:{config['memcached']['port']}"
     monitoring = config.get("monitoring") or {}
     if monitoring.get("sentry_dsn"):
         environment["SENTRY_DSN"] = monitoring["sentry_dsn"]
         if monitoring.get("sentry_environment"):
             environment["SENTRY_ENVIRONMENT"] = monitoring["sentry_environment"]
     environment.update(app.get("env") or {})
+    return environment
 
-    scheme = "https" if tls_mode != "off" else "http"
+
+def app_json(app, config):
+    """
+    The content of the app's engine configuration ``app.json`` (app.sls
+    writes it; the release engine reads it as written and names a key that is
+    missing): every key, null where unset, and no secret (the database
+    password is in ``env.json`` only).
+    """
+    database = app["database"]
+    proxy = config["proxy"]
+    return {
+        "name": app["name"],
+        "user": app["user"],
+        "group": app["group"],
+        "repo": app["repo"],
+        "version": app["version"],
+        "base_dir": app["base_dir"],
+        "env_file": app["env_file"],
+        "deploy_key": app["deploy_key_file"],
+        "known_hosts": app["known_hosts_file"],
+        "python": app["python"],
+        "requirements": app["requirements"],
+        "dependencies": app["dependencies"],
+        "dependency_groups": list(app["dependency_groups"]),
+        "extras": list(app["extras"]),
+        "pip_extra": list(app["install_packages"]),
+        "project_dir": app["project_dir"],
+        "settings_module": app["settings_module"],
+        "wsgi": app.get("wsgi") or None,
+        "asgi": app.get("asgi") or None,
+        "gunicorn_config": app["gunicorn_config"],
+        "process_manager": app["process_manager"],
+        "service": app["service"],
+        "socket": app["socket"],
+        "run_dir": app["run_dir"],
+        "control_socket": app["control_socket"],
+        # https when Nginx redirects HTTP to HTTPS: the engine never follows a
+        # redirect, and sends the host name as SNI.
+        "health": {
+            "url": app["health_url"],
+            "host": app["server_names"][0],
+            "timeout": app["timeout"],
+            "verify_tls": False,
+            "accept": list(app["health_statuses"]),
+        },
+        "hooks": {point: list(commands) for point, commands in app["hooks"].items()},
+        "keep_releases": app["keep_releases"],
+        "check_deploy_fail_level": app["check_deploy_fail_level"],
+        "graceful_timeout": app["graceful_timeout"],
+        "database": {
+            "engine": database["engine"],
+            "host": database.get("host"),
+            "port": database.get("port"),
+            "name": database.get("name"),
+            "user": database.get("user"),
+        },
+        "backup_dir": app["backup_dir"],
+        "log_dir": app["log_dir"],
+        "uv": f"{config['paths']['tools_dir']}/bin/uv",
+        "uv_cache": config["paths"]["uv_cache"],
+        "proxy": {
+            "http": proxy.get("http") or None,
+            "https": proxy.get("https") or None,
+            "no_proxy": copy.copy(proxy["no_proxy"]),
+        },
+    }
+
+
+def app_settings(name, app, config, redis_dbs, grains):
+    """
+    One app's pillar over ``app_defaults``, with everything derived from it:
+    names, paths, TLS files, ``environment`` (env.json) and ``app_json``.
+    """
+    paths = config["paths"]
+    base_dir = f"{paths['base_root']}/{name}"
+    config_dir = f"{paths['config_root']}/{name}"
+    run_dir = f"{paths['run_root']}/{name}"
+    server = "asgi" if app.get("asgi") else "wsgi"
+    database_settings(name, app["database"], config["database_defaults"])
+    tls = tls_settings(name, app["tls"], config_dir)
+    scheme = "https" if tls["enabled"] else "http"
     app.update(
         {
             "name": name,
@@ -175,21 +260,108 @@ def app_settings(name, app, config, redis_dbs, grains):
             "install_packages": _unique(
                 list(config["server_packages"][server]) + list(app["pip_extra"])
             ),
-            "server_names": server_names,
+            "server_names": (
+                app.get("server_names") or [grains.get("fqdn") or grains["id"]]
+            ),
             "workers": app.get("workers") or (grains.get("num_cpus", 1) * 2 + 1),
             "health_url": f"{scheme}://127.0.0.1{app['health_path']}",
-            "environment": environment,
         }
     )
+    app["environment"] = app_environment(app, config, redis_dbs)
+    app["app_json"] = app_json(app, config)
     return app
+
+
+def monitoring_checks(config):
+    """
+    The checks that NRPE and the Zabbix agent both run, each defined here
+    only: disk and load with the monitoring plugins and, for each app in name
+    order, its health URL through Nginx (``http``), its Gunicorn master and,
+    unless it has none, its database with the monitoring-check script, run as
+    the app's user through sudo (the app's files are not the agents' to
+    read). Each check: ``name`` (NRPE command ``check_djangoapp_<name>``,
+    Zabbix keys ``djangoapp.status.<name>`` and ``djangoapp.output.<name>``),
+    ``user`` it runs as (None: the agent's own), ``command`` and ``line``, the
+    command line the agents run. Arguments are fixed here: neither agent
+    passes any from the network.
+    """
+    monitoring = config["monitoring"]
+    plugins = monitoring["plugins_dir"]
+    disk, load = monitoring["disk"], monitoring["load"]
+    checks = [
+        {
+            "name": "disk",
+            "user": None,
+            "command": f"{plugins}/check_disk -w {disk['warning']} "
+            f"-c {disk['critical']} -p {disk['path']}",
+        },
+        {
+            "name": "load",
+            "user": None,
+            "command": f"{plugins}/check_load -r -w {load['warning']} "
+            f"-c {load['critical']}",
+        },
+    ]
+    script = f"{config['paths']['lib_dir']}/monitoring-check"
+    config_root = config["paths"]["config_root"]
+    for name in sorted(config["apps"]):
+        app = config["apps"][name]
+        kinds = ["http", "gunicorn"]
+        if app["database"]["engine"] != "none":
+            kinds.append("database")
+        for kind in kinds:
+            checks.append(
+                {
+                    "name": f"{name}_{kind}",
+                    "user": app["user"],
+                    "command": f"{script} --config-root {config_root} {kind} {name}",
+                }
+            )
+    for check in checks:
+        check["line"] = (
+            f"{monitoring['sudo']} -n -u {check['user']} {check['command']}"
+            if check["user"]
+            else check["command"]
+        )
+    return checks
+
+
+def monitoring_ports(monitoring):
+    """
+    The port of each monitoring agent that is on, and the sources it answers:
+    the agent's own access list and what the firewall opens the port to.
+    Each: ``name`` (nrpe, zabbix, snmp), ``protocol``, ``port``, ``sources``.
+    """
+    zabbix_servers = [
+        server.strip()
+        for server in str(monitoring["zabbix"]["server"] or "").split(",")
+        if server.strip()
+    ]
+    ports = []
+    for part, protocol, sources in (
+        ("nrpe", "tcp", monitoring["nrpe"]["allowed_hosts"]),
+        ("zabbix", "tcp", zabbix_servers),
+        ("snmp", "udp", monitoring["snmp"]["allowed"]),
+    ):
+        if monitoring[part]["enabled"]:
+            ports.append(
+                {
+                    "name": part,
+                    "protocol": protocol,
+                    "port": int(monitoring[part]["port"]),
+                    "sources": list(sources or []),
+                }
+            )
+    return ports
 
 
 def derive(config, grains):
     """
     ``config`` (the merged ``djangoapp`` mapping, not changed) with the
     derived settings added: ``proxy_env``, ``redis:databases``, each app's
-    settings under ``apps``, ``local_database_engines``, ``tls_apps`` and
-    ``selinux_active``.
+    settings under ``apps`` (its ``app_json`` among them),
+    ``local_database_engines``, ``tls_apps``, ``monitoring_checks``,
+    ``monitoring_ports`` and ``selinux_active``.
     """
     config = copy.deepcopy(config)
     config["proxy_env"] = proxy_environment(config["proxy"])
@@ -207,6 +379,8 @@ def derive(config, grains):
         app["database"]["engine"] for app in apps.values() if app["database"]["local"]
     )
     config["tls_apps"] = [name for name, app in apps.items() if app["tls"]["enabled"]]
+    config["monitoring_checks"] = monitoring_checks(config)
+    config["monitoring_ports"] = monitoring_ports(config["monitoring"])
     # SELinux states run where the policy is on (grain selinux:enabled,
     # assumed on when absent) on the families that have it.
     config["selinux_active"] = config.get("selinux") and (

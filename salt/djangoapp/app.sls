@@ -95,53 +95,8 @@ djangoapp-{{ name }}-engine-config-file-serialized:
     - serializer_opts:
       - indent: 2
       - sort_keys: true
-    - dataset:
-        name: {{ name | json }}
-        user: {{ app.user | json }}
-        group: {{ app.group | json }}
-        repo: {{ app.repo | json }}
-        version: {{ app.version | json }}
-        base_dir: {{ app.base_dir | json }}
-        env_file: {{ app.env_file | json }}
-        deploy_key: {{ app.deploy_key_file | json }}
-        known_hosts: {{ app.known_hosts_file | json }}
-        python: {{ app.python | json }}
-        requirements: {{ app.requirements | json }}
-        pip_extra: {{ app.install_packages | json }}
-        project_dir: {{ app.project_dir | json }}
-        settings_module: {{ app.settings_module | json }}
-        wsgi: {{ (app.wsgi or none) | json }}
-        asgi: {{ (app.asgi or none) | json }}
-        gunicorn_config: {{ app.gunicorn_config | json }}
-        process_manager: {{ app.process_manager | json }}
-        service: {{ app.service | json }}
-        socket: {{ app.socket | json }}
-        run_dir: {{ app.run_dir | json }}
-        control_socket: {{ app.control_socket | json }}
-        health:
-          # https when Nginx redirects HTTP to HTTPS: the engine never follows a
-          # redirect, and sends the host name as SNI.
-          url: {{ app.health_url | json }}
-          host: {{ app.server_names[0] | json }}
-          timeout: {{ app.timeout | json }}
-          verify_tls: false
-        keep_releases: {{ app.keep_releases | json }}
-        check_deploy_fail_level: {{ app.check_deploy_fail_level | json }}
-        graceful_timeout: {{ app.graceful_timeout | json }}
-        database:
-          engine: {{ app.database.engine | json }}
-          host: {{ app.database.get("host") | json }}
-          port: {{ app.database.get("port") | json }}
-          name: {{ app.database.get("name") | json }}
-          user: {{ app.database.get("user") | json }}
-        backup_dir: {{ app.backup_dir | json }}
-        log_dir: {{ app.log_dir | json }}
-        uv: {{ (paths.tools_dir ~ "/bin/uv") | json }}
-        uv_cache: {{ paths.uv_cache | json }}
-        proxy:
-          http: {{ (djangoapp.proxy.http or none) | json }}
-          https: {{ (djangoapp.proxy.https or none) | json }}
-          no_proxy: {{ djangoapp.proxy.no_proxy | json }}
+    # Derived by djangoapp.derive_settings (app_json in _utils/djangoapp_settings.py).
+    - dataset: {{ app.app_json | json }}
 
 djangoapp-{{ name }}-environment-file-serialized:
   file.serialize:

@@ -1,7 +1,8 @@
 {#- Security updates installed automatically, when the pillar turns it on
-    (`djangoapp:auto_updates`): unattended-upgrades from the security origin on
-    Debian, dnf-automatic on RedHat (`upgrade_type`; CentOS Stream publishes no
-    security advisories: use `default` there). Reboots only if `reboot` says so. #}
+    (`djangoapp:auto_updates`), by the `backend` of the OS family's parameters:
+    unattended-upgrades from the security origin (Debian), dnf-automatic (RedHat;
+    `upgrade_type`: CentOS Stream publishes no security advisories, use `default`
+    there). Reboots only if `reboot` says so. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set updates = djangoapp.auto_updates %}
 
@@ -16,7 +17,7 @@ djangoapp-auto-updates-packages-installed:
     - require:
       - pkg: djangoapp-base-packages-installed
 
-{%-   if grains.os_family == "Debian" %}
+{%-   if updates.backend == "unattended-upgrades" %}
 
 djangoapp-auto-updates-apt-config-file-managed:
   file.managed:
@@ -42,7 +43,7 @@ djangoapp-auto-updates-apt-config-file-managed:
 {%-     for timer in updates.timers %}
       - service: djangoapp-auto-updates-{{ timer }}-running
 {%-     endfor %}
-{%-   else %}
+{%-   elif updates.backend == "dnf-automatic" %}
 
 djangoapp-auto-updates-dnf-automatic-config-options-present:
   ini.options_present:

@@ -5,10 +5,10 @@
     connection to its master included) and other tables (fail2ban's) are left alone.
     RedHat: firewalld, with the `allow` ports and nothing else open in `zone`; both
     let the Salt master's packets in (below). The ports of the monitoring agents
-    that are on (monitoring.jinja) are open to their allowed sources only: rules
-    matching the source address (nftables), rich rules (firewalld). #}
+    that are on (`djangoapp.monitoring_ports`, derived by djangoapp.derive_settings)
+    are open to their allowed sources only: rules matching the source address
+    (nftables), rich rules (firewalld). #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
-{%- from tpldir ~ "/monitoring.jinja" import monitoring_ports with context %}
 {%- set firewall = djangoapp.firewall %}
 
 {%- if firewall.enabled %}
@@ -18,7 +18,7 @@
 {%-     do ports[protocol or "tcp"].append(port | int) %}
 {%-   endfor %}
 {%-   set restricted_ports = [] %}
-{%-   for entry in monitoring_ports %}
+{%-   for entry in djangoapp.monitoring_ports %}
 {%-     set rule = {"protocol": entry.protocol, "port": entry.port, "ip": [], "ip6": []} %}
 {%-     for source in entry.sources %}
 {%-       do rule["ip6" if ":" in source else "ip"].append(source) %}

@@ -1,8 +1,8 @@
-{#- What NRPE and the Zabbix agent run (monitoring.jinja): the monitoring plugins, the
-    monitoring-check script, and the sudo rules that let the agents' users run each
-    app's checks, those exact command lines and no other, as the app's user. #}
+{#- What NRPE and the Zabbix agent run (`djangoapp.monitoring_checks`, derived by
+    djangoapp.derive_settings): the monitoring plugins, the monitoring-check script,
+    and the sudo rules that let the agents' users run each app's checks, those exact
+    command lines and no other, as the app's user. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
-{%- from tpldir ~ "/monitoring.jinja" import monitoring_checks with context %}
 {%- set monitoring = djangoapp.monitoring %}
 {%- set agents = [] %}
 {%- for part in ["nrpe", "zabbix"] if monitoring[part].enabled %}
@@ -10,7 +10,7 @@
 {%- endfor %}
 
 {%- if agents %}
-{%-   set app_checks = monitoring_checks | selectattr("user") | list %}
+{%-   set app_checks = djangoapp.monitoring_checks | selectattr("user") | list %}
 
 include:
   - .packages

@@ -1,9 +1,9 @@
 {#- NRPE for Nagios, when the pillar turns it on (`djangoapp:monitoring:nrpe`): the
-    checks of monitoring.jinja as commands check_djangoapp_<name>, asked for by the
-    `allowed_hosts` only, with no arguments from the network (dont_blame_nrpe=0).
-    The whole configuration file is ours. From EPEL on RedHat. #}
+    checks of `djangoapp.monitoring_checks` (derived by djangoapp.derive_settings)
+    as commands check_djangoapp_<name>, asked for by the `allowed_hosts` only, with
+    no arguments from the network (dont_blame_nrpe=0). The whole configuration file
+    is ours. From EPEL on RedHat. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
-{%- from tpldir ~ "/monitoring.jinja" import monitoring_checks with context %}
 {%- set nrpe = djangoapp.monitoring.nrpe %}
 
 {%- if nrpe.enabled %}
@@ -32,7 +32,7 @@ djangoapp-nrpe-config-file-managed:
     - mode: "0640"
     - context:
         nrpe: {{ nrpe | json }}
-        checks: {{ monitoring_checks | json }}
+        checks: {{ djangoapp.monitoring_checks | json }}
     - require:
       - pkg: djangoapp-nrpe-packages-installed
 

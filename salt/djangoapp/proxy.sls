@@ -1,8 +1,10 @@
-{#- Egress proxy for the package manager; pip, uv and git get it from app.json. #}
+{#- Egress proxy for the package manager, as the OS family's parameters say
+    (`package_proxy_style`): apt, a file of our own, removed when no proxy is set;
+    dnf, the `proxy` option of dnf.conf. pip, uv and git get it from app.json. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set proxy = djangoapp.proxy %}
 
-{%- if grains.os_family == "Debian" %}
+{%- if djangoapp.package_proxy_style == "apt" %}
 {%-   if proxy.http or proxy.https %}
 djangoapp-package-proxy-file-managed:
   file.managed:
@@ -20,7 +22,7 @@ djangoapp-package-proxy-file-managed:
     - name: {{ djangoapp.package_proxy_file }}
 {%-   endif %}
 
-{%- elif proxy.http or proxy.https %}
+{%- elif djangoapp.package_proxy_style == "dnf" and (proxy.http or proxy.https) %}
 djangoapp-package-proxy-file-managed:
   ini.options_present:
     - name: {{ djangoapp.package_proxy_file }}

@@ -8,7 +8,7 @@ include:
 
 djangoapp-tools-virtualenv-created:
   cmd.run:
-    - name: python3 -m venv {{ tools_dir }}
+    - name: {{ djangoapp.tools.python }} -m venv {{ tools_dir }}
     - creates: {{ tools_dir }}/bin/python
     - require:
       - pkg: djangoapp-base-packages-installed

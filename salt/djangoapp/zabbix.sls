@@ -1,12 +1,11 @@
 {#- The Zabbix agent, when the pillar turns it on (`djangoapp:monitoring:zabbix`):
     passive checks for `server` only, active checks sent to it, and the checks of
-    monitoring.jinja as items djangoapp.status.<name> (0 OK, 1 WARNING, 2 CRITICAL,
-    3 UNKNOWN) and djangoapp.output.<name> (the check's line). No flexible items and
-    no system.run: nothing the server sends becomes part of a command. The whole
-    configuration file is ours. From EPEL on RedHat. #}
+    `djangoapp.monitoring_checks` (derived by djangoapp.derive_settings) as items
+    djangoapp.status.<name> (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN) and
+    djangoapp.output.<name> (the check's line). No flexible items and no system.run:
+    nothing the server sends becomes part of a command. The whole configuration file
+    is ours. From EPEL on RedHat. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
-{%- from tpldir ~ "/monitoring.jinja" import monitoring_checks, monitoring_ports
-      with context %}
 {%- set zabbix = djangoapp.monitoring.zabbix %}
 
 {%- if zabbix.enabled %}
@@ -35,9 +34,9 @@ djangoapp-zabbix-config-file-managed:
     - mode: "0640"
     - context:
         zabbix: {{ zabbix | json }}
-        servers: {{ (monitoring_ports | selectattr("name", "equalto", "zabbix")
-          | first).sources | json }}
-        checks: {{ monitoring_checks | json }}
+        servers: {{ (djangoapp.monitoring_ports
+          | selectattr("name", "equalto", "zabbix") | first).sources | json }}
+        checks: {{ djangoapp.monitoring_checks | json }}
     - require:
       - pkg: djangoapp-zabbix-packages-installed
 

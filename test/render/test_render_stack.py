@@ -194,6 +194,7 @@ def test_each_app_sees_its_own_services(stack):
     assert wiki["DATABASE_URL"] == "mysql://wiki:remote@db.internal:3306/wiki"
     for name, env in (("shop", shop), ("blog", blog), ("docs", docs)):
         assert env["DJANGO_MEDIA_ROOT"] == f"/srv/djangoapp/{name}/shared/media"
+        assert env["DJANGO_STATIC_ROOT"] == f"/srv/djangoapp/{name}/current/static"
 
 
 def test_apps_report_errors_to_the_pillars_sentry_dsn(renderer):

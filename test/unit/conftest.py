@@ -119,6 +119,10 @@ def write_app(config_dir, name, base_dir, **overrides):
         "python": "python3",
         "requirements": "requirements.txt",
         "pip_extra": [],
+        "dependencies": "auto",
+        "dependency_groups": [],
+        "extras": [],
+        "hooks": {},
         "project_dir": ".",
         "settings_module": "site.settings",
         "wsgi": "site.wsgi:application",
@@ -259,6 +263,11 @@ TINY_BROKEN = {
         + "    size = models.IntegerField(default=0)\n"
     },
     "broken-import": {"tinysite/wsgi.py": "import no_such_module\n"},
+    "no-static-root": {
+        "tinysite/settings.py": TINY_FILES["tinysite/settings.py"].replace(
+            "STATIC_ROOT = BASE_DIR / 'staticfiles'\n", ""
+        )
+    },
 }
 
 GIT_ENV = {

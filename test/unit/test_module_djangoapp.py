@@ -764,7 +764,12 @@ def test_switch_is_atomic_and_relative(tmp_path):
 
 
 def _deployed(
-    tmp_path, make_app, static_root, media_root="/srv/djangoapp/demo/shared/media"
+    tmp_path,
+    make_app,
+    static_root,
+    media_root="/srv/djangoapp/demo/shared/media",
+    static_url="/static/",
+    media_url="/media/",
 ):
     base = tmp_path / "srv" / "demo"
     cfg = make_app("demo", base_dir=base)
@@ -776,9 +781,9 @@ def _deployed(
         json.dump(
             {
                 "id": rid,
-                "static_url": "/static/",
+                "static_url": static_url,
                 "static_root": root,
-                "media_url": "/media/",
+                "media_url": media_url,
                 "media_root": media_root,
             },
             handle,
@@ -804,6 +809,36 @@ def test_static_location_outside_release_is_kept(mods, make_app, tmp_path):
     _deployed(tmp_path, make_app, "/var/www/demo/static")
     loc = mods["djangoapp.static_location"]("demo")
     assert loc["static"]["path"] == "/var/www/demo/static"
+
+
+@pytest.mark.parametrize(
+    ("settings", "static", "media"),
+    [
+        # Django's defaults where a project takes no uploads: MEDIA_URL "/",
+        # MEDIA_ROOT "" (release.json: None)
+        ({"media_url": "/", "media_root": None}, True, False),
+        ({"media_url": None, "media_root": "/srv/media"}, True, False),
+        ({"media_url": "/media/", "media_root": None}, True, False),
+        ({"media_url": "/", "media_root": "/srv/media"}, True, False),
+        # static files on a CDN, or served by the app itself without a STATIC_ROOT
+        ({"static_url": "https://cdn.example.com/static/"}, False, True),
+        ({"static_url": "//cdn.example.com/static/"}, False, True),
+        ({"static_root": ""}, False, True),
+        ({"static_url": "/"}, False, True),
+    ],
+)
+def test_static_location_leaves_out_what_nginx_cannot_serve(
+    mods, make_app, tmp_path, settings, static, media
+):
+    settings = dict(settings)
+    _deployed(
+        tmp_path,
+        make_app,
+        settings.pop("static_root", "/var/www/demo/static"),
+        **settings,
+    )
+    loc = mods["djangoapp.static_location"]("demo")
+    assert (loc["static"] is not None, loc["media"] is not None) == (static, media)
 
 
 def test_static_location_does_not_map_a_sibling_prefix(tmp_path):

@@ -159,6 +159,18 @@ def test_broken_import_fails_preflight(mods, app, base):
     assert "unit-test-secret" not in json.dumps(ret)
 
 
+def test_static_files_without_a_static_root_fail_preflight(mods, app, base):
+    current = os.readlink(base / "current")
+    ret = mods["djangoapp.release"]("no-static-root", app="tiny")
+    assert (ret["result"], ret["failed_step"]) == (False, "preflight")
+    assert ret["error"].startswith(
+        "collectstatic failed: RuntimeError: STATIC_ROOT is not set, and "
+        "django.contrib.staticfiles is installed"
+    )
+    assert 'STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT")' in ret["error"]
+    assert os.readlink(base / "current") == current
+
+
 def test_release_with_migration(mods, app, base):
     ret = mods["djangoapp.release"]("v1.2.0", app="tiny")
     assert ret["result"] is True, ret

@@ -17,6 +17,7 @@ import time
 
 import djangoapp_build
 import djangoapp_common
+import djangoapp_deps
 import djangoapp_disk
 import djangoapp_django
 import djangoapp_gunicorn
@@ -328,11 +329,14 @@ def test_gunicorn_check_config_is_skipped_only_when_nothing_changed(tmp_path):
         "requirements": "requirements.txt",
         "python": "python3",
         "pip_extra": ["gunicorn"],
+        "dependencies": "auto",
+        "dependency_groups": [],
+        "extras": [],
     }
     live = {
         "gunicorn_config": djangoapp_common.file_sha256(str(config)),
         "gunicorn": "27.0.1",
-        "requirements": djangoapp_build.requirements_digest(cfg, str(src)),
+        "requirements": djangoapp_deps.requirements_digest(cfg, str(src)),
     }
     rdir = layout.release("r2")
     assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is True

@@ -147,3 +147,185 @@ def test_the_merged_configuration_is_left_as_it_was(derive, repo_root):
 def test_the_module_wants_a_mapping(mods):
     with pytest.raises(SaltInvocationError, match="djangoapp must be a mapping"):
         mods["djangoapp.derive_settings"]("not a mapping")
+
+
+def test_app_json_holds_every_key_of_the_engine_config(derive, repo_root):
+    config = merged(
+        repo_root,
+        {
+            "shop": app(
+                "shop",
+                deploy_key="KEY",
+                known_hosts="git.example.com ssh-ed25519 AAAA",
+                server_names=["shop.example.com", "www.shop.example.com"],
+                pip_extra=["gunicorn", "whitenoise"],
+                tls={"mode": "selfsigned"},
+                health_path="/health/",
+                health_statuses=[200, 302],
+                requirements=["requirements/base.txt", "requirements/prod.txt"],
+                hooks={"after_build": [["python", "manage.py", "compilemessages"]]},
+            )
+        },
+        proxy={"http": "http://proxy:3128", "no_proxy": ["localhost"]},
+    )
+    assert derive(config)["apps"]["shop"]["app_json"] == {
+        "name": "shop",
+        "user": "shop",
+        "group": "shop",
+        "repo": "https://git.example.com/shop.git",
+        "version": "v1.0.0",
+        "base_dir": "/srv/djangoapp/shop",
+        "env_file": "/etc/djangoapp/shop/env.json",
+        "deploy_key": "/etc/djangoapp/shop/deploy_key",
+        "known_hosts": "/etc/djangoapp/shop/known_hosts",
+        "python": "python3",
+        "requirements": ["requirements/base.txt", "requirements/prod.txt"],
+        "dependencies": "auto",
+        "dependency_groups": [],
+        "extras": [],
+        "pip_extra": ["gunicorn", "whitenoise"],
+        "project_dir": ".",
+        "settings_module": "shop.settings",
+        "wsgi": "shop.wsgi:application",
+        "asgi": None,
+        "gunicorn_config": "/etc/djangoapp/shop/gunicorn.conf.py",
+        "process_manager": "supervisor",
+        "service": "djangoapp-shop",
+        "socket": "/run/djangoapp/shop/gunicorn.sock",
+        "run_dir": "/run/djangoapp/shop",
+        "control_socket": "/run/djangoapp/shop/gunicorn.ctl",
+        # TLS on: the health check goes over HTTPS (plain HTTP only redirects).
+        "health": {
+            "url": "https://127.0.0.1/health/",
+            "host": "shop.example.com",
+            "timeout": 30,
+            "verify_tls": False,
+            "accept": [200, 302],
+        },
+        "hooks": {"after_build": [["python", "manage.py", "compilemessages"]]},
+        "keep_releases": 5,
+        "check_deploy_fail_level": "ERROR",
+        "graceful_timeout": 30,
+        # No password: that is in env.json only.
+        "database": {
+            "engine": "postgresql",
+            "host": "localhost",
+            "port": 5432,
+            "name": "shop",
+            "user": "shop",
+        },
+        "backup_dir": "/var/backups/djangoapp/shop",
+        "log_dir": "/var/log/djangoapp/shop",
+        "uv": "/opt/djangoapp/tools/bin/uv",
+        "uv_cache": "/var/cache/djangoapp/uv",
+        "proxy": {
+            "http": "http://proxy:3128",
+            "https": None,
+            "no_proxy": ["localhost"],
+        },
+    }
+
+
+def test_app_json_of_an_asgi_app_without_database_or_files(derive, repo_root):
+    blog = app("blog", asgi="blog.asgi:application", database={"engine": "none"})
+    del blog["wsgi"]
+    app_json = derive(merged(repo_root, {"blog": blog}))["apps"]["blog"]["app_json"]
+    assert (app_json["wsgi"], app_json["asgi"]) == (None, "blog.asgi:application")
+    assert app_json["pip_extra"] == ["gunicorn", "uvicorn-worker"]
+    assert (app_json["deploy_key"], app_json["known_hosts"]) == (None, None)
+    assert app_json["health"]["url"] == "http://127.0.0.1/"
+    assert app_json["health"]["host"] == "web1.example.com"
+    assert app_json["health"]["accept"] == ["2xx", "3xx"]
+    assert (app_json["dependencies"], app_json["hooks"]) == ("auto", {})
+    assert app_json["database"] == {
+        "engine": "none",
+        "host": "localhost",
+        "port": None,
+        "name": None,
+        "user": None,
+    }
+    assert app_json["proxy"] == {"http": None, "https": None, "no_proxy": []}
+
+
+def test_monitoring_checks_and_their_command_lines(derive, repo_root):
+    config = merged(
+        repo_root,
+        {
+            "shop": app("shop"),
+            "docs": app("docs", database={"engine": "none"}),
+        },
+        monitoring={"nrpe": {"enabled": True, "allowed_hosts": ["192.0.2.10"]}},
+    )
+    script = "/usr/local/lib/djangoapp/monitoring-check --config-root /etc/djangoapp"
+    sudo = "/usr/bin/sudo -n -u"
+    plugins = "/usr/lib/nagios/plugins"
+    # disk and load as the agent's user, then each app's in name order (docs has
+    # no database: no database check).
+    assert derive(config)["monitoring_checks"] == [
+        {
+            "name": "disk",
+            "user": None,
+            "command": f"{plugins}/check_disk -w 20% -c 10% -p /",
+            "line": f"{plugins}/check_disk -w 20% -c 10% -p /",
+        },
+        {
+            "name": "load",
+            "user": None,
+            "command": f"{plugins}/check_load -r -w 2,1.5,1 -c 4,3,2",
+            "line": f"{plugins}/check_load -r -w 2,1.5,1 -c 4,3,2",
+        },
+        {
+            "name": "docs_http",
+            "user": "docs",
+            "command": f"{script} http docs",
+            "line": f"{sudo} docs {script} http docs",
+        },
+        {
+            "name": "docs_gunicorn",
+            "user": "docs",
+            "command": f"{script} gunicorn docs",
+            "line": f"{sudo} docs {script} gunicorn docs",
+        },
+        {
+            "name": "shop_http",
+            "user": "shop",
+            "command": f"{script} http shop",
+            "line": f"{sudo} shop {script} http shop",
+        },
+        {
+            "name": "shop_gunicorn",
+            "user": "shop",
+            "command": f"{script} gunicorn shop",
+            "line": f"{sudo} shop {script} gunicorn shop",
+        },
+        {
+            "name": "shop_database",
+            "user": "shop",
+            "command": f"{script} database shop",
+            "line": f"{sudo} shop {script} database shop",
+        },
+    ]
+
+
+def test_monitoring_ports_of_the_agents_that_are_on(derive, repo_root):
+    monitoring = {
+        "nrpe": {"enabled": True, "allowed_hosts": ["192.0.2.10", "2001:db8::/64"]},
+        "zabbix": {"enabled": True, "server": " 192.0.2.20, ,192.0.2.21 "},
+        "snmp": {"enabled": False, "allowed": ["198.51.100.0/24"]},
+    }
+    derived = derive(merged(repo_root, {}, monitoring=monitoring))
+    assert derived["monitoring_ports"] == [
+        {
+            "name": "nrpe",
+            "protocol": "tcp",
+            "port": 5666,
+            "sources": ["192.0.2.10", "2001:db8::/64"],
+        },
+        {
+            "name": "zabbix",
+            "protocol": "tcp",
+            "port": 10050,
+            "sources": ["192.0.2.20", "192.0.2.21"],
+        },
+    ]
+    assert derive(merged(repo_root, {}))["monitoring_ports"] == []

@@ -45,6 +45,24 @@ def test_static_root_inside_the_release_gets_the_files(layout):
     assert not os.path.lexists(f"{rdir}/{djangoapp_files.STATIC_STAGING}")
 
 
+def test_static_root_through_current_is_each_release_own(layout):
+    """DJANGO_STATIC_ROOT, <base>/current/static: the files of the release that
+    is live; a new release gets its own before it goes live."""
+    static_root = f"{layout.current}/static"
+    for rid, css in (("r1", "site.css"), ("r2", "new.css")):
+        rdir = new_release(layout, rid, static_files=(css,))
+        placed = djangoapp_files.place_static(
+            layout, rdir, preflight_result(static_root)
+        )
+        assert placed == f"{rdir}/static"
+        assert os.listdir(placed) == [css]
+        djangoapp_disk.switch_current(layout, rid)
+        assert os.listdir(static_root) == [css]
+    assert not os.path.islink(f"{layout.release('r2')}/static")
+    loc_root = djangoapp_files.map_to_current(layout, "r2", static_root)
+    assert loc_root == static_root
+
+
 def test_static_root_outside_becomes_a_link_to_the_live_release(layout, tmp_path):
     static_root = str(tmp_path / "var" / "www" / "shop" / "static")
     rdir = new_release(layout, "r1")
