@@ -7,15 +7,19 @@ pillar key is acceptable lives here, so that ``djangoapp.validate_pillar``
 (called from ``map.jinja`` at render time) and ``djangoapp.release`` (called
 from the CLI or a state) can never disagree.
 
-The allowed keys of an app in the pillar are listed once, in ``APP_KEYS`` and
-``RESERVED_APP_KEYS`` below. Add a key there when the state tree starts to use
-it.
+The pillar's keys and what each may hold are declared once, in
+``djangoapp_schema.SCHEMA``; ``pillar`` walks a pillar along it. What a
+pattern cannot say is a named function here: a value's problem (``CHECKS``),
+a value made canonical before it is checked (``COERCIONS``) and a rule across
+keys (``RULES``). Add a key to the schema when the state tree starts to use
+it, and document it in ``pillar.example``.
 """
 
 import ipaddress
 import re
 import urllib.parse
 
+from djangoapp_schema import SCHEMA
 from salt.exceptions import SaltInvocationError
 
 __virtualname__ = "djangoapp_validate"
@@ -23,99 +27,20 @@ __virtualname__ = "djangoapp_validate"
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 REF_CHARS_RE = re.compile(r"^[A-Za-z0-9._/-]+$")
 RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
-DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 CALLABLE_RE = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
     r"(:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\(\))?)?$"
 )
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DB_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 PYTHON_RE = re.compile(r"^[A-Za-z0-9_./+-]+$")
-SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9*._~^\\()|?+\[\]-]+$")
-CHECK_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DB_ENGINES = ("postgresql", "mysql", "none")
-CACHE_ENGINES = ("none", "redis", "memcached")
-PROCESS_MANAGERS = ("supervisor", "systemd")
-TLS_MODES = ("off", "selfsigned", "provided", "acme")
-CACHE_KEYS = ("engine", "db")
-TLS_KEYS = ("mode", "cert", "key", "email", "hsts_max_age")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+PORT_RE = re.compile(r"^([0-9]{1,5})(/(tcp|udp))?$")
+# Well-known communities that scanners try first.
+DEFAULT_COMMUNITIES = ("public", "private")
 
-# Keys of ``djangoapp:apps:<name>`` that are validated below.
-APP_KEYS = (
-    "repo",
-    "version",
-    "deploy_key",
-    "known_hosts",
-    "python",
-    "requirements",
-    "pip_extra",
-    "settings_module",
-    "wsgi",
-    "asgi",
-    "project_dir",
-    "server_names",
-    "env",
-    "database",
-    "cache",
-    "tls",
-    "keep_releases",
-    "health_path",
-    "process_manager",
-    "workers",
-    "timeout",
-    "graceful_timeout",
-    "check_deploy_fail_level",
-)
-
-# Keys accepted without validation: reserved for the state tree and for later.
-RESERVED_APP_KEYS = (
-    "media",
-    "static",
-    "threads",
-    "worker_class",
-    "client_max_body_size",
-    "user",
-    "group",
-    "base_dir",
-    "health",
-    "nginx",
-    "gunicorn",
-    "cron",
-    "backup",
-    "monitoring",
-    "proxy",
-    "uv",
-)
-
-# Top-level keys of the ``djangoapp`` pillar besides ``apps``.
-SECTION_KEYS = (
-    "firewall",
-    "ssh",
-    "fail2ban",
-    "auto_updates",
-    "backups",
-    "logrotate",
-    "monitoring",
-    "proxy",
-)
-
-# Top-level keys accepted without validation (template-formula conventions
-# and settings of the state tree).
-RESERVED_TOP_KEYS = (
-    "lookup",
-    "tofs",
-    "nginx",
-    "postgresql",
-    "mariadb",
-    "redis",
-    "memcached",
-    "supervisor",
-    "process_manager",
-    "tls",
-    "uv",
-    "python",
-)
+_APP = SCHEMA["keys"]["apps"]["values"]["keys"]
+# Keys of ``djangoapp:apps:<name>`` that are validated, and those accepted as
+# they are (read by the state tree as they are, or kept for later).
+APP_KEYS = tuple(key for key, node in _APP.items() if not node.get("reserved"))
+RESERVED_APP_KEYS = tuple(key for key, node in _APP.items() if node.get("reserved"))
 
 
 def __virtual__():
@@ -205,6 +130,16 @@ def release_id(value, argument="to"):
     return value
 
 
+def tls_mode(tls):
+    """The ``tls.mode`` of an app's pillar, ``off`` when unset (or YAML's false)."""
+    mode = (tls or {}).get("mode") if isinstance(tls, dict) else None
+    return _yaml_false_off(mode)
+
+
+# --------------------------------------------------------------------------
+# CHECKS: the problem of one value (a message, a list of them, or None)
+
+
 def relative_path_problem(value):
     if not isinstance(value, str) or not value:
         return "must be a non-empty string"
@@ -216,6 +151,42 @@ def relative_path_problem(value):
         return f"{value!r} must not contain '..'"
     if any(ord(c) < 32 for c in value):
         return f"{value!r} must not contain control characters"
+    return None
+
+
+def requirements_problem(value):
+    """A requirements file, or a list of them."""
+    if isinstance(value, list):
+        if not value:
+            return "must name at least one file"
+        found = []
+        for index, item in enumerate(value):
+            problem = relative_path_problem(item)
+            if problem:
+                found.append(f"item {index}: {problem}")
+        return found
+    return relative_path_problem(value)
+
+
+def http_status_problem(value):
+    """An HTTP status (302) or a class of them ("2xx")."""
+    if _is_int(value) and 100 <= value <= 599:
+        return None
+    if isinstance(value, str) and re.match(r"^[1-5]xx\Z", value):
+        return None
+    return f"{value!r} must be an HTTP status (200) or a class of them ('2xx')"
+
+
+def argv_problem(value):
+    """A command as a list of arguments: no shell, no option for a program."""
+    if not isinstance(value, list) or not value:
+        return "must be a command as a non-empty list of arguments"
+    if not all(isinstance(arg, (str, int)) for arg in value):
+        return "must be a list of strings"
+    if not str(value[0]) or str(value[0]).startswith("-"):
+        return f"{value[0]!r} must be a program"
+    if any("\x00" in str(arg) for arg in value):
+        return "must not contain NUL characters"
     return None
 
 
@@ -247,320 +218,6 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class _Errors:
-    def __init__(self):
-        self.items = []
-
-    def add(self, path, problem):
-        self.items.append("{} {}".format(":".join(str(p) for p in path), problem))
-
-
-def _check_str(errors, path, value, required=False):
-    if value is None:
-        if required:
-            errors.add(path, "is required")
-        return False
-    if not isinstance(value, str):
-        errors.add(path, "must be a string")
-        return False
-    if required and not value.strip():
-        errors.add(path, "is required")
-        return False
-    return True
-
-
-def _check_int(errors, path, value, minimum, maximum=None):
-    if value is None:
-        return
-    if not _is_int(value) or value < minimum or (maximum and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
-        errors.add(path, f"must be an integer {bounds}")
-
-
-def _check_database(errors, path, db):
-    if db is None:
-        return
-    if not isinstance(db, dict):
-        errors.add(path, "must be a mapping")
-        return
-    known = ("engine", "name", "user", "password", "host", "port", "options")
-    for key in db:
-        if key not in known:
-            errors.add(
-                path + [key],
-                "is not a known key (allowed: {})".format(", ".join(known)),
-            )
-    engine = db.get("engine", "postgresql")
-    if engine not in DB_ENGINES:
-        errors.add(path + ["engine"], "must be one of {}".format(", ".join(DB_ENGINES)))
-        return
-    if engine == "none":
-        return
-    for key in ("name", "user"):  # both default to the app's name
-        value = db.get(key)
-        if _check_str(errors, path + [key], value) and not DB_IDENT_RE.match(value):
-            errors.add(path + [key], f"{value!r} must match {DB_IDENT_RE.pattern}")
-    _check_str(errors, path + ["password"], db.get("password"), required=True)
-    host = db.get("host")
-    if _check_str(errors, path + ["host"], host) and (
-        host.startswith("-") or any(c.isspace() or c in "/@?#" for c in host)
-    ):
-        errors.add(path + ["host"], f"{host!r} is not a host name or address")
-    _check_int(errors, path + ["port"], db.get("port"), 1, 65535)
-
-
-def _check_known_keys(errors, path, section, known):
-    for key in section:
-        if key not in known:
-            errors.add(
-                path + [key],
-                "is not a known key (allowed: {})".format(", ".join(known)),
-            )
-
-
-def _check_cache(errors, path, cache):
-    if cache is None:
-        return
-    if not isinstance(cache, dict):
-        errors.add(path, "must be a mapping")
-        return
-    _check_known_keys(errors, path, cache, CACHE_KEYS)
-    if cache.get("engine", "none") not in CACHE_ENGINES:
-        errors.add(
-            path + ["engine"], "must be one of {}".format(", ".join(CACHE_ENGINES))
-        )
-    _check_int(errors, path + ["db"], cache.get("db"), 0, 9999)
-
-
-def tls_mode(tls):
-    """The ``tls.mode`` of an app's pillar, ``off`` when unset (or YAML's false)."""
-    mode = (tls or {}).get("mode") if isinstance(tls, dict) else None
-    return "off" if mode in (None, False, "") else mode
-
-
-def _check_pem(errors, path, value, label):
-    if _check_str(errors, path, value, required=True) and (
-        f"-----BEGIN {label}" not in value or "-----END " not in value
-    ):
-        errors.add(path, f"must be PEM text (-----BEGIN {label}...)")
-
-
-def _check_tls(errors, path, tls):
-    if tls is None:
-        return
-    if not isinstance(tls, dict):
-        errors.add(path, "must be a mapping")
-        return
-    _check_known_keys(errors, path, tls, TLS_KEYS)
-    mode = tls_mode(tls)
-    if mode not in TLS_MODES:
-        errors.add(path + ["mode"], "must be one of {}".format(", ".join(TLS_MODES)))
-    if mode == "provided":
-        _check_pem(errors, path + ["cert"], tls.get("cert"), "CERTIFICATE")
-        # "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"
-        key = tls.get("key")
-        _check_pem(errors, path + ["key"], key, "")
-        if isinstance(key, str) and "PRIVATE KEY-----" not in key:
-            errors.add(path + ["key"], "must be a PEM private key")
-    email = tls.get("email")
-    if (
-        _check_str(errors, path + ["email"], email)
-        and email
-        and (not EMAIL_RE.match(email) or email.startswith("-"))
-    ):
-        errors.add(path + ["email"], f"{email!r} is not an email address")
-    _check_int(errors, path + ["hsts_max_age"], tls.get("hsts_max_age"), 0)
-
-
-def _check_apps_apart(errors, apps):
-    """What two apps of one host must not share: a server name, a Redis database
-    number, a database or a database user on the same server."""
-    seen = {}
-
-    def claim(kind, key, shown, name, path):
-        other = seen.setdefault((kind, key), name)
-        if other != name:
-            errors.add(path, f"{shown!r} is also the {kind} of app {other!r}")
-
-    for name in sorted(apps):
-        app = apps[name]
-        if not isinstance(app, dict):
-            continue
-        path = ["djangoapp", "apps", name]
-        names = app.get("server_names")
-        for index, server_name in enumerate(names if isinstance(names, list) else []):
-            if isinstance(server_name, str):
-                claim(
-                    "server name",
-                    server_name,
-                    server_name,
-                    name,
-                    path + ["server_names", index],
-                )
-        cache = app.get("cache")
-        if (
-            isinstance(cache, dict)
-            and cache.get("engine") == "redis"
-            and _is_int(cache.get("db"))
-        ):
-            db_number = cache["db"]
-            claim("Redis database", db_number, db_number, name, path + ["cache", "db"])
-        db = app.get("database")
-        db = db if isinstance(db, dict) else {}
-        engine = db.get("engine", "postgresql")
-        if engine == "none":
-            continue
-        server = (engine, db.get("host") or "localhost", db.get("port"))
-        for key in ("name", "user"):
-            value = db.get(key) or name
-            claim(
-                f"database {key}" if key == "user" else "database",
-                (*server, value),
-                value,
-                name,
-                path + ["database", key],
-            )
-
-
-def _check_app(errors, name, app):
-    path = ["djangoapp", "apps", name]
-    problem = app_name_problem(name)
-    if problem:
-        errors.add(path, problem)
-    if not isinstance(app, dict):
-        errors.add(path, "must be a mapping")
-        return
-    for key in app:
-        if key not in APP_KEYS and key not in RESERVED_APP_KEYS:
-            errors.add(path + [key], "is not a known key (typo?)")
-
-    repo = app.get("repo")
-    if _check_str(errors, path + ["repo"], repo, required=True) and (
-        repo.startswith("-") or any(ord(c) < 32 for c in repo)
-    ):
-        errors.add(path + ["repo"], f"{repo!r} is not a repository URL")
-
-    version = app.get("version")
-    problem = ref_problem(version)
-    if problem:
-        errors.add(path + ["version"], problem)
-
-    for key in ("deploy_key", "known_hosts"):
-        _check_str(errors, path + [key], app.get(key))
-
-    if app.get("python") is not None:
-        problem = python_problem(app["python"])
-        if problem:
-            errors.add(path + ["python"], problem)
-
-    if app.get("requirements") is not None:
-        problem = relative_path_problem(app["requirements"])
-        if problem:
-            errors.add(path + ["requirements"], problem)
-
-    extra = app.get("pip_extra")
-    if extra is not None:
-        if not isinstance(extra, list):
-            errors.add(path + ["pip_extra"], "must be a list")
-        else:
-            for index, item in enumerate(extra):
-                problem = pip_requirement_problem(item)
-                if problem:
-                    errors.add(path + ["pip_extra", index], problem)
-
-    settings = app.get("settings_module")
-    valid = _check_str(errors, path + ["settings_module"], settings, required=True)
-    if valid and not DOTTED_RE.match(settings):
-        errors.add(
-            path + ["settings_module"],
-            f"{settings!r} must be a dotted python path",
-        )
-
-    wsgi, asgi = app.get("wsgi"), app.get("asgi")
-    if wsgi is None and asgi is None:
-        errors.add(path + ["wsgi"], "is required unless asgi is set")
-    if wsgi is not None and asgi is not None:
-        errors.add(path + ["asgi"], "set either wsgi or asgi, not both")
-    for key, value in (("wsgi", wsgi), ("asgi", asgi)):
-        if value is not None:
-            problem = callable_problem(value)
-            if problem:
-                errors.add(path + [key], problem)
-
-    if app.get("project_dir") is not None:
-        problem = relative_path_problem(app["project_dir"])
-        if problem:
-            errors.add(path + ["project_dir"], problem)
-
-    names = app.get("server_names")
-    if names is not None:
-        if not isinstance(names, list):
-            errors.add(path + ["server_names"], "must be a list")
-        else:
-            for index, item in enumerate(names):
-                if not isinstance(item, str) or not SERVER_NAME_RE.match(item):
-                    errors.add(
-                        path + ["server_names", index],
-                        f"{item!r} is not a server name",
-                    )
-
-    env = app.get("env")
-    if env is not None:
-        if not isinstance(env, dict):
-            errors.add(path + ["env"], "must be a mapping of strings")
-        else:
-            for key, value in env.items():
-                if not isinstance(key, str) or not ENV_KEY_RE.match(key):
-                    errors.add(path + ["env", key], "is not a valid variable name")
-                elif not isinstance(value, str):
-                    errors.add(
-                        path + ["env", key],
-                        "must be a string (quote it in YAML)",
-                    )
-                elif "\0" in value:
-                    errors.add(path + ["env", key], "must not contain NUL")
-
-    _check_database(errors, path + ["database"], app.get("database"))
-
-    _check_cache(errors, path + ["cache"], app.get("cache"))
-    _check_tls(errors, path + ["tls"], app.get("tls"))
-
-    _check_int(errors, path + ["keep_releases"], app.get("keep_releases"), 1)
-    # 0: two per CPU plus one (the default)
-    _check_int(errors, path + ["workers"], app.get("workers"), 0)
-    _check_int(errors, path + ["timeout"], app.get("timeout"), 1)
-    _check_int(errors, path + ["graceful_timeout"], app.get("graceful_timeout"), 0)
-
-    health = app.get("health_path")
-    if health is not None and (
-        not isinstance(health, str)
-        or not health.startswith("/")
-        or any(c.isspace() or ord(c) < 32 for c in health)
-    ):
-        errors.add(
-            path + ["health_path"], f"{health!r} must be a path starting with '/'"
-        )
-
-    manager = app.get("process_manager")
-    if manager is not None and manager not in PROCESS_MANAGERS:
-        errors.add(
-            path + ["process_manager"],
-            "must be one of {}".format(", ".join(PROCESS_MANAGERS)),
-        )
-
-    level = app.get("check_deploy_fail_level")
-    if level is not None and level not in CHECK_LEVELS:
-        errors.add(
-            path + ["check_deploy_fail_level"],
-            "must be one of {}".format(", ".join(CHECK_LEVELS)),
-        )
-
-
-PORT_RE = re.compile(r"^([0-9]{1,5})(/(tcp|udp))?$")
-FAIL2BAN_TIME_RE = re.compile(r"^-?[0-9]+(s|m|h|d|w)?$")
-HOST_OR_NET_RE = re.compile(r"^[A-Za-z0-9.:/_-]+$")
-
-
 def _port_problem(value):
     """Why ``value`` is not a port to allow (``443``, ``"443"``, ``"53/udp"``)."""
     if _is_int(value):
@@ -569,105 +226,6 @@ def _port_problem(value):
     if not match or not 1 <= int(match.group(1)) <= 65535:
         return f"{value!r} must be a port 1..65535, optionally with /tcp or /udp"
     return None
-
-
-def _check_choice(errors, path, value, choices):
-    if value is not None and value not in choices:
-        errors.add(path, "must be one of {}".format(", ".join(map(str, choices))))
-
-
-def _check_host_section(errors, key, section):
-    """The keys of the host features (host.sls) that the state tree reads."""
-    path = ["djangoapp", key]
-    allowed = {
-        "firewall": ("enabled", "allow", "zone"),
-        "ssh": ("harden", "permit_root_login", "max_auth_tries"),
-        "fail2ban": ("enabled", "bantime", "findtime", "maxretry", "ignoreip"),
-        "auto_updates": ("enabled", "upgrade_type", "reboot"),
-        "backups": ("enabled", "keep", "hour", "minute"),
-        "logrotate": ("enabled", "frequency", "rotate"),
-        "monitoring": MONITORING_KEYS,
-    }.get(key)
-    if allowed is None:
-        return
-    for name, value in section.items():
-        if name not in allowed:
-            errors.add(
-                path + [name],
-                "is not a known key (allowed: {})".format(", ".join(allowed)),
-            )
-        elif name in ("enabled", "harden", "reboot") and not isinstance(value, bool):
-            errors.add(path + [name], "must be true or false")
-    if key == "firewall":
-        allow = section.get("allow")
-        if allow is not None and not isinstance(allow, list):
-            errors.add(path + ["allow"], "must be a list of ports")
-        for index, port in enumerate(allow if isinstance(allow, list) else []):
-            problem = _port_problem(port)
-            if problem:
-                errors.add(path + ["allow", index], problem)
-        zone = section.get("zone")
-        if _check_str(errors, path + ["zone"], zone) and not DB_IDENT_RE.match(zone):
-            errors.add(path + ["zone"], f"{zone!r} is not a firewalld zone name")
-    elif key == "ssh":
-        # YAML reads an unquoted `no` as false.
-        root_login = section.get("permit_root_login")
-        _check_choice(
-            errors,
-            path + ["permit_root_login"],
-            "no" if root_login is False else root_login,
-            ("no", "prohibit-password"),
-        )
-        _check_int(
-            errors, path + ["max_auth_tries"], section.get("max_auth_tries"), 1, 10
-        )
-    elif key == "fail2ban":
-        for name in ("bantime", "findtime"):
-            value = section.get(name)
-            if value is not None and not FAIL2BAN_TIME_RE.match(str(value)):
-                errors.add(
-                    path + [name], f"{value!r} must be seconds or like 10m, 1h, 1d"
-                )
-        _check_int(errors, path + ["maxretry"], section.get("maxretry"), 1)
-        ignore = section.get("ignoreip")
-        if ignore is not None and (
-            not isinstance(ignore, list)
-            or not all(
-                isinstance(item, str) and HOST_OR_NET_RE.match(item) for item in ignore
-            )
-        ):
-            errors.add(path + ["ignoreip"], "must be a list of addresses or networks")
-    elif key == "auto_updates":
-        _check_choice(
-            errors,
-            path + ["upgrade_type"],
-            section.get("upgrade_type"),
-            ("security", "default"),
-        )
-    elif key == "backups":
-        _check_int(errors, path + ["keep"], section.get("keep"), 1)
-        _check_int(errors, path + ["hour"], section.get("hour"), 0, 23)
-        _check_int(errors, path + ["minute"], section.get("minute"), 0, 59)
-    elif key == "logrotate":
-        _check_choice(
-            errors,
-            path + ["frequency"],
-            section.get("frequency"),
-            ("daily", "weekly", "monthly"),
-        )
-        _check_int(errors, path + ["rotate"], section.get("rotate"), 1)
-    elif key == "monitoring":
-        _check_monitoring(errors, path, section)
-
-
-MONITORING_KEYS = ("sentry_dsn", "sentry_environment", "nrpe", "zabbix", "snmp")
-MONITORING_PART_KEYS = {
-    "nrpe": ("enabled", "allowed_hosts"),
-    "zabbix": ("enabled", "server"),
-    "snmp": ("enabled", "community", "allowed", "location", "contact"),
-}
-# Well-known communities that scanners try first.
-DEFAULT_COMMUNITIES = ("public", "private")
 
 
 def _address_problem(value, networks=True):
@@ -688,44 +246,25 @@ def _address_problem(value, networks=True):
     return None
 
 
-def _check_sources(errors, path, value, enabled):
-    """A list of IP addresses or networks, required (non-empty) when ``enabled``."""
-    if value is not None and not isinstance(value, list):
-        errors.add(path, "must be a list of IP addresses or networks")
-        return
-    if enabled and not value:
-        errors.add(path, "is required when enabled")
-    for index, item in enumerate(value or []):
-        problem = _address_problem(item)
-        if problem:
-            errors.add(path + [index], problem)
+def _addresses_problems(value):
+    """Zabbix's ``Server=``: IP addresses, comma-separated."""
+    problems = (
+        _address_problem(address.strip(), networks=False)
+        for address in filter(None, value.split(","))
+    )
+    return [problem for problem in problems if problem]
 
 
-def _check_config_text(errors, path, value):
-    """A string that goes into a configuration file line: no control characters."""
-    if _check_str(errors, path, value) and any(ord(c) < 32 for c in value):
-        errors.add(path, "must not contain control characters")
-
-
-def _check_str_when_enabled(errors, path, value, enabled):
-    """Like _check_str, and required (non-empty) when the part is enabled."""
-    if enabled and (value is None or (isinstance(value, str) and not value.strip())):
-        errors.add(path, "is required when enabled")
-        return False
-    return _check_str(errors, path, value)
-
-
-def _check_community(errors, path, value, enabled):
-    if not _check_str_when_enabled(errors, path, value, enabled) or not value:
-        return
+def _community_problem(value):
+    """An SNMP community: a secret that goes into snmpd.conf as one word."""
     if len(value) > 64 or any(not 33 <= ord(c) <= 126 or c in "\"'\\#" for c in value):
-        errors.add(
-            path,
+        return (
             "must be 1 to 64 printable characters without spaces, quotes, "
-            "backslashes or '#'",
+            "backslashes or '#'"
         )
-    elif value.lower() in DEFAULT_COMMUNITIES:
-        errors.add(path, f"must not be a well-known community such as {value!r}")
+    if value.lower() in DEFAULT_COMMUNITIES:
+        return f"must not be a well-known community such as {value!r}"
+    return None
 
 
 def _sentry_dsn_problem(value):
@@ -748,53 +287,265 @@ def _sentry_dsn_problem(value):
     return None
 
 
-def _check_monitoring(errors, path, section):
-    """``djangoapp:monitoring``: the Sentry DSN the apps report to, and the NRPE,
-    Zabbix and SNMP agents with the sources allowed to ask them."""
-    dsn = section.get("sentry_dsn")
-    if _check_str(errors, path + ["sentry_dsn"], dsn) and dsn:
-        problem = _sentry_dsn_problem(dsn)
-        if problem:
-            errors.add(path + ["sentry_dsn"], problem)
-    _check_config_text(
-        errors, path + ["sentry_environment"], section.get("sentry_environment")
-    )
-    for part, known in MONITORING_PART_KEYS.items():
-        part_path = path + [part]
-        settings = section.get(part)
-        if settings is None:
+CHECKS = {
+    "app_name": app_name_problem,
+    "ref": ref_problem,
+    "python": python_problem,
+    "relative_path": relative_path_problem,
+    "pip_requirement": pip_requirement_problem,
+    "requirements": requirements_problem,
+    "http_status": http_status_problem,
+    "argv": argv_problem,
+    "callable": callable_problem,
+    "port": _port_problem,
+    "ip_network": _address_problem,
+    "ip_addresses": _addresses_problems,
+    "snmp_community": _community_problem,
+    "sentry_dsn": _sentry_dsn_problem,
+}
+
+
+# --------------------------------------------------------------------------
+# COERCIONS: YAML reads an unquoted off or no as false
+
+
+def _yaml_false_off(value):
+    """``tls.mode``: false (an unquoted ``off``), empty or unset mean ``off``."""
+    return "off" if value in (None, False, "") else value
+
+
+def _yaml_false_no(value):
+    """``ssh.permit_root_login``: false is an unquoted ``no``."""
+    return "no" if value is False else value
+
+
+COERCIONS = {"yaml_false_off": _yaml_false_off, "yaml_false_no": _yaml_false_no}
+
+
+# --------------------------------------------------------------------------
+# RULES: checks across the keys of one mapping, as (key path, problem) pairs
+
+
+def _wsgi_or_asgi(app):
+    """An app is served through WSGI or through ASGI: one of them, not both."""
+    wsgi, asgi = app.get("wsgi"), app.get("asgi")
+    if wsgi is None and asgi is None:
+        return [(["wsgi"], "is required unless asgi is set")]
+    if wsgi is not None and asgi is not None:
+        return [(["asgi"], "set either wsgi or asgi, not both")]
+    return []
+
+
+def _pem_problem(value, label):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "is required"
+    if not isinstance(value, str):
+        return "must be a string"
+    if f"-----BEGIN {label}" not in value or "-----END " not in value:
+        return f"must be PEM text (-----BEGIN {label}...)"
+    return None
+
+
+def _tls_files(tls):
+    """``tls.mode: provided`` needs the certificate chain and its private key."""
+    if tls_mode(tls) != "provided":
+        return []
+    cert, key = tls.get("cert"), tls.get("key")
+    problems = [(["cert"], _pem_problem(cert, "CERTIFICATE"))]
+    # "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"
+    problems.append((["key"], _pem_problem(key, "")))
+    if isinstance(key, str) and "PRIVATE KEY-----" not in key:
+        problems.append((["key"], "must be a PEM private key"))
+    return [(path, problem) for path, problem in problems if problem]
+
+
+def _apps_apart(apps):
+    """What two apps of one host must not share: a server name, a Redis database
+    number, a database or a database user on the same server."""
+    seen = {}
+    problems = []
+
+    def claim(kind, key, shown, name, path):
+        other = seen.setdefault((kind, key), name)
+        if other != name:
+            problems.append((path, f"{shown!r} is also the {kind} of app {other!r}"))
+
+    for name in sorted(apps):
+        app = apps[name]
+        if not isinstance(app, dict):
             continue
-        if not isinstance(settings, dict):
-            errors.add(part_path, "must be a mapping")
+        names = app.get("server_names")
+        for index, server_name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(server_name, str):
+                path = [name, "server_names", index]
+                claim("server name", server_name, server_name, name, path)
+        cache = app.get("cache")
+        if (
+            isinstance(cache, dict)
+            and cache.get("engine") == "redis"
+            and _is_int(cache.get("db"))
+        ):
+            db_number = cache["db"]
+            path = [name, "cache", "db"]
+            claim("Redis database", db_number, db_number, name, path)
+        db = app.get("database")
+        db = db if isinstance(db, dict) else {}
+        engine = db.get("engine", "postgresql")
+        if engine == "none":
             continue
-        _check_known_keys(errors, part_path, settings, known)
-        enabled = settings.get("enabled", False)
-        if not isinstance(enabled, bool):
-            errors.add(part_path + ["enabled"], "must be true or false")
-            enabled = False
-        if part == "nrpe":
-            _check_sources(
-                errors,
-                part_path + ["allowed_hosts"],
-                settings.get("allowed_hosts"),
-                enabled,
-            )
-        elif part == "zabbix":
-            server = settings.get("server")
-            if _check_str_when_enabled(errors, part_path + ["server"], server, enabled):
-                for address in filter(None, server.split(",")):
-                    problem = _address_problem(address.strip(), networks=False)
-                    if problem:
-                        errors.add(part_path + ["server"], problem)
-        else:
-            _check_community(
-                errors, part_path + ["community"], settings.get("community"), enabled
-            )
-            _check_sources(
-                errors, part_path + ["allowed"], settings.get("allowed"), enabled
-            )
-            for key in ("location", "contact"):
-                _check_config_text(errors, part_path + [key], settings.get(key))
+        server = (engine, db.get("host") or "localhost", db.get("port"))
+        for key in ("name", "user"):
+            value = db.get(key) or name
+            kind = f"database {key}" if key == "user" else "database"
+            claim(kind, (*server, value), value, name, [name, "database", key])
+    return problems
+
+
+RULES = {
+    "wsgi_or_asgi": _wsgi_or_asgi,
+    "tls_files": _tls_files,
+    "apps_apart": _apps_apart,
+}
+
+
+# --------------------------------------------------------------------------
+# the walker
+
+TYPES = {
+    "mapping": (lambda value: isinstance(value, dict), "must be a mapping"),
+    "list": (lambda value: isinstance(value, list), "must be a list"),
+    "str": (lambda value: isinstance(value, str), "must be a string"),
+    "int": (_is_int, "must be an integer {bounds}"),
+    "bool": (lambda value: isinstance(value, bool), "must be true or false"),
+}
+
+
+class _Errors:
+    def __init__(self):
+        self.items = []
+
+    def add(self, path, problem):
+        self.items.append("{} {}".format(":".join(str(p) for p in path), problem))
+
+
+def _message(template, node, value):
+    minimum, maximum = node.get("min"), node.get("max")
+    bounds = f">= {minimum}" if maximum is None else f"{minimum}..{maximum}"
+    return template.format(value=value, pattern=node.get("pattern"), bounds=bounds)
+
+
+def _empty(value, node):
+    """Unset for ``required``: a blank string, or an empty list where a list is
+    asked for."""
+    if isinstance(value, str):
+        return not value.strip()
+    return node.get("type") == "list" and value == []
+
+
+def _required(node, mapping):
+    """The message for ``node`` left unset in ``mapping``, None if it may be."""
+    if node.get("required"):
+        return "is required"
+    sibling = node.get("required_when")
+    if sibling and mapping.get(sibling) is True:
+        return f"is required when {sibling}"
+    return None
+
+
+def _value_problems(node, value):
+    """What the rules of ``node`` that look at the value itself say of it."""
+    problems = []
+    if "choices" in node and value not in node["choices"]:
+        problems.append("must be one of " + ", ".join(map(str, node["choices"])))
+    if node.get("type") == "int" and not (
+        node["min"] <= value <= node.get("max", value)
+    ):
+        problems.append(_message(TYPES["int"][1], node, value))
+    if "pattern" in node:
+        text = value if isinstance(value, str) else str(value)
+        if not re.match(node["pattern"], text):
+            problems.append(_message(node["invalid"], node, value))
+    if "check" in node:
+        found = CHECKS[node["check"]](value)
+        problems.extend([found] if isinstance(found, str) else found or [])
+    return problems
+
+
+def _walk(errors, path, value, node, parent=None):
+    """Check ``value`` against ``node``, reporting at ``path``; True if no error
+    was found. ``parent``: the mapping that holds the value."""
+    if node.get("reserved"):
+        return True
+    before = len(errors.items)
+    if "coerce" in node:
+        value = COERCIONS[node["coerce"]](value)
+    kind = node.get("type")
+    if kind and not TYPES[kind][0](value):
+        errors.add(path, _message(node.get("message", TYPES[kind][1]), node, value))
+        return False
+    if _empty(value, node):
+        missing = _required(node, parent or {})
+        if missing:
+            errors.add(path, missing)
+            return False
+    if node.get("empty_ok") and value == "":
+        return True
+    for problem in _value_problems(node, value):
+        errors.add(path, problem)
+    if "keys" in node:
+        _walk_keys(errors, path, value, node)
+    if "values" in node:
+        _walk_values(errors, path, value, node)
+    if "items" in node:
+        _walk_items(errors, path, value, node)
+    for rule in node.get("rules", ()):
+        for subpath, problem in RULES[rule](value):
+            errors.add(path + subpath, problem)
+    return len(errors.items) == before
+
+
+def _walk_keys(errors, path, mapping, node):
+    """A mapping of fixed keys: the unknown ones, then each known one in turn."""
+    keys = node["keys"]
+    unknown = node.get("unknown", "allowed")
+    if unknown != "accept":
+        hint = "typo?" if unknown == "typo" else "allowed: {}".format(", ".join(keys))
+        for key in mapping:
+            if key not in keys:
+                errors.add(path + [key], f"is not a known key ({hint})")
+    for key, field in keys.items():
+        if "rule" in field:
+            for subpath, problem in RULES[field["rule"]](mapping):
+                errors.add(path + subpath, problem)
+        if not all(
+            mapping.get(sibling, keys[sibling].get("default")) in allowed
+            for sibling, allowed in field.get("when", {}).items()
+        ):
+            continue
+        value = mapping.get(key)
+        if key not in mapping or (value is None and field.get("nullable", True)):
+            missing = _required(field, mapping)
+            if missing:
+                errors.add(path + [key], missing)
+            continue
+        _walk(errors, path + [key], value, field, mapping)
+
+
+def _walk_values(errors, path, mapping, node):
+    """A mapping of names (apps, environment variables) to values alike."""
+    for key, value in mapping.items():
+        good_key = _walk(errors, path + [key], key, node.get("key", {}))
+        if good_key or not node.get("skip_bad_keys"):
+            _walk(errors, path + [key], value, node["values"])
+
+
+def _walk_items(errors, path, items, node):
+    if node.get("one_error"):
+        if not all(_walk(_Errors(), path, item, node["items"]) for item in items):
+            errors.add(path, _message(node["message"], node, items))
+        return
+    for index, item in enumerate(items):
+        _walk(errors, path + [index], item, node["items"])
 
 
 def pillar(data):
@@ -803,28 +554,7 @@ def pillar(data):
     SaltInvocationError naming every offending key; return True otherwise.
     """
     errors = _Errors()
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        _fail("djangoapp must be a mapping")
-    for key, value in data.items():
-        if key == "apps":
-            continue
-        if key in SECTION_KEYS:
-            if value is not None and not isinstance(value, dict):
-                errors.add(["djangoapp", key], "must be a mapping")
-            elif value:
-                _check_host_section(errors, key, value)
-        elif key not in RESERVED_TOP_KEYS:
-            errors.add(["djangoapp", key], "is not a known key (typo?)")
-    apps = data.get("apps")
-    if apps is not None:
-        if not isinstance(apps, dict):
-            errors.add(["djangoapp", "apps"], "must be a mapping of app names")
-        else:
-            for name, app in apps.items():
-                _check_app(errors, name, app)
-            _check_apps_apart(errors, apps)
+    _walk(errors, ["djangoapp"], {} if data is None else data, SCHEMA)
     if errors.items:
         _fail("; ".join(errors.items))
     return True
