@@ -12,9 +12,12 @@ import shutil
 import sys
 import time
 
-from djangoapp_common import SAFE_PATH, StepFailed, read_json, user_ids
+from djangoapp_common import SAFE_PATH, StepFailed, read_json, tail, user_ids
 from djangoapp_config import proxy_env
 from djangoapp_deps import Dependencies, interpreter_version
+
+# A Python version rather than an interpreter: 3.12 (or 3.12.4).
+PYTHON_VERSION_RE = re.compile(r"^3\.[0-9]{1,2}(\.[0-9]{1,2})?$")
 
 
 def __virtual__():
@@ -339,13 +342,7 @@ class Builder:
                 UV_CACHE_DIR=cache, UV_LINK_MODE="hardlink" if same_fs else "copy"
             )
         options["env"]["UV_PROJECT_ENVIRONMENT"] = self.venv
-        self.host.check(
-            "build",
-            [uv, "venv", "--quiet", "--python", self.cfg["python"]]
-            + ["--python-preference", "only-system", self.venv],
-            timeout=300,
-            **options,
-        )
+        self.make_venv(uv, options)
         self.deps.check_python(interpreter_version(self.venv))
         self.lap("venv")
         commands = self.install_commands(uv)
@@ -363,6 +360,42 @@ class Builder:
         for argv in commands:
             self.host.check("build", argv, timeout=1800, **options)
         self.lap("install")
+
+    def make_venv(self, uv, options):
+        """
+        The release's virtualenv, with the pillar's ``python``: a path or a name
+        found on the host, or a version (``3.12``): the host's, else one that uv
+        installs from the pillar's ``python_install_mirror`` (into
+        ``python_install_dir``, shared by the releases and apps of the host).
+        """
+        python = self.cfg["python"]
+        mirror = self.cfg["python_install_mirror"]
+        preference = "only-system"
+        if mirror and PYTHON_VERSION_RE.match(python):
+            preference = "system"
+            options["env"].update(
+                UV_PYTHON_DOWNLOADS="automatic",
+                UV_PYTHON_INSTALL_MIRROR=mirror,
+                UV_PYTHON_INSTALL_DIR=self.cfg["python_install_dir"],
+            )
+        argv = [uv, "venv", "--quiet", "--python", python]
+        ret = self.host.run(
+            argv + ["--python-preference", preference, self.venv],
+            timeout=900,
+            **options,
+        )
+        if ret.get("retcode") == 0:
+            return
+        detail = tail((ret.get("stderr") or "") + (ret.get("stdout") or ""), 1000)
+        way_out = (
+            "install it (the OS package where the OS has one), or name another "
+            "interpreter in the app's python"
+        )
+        if PYTHON_VERSION_RE.match(python) and not mirror:
+            way_out += ", or set the app's python_install_mirror for uv to install it"
+        raise StepFailed(
+            "build", f"no Python {python!r} for the virtualenv ({detail}): {way_out}"
+        )
 
     def install_with_pip(self):
         options = self.command_options()

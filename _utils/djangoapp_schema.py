@@ -120,6 +120,13 @@ PACKAGE_NAME = {
     "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z",
     "invalid": "{value!r} must be a name of letters, digits, '.', '_' and '-'",
 }
+# A name of the OS package manager (libpq-dev, libxml2-devel, libstdc++-dev,
+# libfoo:amd64): what an app's build needs besides its Python packages.
+OS_PACKAGE = {
+    "type": "str",
+    "pattern": r"^[A-Za-z0-9][A-Za-z0-9.+_:-]*\Z",
+    "invalid": "{value!r} must be a package name of letters, digits and '.+_:-'",
+}
 TEXT = {
     "type": "str",
     "pattern": NO_CONTROL,
@@ -190,11 +197,18 @@ APP = {
         "deploy_key": {"type": "str"},
         "known_hosts": {"type": "str"},
         "python": {"check": "python"},
+        "python_install_mirror": {
+            "type": "str",
+            "empty_ok": True,
+            "pattern": r"^(https?|file)://[^\s\x00-\x1f]+\Z",
+            "invalid": "{value!r} must be an http(s):// or file:// URL",
+        },
         "requirements": {"check": "requirements"},
         "dependencies": {"choices": DEPENDENCY_FORMATS},
         "dependency_groups": {"type": "list", "items": PACKAGE_NAME},
         "extras": {"type": "list", "items": PACKAGE_NAME},
         "pip_extra": {"type": "list", "items": {"check": "pip_requirement"}},
+        "packages": {"type": "list", "items": OS_PACKAGE},
         "settings_module": {
             "type": "str",
             "required": True,

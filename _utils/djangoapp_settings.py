@@ -208,6 +208,8 @@ def app_json(app, config):
         },
         "backup_dir": app["backup_dir"],
         "log_dir": app["log_dir"],
+        "python_install_mirror": app["python_install_mirror"] or None,
+        "python_install_dir": config["paths"]["python_dir"],
         "uv": f"{config['paths']['tools_dir']}/bin/uv",
         "uv_cache": config["paths"]["uv_cache"],
         "proxy": {

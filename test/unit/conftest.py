@@ -142,6 +142,8 @@ def write_app(config_dir, name, base_dir, **overrides):
         "database": {"engine": "none"},
         "backup_dir": str(pathlib.Path(base_dir).parent / "backups" / name),
         "log_dir": str(pathlib.Path(base_dir).parent / "log" / name),
+        "python_install_mirror": None,
+        "python_install_dir": "/opt/djangoapp/python",
         "uv": "/opt/djangoapp/tools/bin/uv",
         "uv_cache": "/var/cache/djangoapp/uv",
         "proxy": {},

@@ -237,3 +237,62 @@ def test_install_commands_by_format(tmp_path, files, settings, commands):
         for argv in builder.install_commands("uv")
     ]
     assert got == commands
+
+
+class Commands:
+    """A host that answers every command with ``answer`` and keeps what it ran."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.ran = []
+
+    def run(self, argv, **options):
+        self.ran.append((argv, options["env"]))
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("python", "mirror", "preference", "downloads"),
+    [
+        ("python3", None, "only-system", "never"),
+        ("3.12", None, "only-system", "never"),
+        ("3.12", "https://mirror.example.com/pbs", "system", "automatic"),
+        # a mirror is for versions only: an interpreter named is the host's
+        (
+            "/usr/bin/python3.12",
+            "https://mirror.example.com/pbs",
+            "only-system",
+            "never",
+        ),
+    ],
+)
+def test_the_virtualenv_takes_the_hosts_python_or_one_from_the_mirror(
+    tmp_path, python, mirror, preference, downloads
+):
+    cfg = app(python=python, python_install_mirror=mirror)
+    cfg["python_install_dir"] = "/opt/djangoapp/python"
+    host = Commands({"retcode": 0})
+    builder = djangoapp_build.Builder(cfg, host, [], str(tmp_path))
+    builder.make_venv("uv", {"env": {"UV_PYTHON_DOWNLOADS": "never"}})
+    ((argv, env),) = host.ran
+    assert argv[:5] == ["uv", "venv", "--quiet", "--python", python]
+    assert argv[5:7] == ["--python-preference", preference]
+    assert env["UV_PYTHON_DOWNLOADS"] == downloads
+    assert env.get("UV_PYTHON_INSTALL_MIRROR") == (
+        mirror if downloads != "never" else None
+    )
+
+
+def test_a_missing_python_version_says_what_to_do(tmp_path):
+    host = Commands({"retcode": 2, "stderr": "No interpreter found for Python 3.12"})
+    cfg = app(python="3.12", python_install_mirror=None)
+    builder = djangoapp_build.Builder(cfg, host, [], str(tmp_path))
+    with pytest.raises(StepFailed) as failed:
+        builder.make_venv("uv", {"env": {}})
+    assert (failed.value.step, failed.value.message) == (
+        "build",
+        "no Python '3.12' for the virtualenv (No interpreter found for Python 3.12): "
+        "install it (the OS package where the OS has one), or name another "
+        "interpreter in the app's python, or set the app's python_install_mirror for "
+        "uv to install it",
+    )

@@ -216,6 +216,8 @@ def test_app_json_holds_every_key_of_the_engine_config(derive, repo_root):
         },
         "backup_dir": "/var/backups/djangoapp/shop",
         "log_dir": "/var/log/djangoapp/shop",
+        "python_install_mirror": None,
+        "python_install_dir": "/opt/djangoapp/python",
         "uv": "/opt/djangoapp/tools/bin/uv",
         "uv_cache": "/var/cache/djangoapp/uv",
         "proxy": {
