@@ -94,12 +94,6 @@ SERVER_NAME = r"^[A-Za-z0-9*._~^\\()|?+\[\]-]+$"
 EMAIL = r"^(?!-)[^@\s]+@[^@\s]+$"
 FAIL2BAN_TIME = r"^-?[0-9]+(s|m|h|d|w)?$"
 HOST_OR_NET = r"^[A-Za-z0-9.:/_-]+$"
-# A repository URL or a host: no leading '-' (it would read as an option).
-REPO_URL = r"(?!-)[^\x00-\x1f]*\Z"
-DB_HOST = r"(?!-)[^\s/@?#]*\Z"
-URL_PATH = r"/[^\s\x00-\x1f]*\Z"
-NO_CONTROL = r"[^\x00-\x1f]*\Z"
-NO_NUL = r"[^\x00]*\Z"
 
 
 def _int(minimum, maximum=None):
@@ -107,6 +101,15 @@ def _int(minimum, maximum=None):
     if maximum is not None:
         node["max"] = maximum
     return node
+
+
+# Patterns matched to the end of the text (re.match with \Z).
+# A repository URL or a host: no leading '-' (it would read as an option).
+REPO_URL = r"(?!-)[^\x00-\x1f]*\Z"
+DB_HOST = r"(?!-)[^\s/@?#]*\Z"
+URL_PATH = r"/[^\s\x00-\x1f]*\Z"
+NO_CONTROL = r"[^\x00-\x1f]*\Z"
+NO_NUL = r"[^\x00]*\Z"
 
 
 def _section(keys):
