@@ -261,9 +261,11 @@ def derive_settings(djangoapp):
     """
     The ``djangoapp`` configuration as merged by the formula's ``map.jinja``
     (parameters, then the pillar), with what the states read derived from
-    it: each app's names, paths, database URL, environment, TLS files and
-    Redis database, the proxy environment, the local database engines, the
-    apps with TLS. ``map.jinja`` calls it after ``validate_pillar``.
+    it: each app's names, paths, database URL, environment, TLS files, Redis
+    database and ``app_json`` (the content of its app.json), the proxy
+    environment, the local database engines, the apps with TLS, the monitoring
+    checks and the agents' ports. ``map.jinja`` calls it after
+    ``validate_pillar``.
 
     djangoapp
         The merged mapping (it is not changed).
