@@ -1,6 +1,8 @@
 """`djangoapp.release` and `djangoapp.rollback` on the converged host, under a
 concurrent load through Nginx: no request fails, whatever happens to the release."""
 
+import contextlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,9 @@ CLIENTS = 24
 RELEASE_TIMEOUT = 900
 LIVE_ENVIRON = (Path(__file__).parent / "live_environ.py").read_text()
 GUNICORN_CONFIG = "/etc/djangoapp/demo/gunicorn.conf.py"
+APP_JSON = "/etc/djangoapp/demo/app.json"
+# How long a test waits for a release it started to take the release lock.
+LOCK_WAIT = 180
 
 
 def new_load(demo_app) -> Load:
@@ -50,6 +55,52 @@ def note_count(host) -> int:
     )
     assert count.rc == 0, count.stderr
     return int(count.stdout)
+
+
+def lock_path(host) -> str:
+    """The app's release lock, ``<base>/.release.lock``."""
+    base = json.loads(host.file(APP_JSON).content_string)["base_dir"]
+    return f"{base}/.release.lock"
+
+
+def lock_holder(host, path) -> dict | None:
+    """Who holds the release lock, as the holder wrote it into the file (None when
+    it is empty: no run holds it, or the last one ended normally)."""
+    result = host.run("cat %s", path)
+    text = result.stdout.strip() if result.rc == 0 else ""
+    return json.loads(text) if text else None
+
+
+def wait_for_holder(host, path, **expected) -> dict:
+    """The lock's holder, once it has every field of ``expected``."""
+    deadline = time.monotonic() + LOCK_WAIT
+    holder = None
+    while time.monotonic() < deadline:
+        holder = lock_holder(host, path)
+        if holder and all(holder.get(k) == v for k, v in expected.items()):
+            return holder
+        time.sleep(0.05)
+    pytest.fail(f"no run took the release lock as {expected} (last: {holder})")
+
+
+@contextlib.contextmanager
+def paused(host, pid):
+    """The process ``pid`` of the host stopped (SIGSTOP) until the block ends: a
+    release caught holding the lock keeps it, in the step it was in, however fast
+    its remaining steps would be."""
+    host.run_expect([0], "kill -STOP %s", str(pid))
+    try:
+        yield
+    finally:
+        host.run("kill -CONT %s", str(pid))
+
+
+def current_release(salt_cli) -> str | None:
+    return salt_cli("djangoapp.releases", "demo")["current"]
+
+
+def history(salt_cli) -> list[dict]:
+    return salt_cli("djangoapp.releases", "demo")["history"]
 
 
 def step(data, name):
@@ -247,34 +298,49 @@ def test_a_changed_environment_reaches_new_workers_without_a_failed_request(
 
 
 FAILURES = {
-    "unknown tag": ("v9.9.9", None),
-    "shell metacharacters": ("v1.0.0;touch /tmp/pwned", None),
-    "command substitution": ("$(touch /tmp/pwned)", None),
-    "option injection": ("--upload-pack=touch /tmp/pwned", None),
+    "unknown tag": ("v9.9.9", "resolve"),
     "missing requirement": ("bad-requirement", "build"),
     "app fails to import": ("broken-import", "preflight"),
     "failing migration": ("failing-migration", "migrate"),
     "failing collectstatic": ("failing-collectstatic", "preflight"),
     "health check fails after the switch": ("unhealthy", "health"),
 }
+# Versions that are no git ref at all: refused before the release starts.
+REJECTED = {
+    "shell metacharacters": "v1.0.0;touch /tmp/pwned",
+    "command substitution": "$(touch /tmp/pwned)",
+    "option injection": "--upload-pack=touch /tmp/pwned",
+}
 
 
-@pytest.mark.parametrize("case", list(FAILURES))
+@pytest.mark.parametrize("case", list(FAILURES) + list(REJECTED))
 def test_failed_release_leaves_the_old_one_serving(
     case, converged_host, salt_cli, http_get, demo_app, page_load
 ):
-    version, failed_step = FAILURES[case]
+    version, failed_step = FAILURES.get(case, (REJECTED.get(case), None))
     before = note_count(converged_host)
+    live = current_release(salt_cli)
     with page_load:
         result = release(salt_cli, version)
     print(page_load.result)
     assert result.returncode != 0
     if failed_step is None:
-        assert "version" in str(result.data)
+        # the module refuses the argument: no step ran, the error says why
+        assert isinstance(result.data, str), result.data
+        assert (
+            f"version {version!r} contains characters not allowed in a ref"
+            in result.data
+        ), result.data
     else:
         assert result.data["result"] is False
         assert result.data["failed_step"] == failed_step, result.data
         assert result.data["error"]
+    if case == "unknown tag":
+        assert result.data["error"] == (
+            f"version {version!r} is not a branch, tag or commit of the repository"
+        ), result.data
+        assert result.data["restored"] == [f"current unchanged ({live})"], result.data
+    assert current_release(salt_cli) == live
     assert page_load.result.failed == 0, page_load.result.failures
     assert live_version(http_get, demo_app) == "v1.0.0"
     assert note_count(converged_host) == before
@@ -294,32 +360,85 @@ def test_release_with_the_database_down_fails_cleanly(
     assert live_version(http_get, demo_app) == "v1.0.0"
 
 
-def test_a_second_release_at_the_same_time_is_refused(salt_cli, http_get, demo_app):
+def test_a_second_release_at_the_same_time_is_refused(
+    converged_host, salt_cli, http_get, demo_app
+):
+    lock = lock_path(converged_host)
+    live = current_release(salt_cli)
     first = {}
     runner = threading.Thread(
         target=lambda: first.update(r=release(salt_cli, "v1.0.1"))
     )
     runner.start()
-    time.sleep(1.0)
-    second = release(salt_cli, "v1.1.0")
-    runner.join()
+    try:
+        # the second one starts while the first holds the lock, paused there so
+        # that it cannot finish first
+        holder = wait_for_holder(
+            converged_host, lock, action="release", version="v1.0.1"
+        )
+        print(f"holder: {holder}")
+        with paused(converged_host, holder["pid"]):
+            second = release(salt_cli, "v1.1.0")
+    finally:
+        runner.join()
     assert second.returncode != 0
-    assert (
-        "lock" in str(second.data).lower() or "in progress" in str(second.data).lower()
-    )
-    assert first["r"].returncode == 0, first["r"].data
+    assert second.data["result"] is False, second.data
+    assert second.data["failed_step"] == "lock", second.data
+    error = second.data["error"]
+    assert error.startswith(
+        "another release, rollback or reload is running for this app ("
+    ), error
+    for field in ("pid", "action", "version", "jid"):
+        assert f"{field}={holder[field]}" in error, (field, error)
+    assert second.data["restored"] == ["nothing changed"], second.data
+    assert [(s["name"], s["ok"]) for s in second.data["steps"]] == [("lock", False)]
+    assert second.data["id"] is None and second.data["sha"] is None, second.data
+    # the first one, the lock's holder, went through and is live
+    done = first["r"]
+    assert done.returncode == 0, done.data
+    assert done.data["result"] is True, done.data
+    assert done.data["version"] == "v1.0.1"
+    assert done.data["previous"]["id"] == live, done.data
+    assert current_release(salt_cli) == done.data["id"]
     assert live_version(http_get, demo_app) == "v1.0.1"
+    entries = [e for e in history(salt_cli) if e.get("jid") == holder["jid"]]
+    assert [(e["status"], e["id"]) for e in entries] == [
+        ("success", done.data["id"])
+    ], entries
+    assert lock_holder(converged_host, lock) is None
 
 
 def test_a_killed_release_does_not_block_the_next(
     converged_host, salt_cli, http_get, demo_app, page_load
 ):
+    lock = lock_path(converged_host)
+    live = current_release(salt_cli)
     started = salt_cli.run("djangoapp.release", "version=v1.1.0", "app=demo", "--async")
     jid = started.stdout.split()[-1]
-    time.sleep(2.0)
-    salt_cli.run("saltutil.kill_job", jid)
+    # caught holding the lock, before the switch, and killed there
+    holder = wait_for_holder(converged_host, lock, jid=jid)
+    print(f"holder: {holder}")
+    assert (holder["action"], holder["version"]) == ("release", "v1.1.0")
+    with paused(converged_host, holder["pid"]):
+        killed = salt_cli("saltutil.kill_job", jid)
+    assert killed == f"Signal 9 sent to job {jid} at pid {holder['pid']}", killed
+    # it did not finish: it never let go of the lock (a run that ends empties the
+    # file), never switched and recorded nothing
+    assert lock_holder(converged_host, lock) == holder
+    assert current_release(salt_cli) == live
+    assert not [e for e in history(salt_cli) if e.get("jid") == jid]
     with page_load:
         result = release(salt_cli, "v1.1.0")
+    print(page_load.result)
     assert result.returncode == 0, result.data
+    assert result.data["result"] is True, result.data
+    takeover = (
+        f"took over from a release that did not finish (pid {holder['pid']}, "
+        f"version v1.1.0, started {holder['started']})"
+    )
+    assert takeover in result.data["notes"], result.data["notes"]
+    assert result.data["previous"]["id"] == live, result.data
+    assert current_release(salt_cli) == result.data["id"]
     assert page_load.result.failed == 0, page_load.result.failures
     assert live_version(http_get, demo_app) == "v1.1.0"
+    assert lock_holder(converged_host, lock) is None
