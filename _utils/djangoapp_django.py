@@ -211,6 +211,12 @@ def run_hooks(cfg, host, rdir, env, redact, version, point):
     how long each took; raises StepFailed on the first that fails.
     """
     ran = []
+    current_static = os.path.join(cfg["base_dir"], "current", "static")
+    if point == "after_build" and env.get("DJANGO_STATIC_ROOT") == current_static:
+        # Before the switch, `current` is the live release (or nothing yet): the
+        # hook works on this release's collected files, where STATIC_ROOT will be
+        # once it is live.
+        env = {**env, "DJANGO_STATIC_ROOT": os.path.join(rdir, "static")}
     for argv in (cfg["hooks"] or {}).get(point) or []:
         argv = [str(arg) for arg in argv]
         started = time.monotonic()

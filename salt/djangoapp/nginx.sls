@@ -2,6 +2,7 @@
     proxied to the app's Gunicorn socket. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set nginx = djangoapp.nginx %}
+{%- set check_script = djangoapp.paths.lib_dir ~ "/nginx-check-site" %}
 {#- The certificate states of tls.sls: a new certificate or key reloads Nginx. #}
 {%- set tls_state_ids = [] %}
 {%- for app in djangoapp.apps.values() if app.tls.enabled %}
@@ -51,6 +52,13 @@ djangoapp-nginx-http-settings-file-managed:
       - pkg: djangoapp-nginx-package-installed
       - file: djangoapp-nginx-tls-settings-file-managed
 
+djangoapp-nginx-check-site-file-managed:
+  file.managed:
+    - name: {{ check_script }}
+    - source: salt://{{ tpldir }}/files/nginx-check-site.py
+    - makedirs: true
+    - mode: "0755"
+
 djangoapp-nginx-tls-settings-file-managed:
   file.managed:
     - name: {{ nginx.tls_settings_file }}
@@ -71,6 +79,14 @@ djangoapp-nginx-tls-settings-file-managed:
 {%- for name, app in djangoapp.apps.items() %}
 {%-   set site_file = nginx.site_dir ~ "/" ~ app.service ~ ".conf" %}
 
+{#- Each site is tested with the whole configuration before it is written (check_cmd:
+    a copy of the config dir with the candidate in place): a site that Nginx would
+    refuse fails its own state and is not installed; the others are, and Nginx takes
+    them up (the test and the reload below depend on the sites by onchanges only,
+    which a failed site does not hold back). #}
+{%-   set enabled_file = nginx.site_enabled_dir ~ "/" ~ app.service ~ ".conf"
+        if nginx.site_enabled_dir else "" %}
+
 djangoapp-{{ name }}-nginx-site-file-managed:
   file.managed:
     - name: {{ site_file }}
@@ -81,8 +97,14 @@ djangoapp-{{ name }}-nginx-site-file-managed:
         app: {{ app | json }}
         nginx: {{ nginx | json }}
         tls_settings: {{ djangoapp.tls | json }}
+    - check_cmd: >-
+        {{ check_script }} --site {{ site_file }}
+        {%- if enabled_file %} --enabled {{ enabled_file }}{% endif %}
+    - tmp_ext: .conf
     - require:
       - pkg: djangoapp-nginx-package-installed
+      - file: djangoapp-nginx-check-site-file-managed
+      - file: djangoapp-nginx-http-settings-file-managed
 {%-   if app.tls.enabled %}
       - sls: {{ tpldir }}.tls
 {%-   endif %}
@@ -92,22 +114,14 @@ djangoapp-{{ name }}-nginx-site-file-managed:
     - require_any:
       - djangoapp: djangoapp-{{ name }}-release-deployed
       - pkg: djangoapp-nginx-package-installed
-    - require_in:
-      - cmd: djangoapp-nginx-config-tested
-    - watch_in:
-      - service: djangoapp-nginx-service-running
-{%-   if nginx.site_enabled_dir %}
+{%-   if enabled_file %}
 
 djangoapp-{{ name }}-nginx-site-enabled:
   file.symlink:
-    - name: {{ nginx.site_enabled_dir }}/{{ app.service }}.conf
+    - name: {{ enabled_file }}
     - target: {{ site_file }}
     - require:
       - file: djangoapp-{{ name }}-nginx-site-file-managed
-    - require_in:
-      - cmd: djangoapp-nginx-config-tested
-    - watch_in:
-      - service: djangoapp-nginx-service-running
 {%-   endif %}
 {%- endfor %}
 
@@ -119,6 +133,9 @@ djangoapp-nginx-config-tested:
       - file: djangoapp-nginx-tls-settings-file-managed
 {%- for name in djangoapp.apps %}
       - file: djangoapp-{{ name }}-nginx-site-file-managed
+{%-   if nginx.site_enabled_dir %}
+      - file: djangoapp-{{ name }}-nginx-site-enabled
+{%-   endif %}
 {%- endfor %}
 {%- for id in tls_state_ids %}
       - {{ id | json }}
@@ -135,6 +152,7 @@ djangoapp-nginx-service-running:
       - sls: {{ tpldir }}.selinux
 {%- endif %}
     - watch:
+      - cmd: djangoapp-nginx-config-tested
       - file: djangoapp-nginx-http-settings-file-managed
       - file: djangoapp-nginx-tls-settings-file-managed
 {%- for id in tls_state_ids %}

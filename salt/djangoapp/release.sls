@@ -10,6 +10,17 @@ include:
   - .app
 
 {%- for name, app in djangoapp.apps.items() %}
+{%-   if app.packages %}
+
+{#- What the app's build needs from the OS (headers of a C library...). #}
+djangoapp-{{ name }}-packages-installed:
+  pkg.installed:
+    - pkgs: {{ app.packages | json }}
+    - require:
+      - pkg: djangoapp-base-packages-installed
+    - require_in:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+{%-   endif %}
 
 djangoapp-{{ name }}-release-deployed:
   djangoapp.released:
