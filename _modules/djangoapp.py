@@ -235,6 +235,26 @@ def reload(app=None, **kwargs):
     return _fail(ret)
 
 
+def health(app=None):
+    """
+    Ask the app's health URL through Nginx as a release does (``health_path``,
+    the first server name as Host, redirects not followed), and apply the same
+    rule: healthy when it answers a status of ``health_statuses`` (by default any
+    success or redirect). state.apply checks it once a release it made is
+    served, the first one included. Returns ``{"result": True, "response":
+    ...}``; raises CommandExecutionError naming the path, the answer and the
+    pillar keys otherwise.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.health shop
+    """
+    cfg = _app(app)
+    return __utils__["djangoapp_release.health"](cfg)
+
+
 def validate_pillar(djangoapp=None, **kwargs):
     """
     Validate the ``djangoapp`` pillar (the apps and the host sections).

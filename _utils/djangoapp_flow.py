@@ -539,13 +539,21 @@ def health_due(run):
 
 def health(run, info):
     try:
-        info["response"] = health_check(run.cfg["health"])
+        info["response"] = check_health(run.cfg)["response"]
     except CommandExecutionError as exc:
-        pillar = f"djangoapp:apps:{run.cfg['name']}"
-        raise StepFailed(
-            "health",
+        raise StepFailed("health", str(exc)) from exc
+
+
+def check_health(cfg, tries=5):
+    """The app's health URL asked and judged as a release does; raises
+    CommandExecutionError naming the pillar keys that say where and what."""
+    try:
+        return {"result": True, "response": health_check(cfg["health"], tries=tries)}
+    except CommandExecutionError as exc:
+        pillar = f"djangoapp:apps:{cfg['name']}"
+        raise CommandExecutionError(
             f"{exc} (the pillar's {pillar}:health_path and "
-            f"{pillar}:health_statuses say where and what)",
+            f"{pillar}:health_statuses say where and what)"
         ) from exc
 
 

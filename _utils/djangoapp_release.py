@@ -132,6 +132,11 @@ def releases(cfg):
     return _status.releases(cfg)
 
 
+def health(cfg):
+    """The health check of a release, on the live one."""
+    return _flow.check_health(cfg)
+
+
 def static_location(cfg):
     """Where Nginx finds the live release's static and media files."""
     return _engine["djangoapp_files"].static_location(cfg)

@@ -17,6 +17,7 @@
 include:
   - .packages
   - .release
+  - .process
   - .tls
 {%- if djangoapp.selinux_active and djangoapp.apps %}
   - .selinux
@@ -157,4 +158,18 @@ djangoapp-nginx-service-running:
       - file: djangoapp-nginx-tls-settings-file-managed
 {%- for id in tls_state_ids %}
       - {{ id | json }}
+{%- endfor %}
+{%- for name, app in djangoapp.apps.items() %}
+
+{#- A release that state.apply made, the first one included, is judged as every later
+    release is: once Gunicorn and Nginx serve it, its health path answers healthy. #}
+djangoapp-{{ name }}-release-health-checked:
+  module.run:
+    - djangoapp.health:
+      - app: {{ name }}
+    - onchanges:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+    - require:
+      - service: djangoapp-nginx-service-running
+      - {{ "cmd" if app.process_manager == "supervisor" else "service" }}: djangoapp-{{ name }}-gunicorn-running
 {%- endfor %}

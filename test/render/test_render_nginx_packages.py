@@ -101,3 +101,18 @@ def test_a_bad_package_name_is_named(renderer):
     with pytest.raises(RenderError) as error:
         renderer.show_sls("debian-12", two_apps(packages=["libpq-dev; rm -rf /"]))
     assert "djangoapp:apps:shop:packages" in str(error.value)
+
+
+def test_a_release_made_by_state_apply_is_checked_once_served(platform_states):
+    """The first release too: once Gunicorn and Nginx serve it, its health path is
+    judged by the rule every later release is judged by."""
+    _, states = platform_states
+    for name in ("shop", "blog"):
+        function, args = state_args(states, f"djangoapp-{name}-release-health-checked")
+        assert function == "module.run"
+        assert args["djangoapp.health"] == [{"app": name}]
+        assert args["onchanges"] == [
+            {"djangoapp": f"djangoapp-{name}-release-deployed"}
+        ]
+        assert {"service": "djangoapp-nginx-service-running"} in args["require"]
+        assert {"cmd": f"djangoapp-{name}-gunicorn-running"} in args["require"]

@@ -198,3 +198,24 @@ def test_health_check_takes_a_redirect_without_following_it(health_server):
         Health.status["code"] = 200
     with pytest.raises(CommandExecutionError, match="HTTP 400"):
         djangoapp_health.health_check({"url": url, "host": "other.example"}, tries=1)
+
+
+def test_the_health_function_judges_as_a_release_does(mods, make_app, health_server):
+    url = f"http://127.0.0.1:{health_server.server_address[1]}/health/"
+    make_app("judged", health={"url": url, "host": "example.com", "accept": ["2xx"]})
+    assert mods["djangoapp.health"]("judged") == {
+        "result": True,
+        "response": "HTTP 200",
+    }
+    Health.status["code"] = 302
+    try:
+        with pytest.raises(CommandExecutionError) as refused:
+            mods["djangoapp.health"]("judged")
+    finally:
+        Health.status["code"] = 200
+    assert str(refused.value) == (
+        "GET /health/ (Host example.com, http through Nginx) answered HTTP 302 -> "
+        "/accounts/login/?next=/; healthy is 2xx (the pillar's "
+        "djangoapp:apps:judged:health_path and djangoapp:apps:judged:health_statuses "
+        "say where and what)"
+    )
