@@ -44,8 +44,9 @@ def test_stylesheet_is_served_by_nginx_from_the_live_release(
     assert css["headers"].get("Cache-Control") == "max-age=604800"
     assert "Expires" in css["headers"]
     base = f"/srv/djangoapp/{demo_app['name']}"
+    # collected into DJANGO_STATIC_ROOT, the live release's own static/
     on_disk = host.run(
-        "find -L %s/current/src -path '*%s'", base, stylesheet.split("/static/")[1]
+        "find -L %s/current/static -path '*%s'", base, stylesheet.split("/static/")[1]
     )
     assert on_disk.stdout.strip(), "the stylesheet is not in the live release"
     assert host.file(on_disk.stdout.split()[0]).content_string == css["body"]
