@@ -1,4 +1,4 @@
-"""Throwaway Debian 12 hosts booted with systemd-nspawn, for integration tests.
+"""Throwaway Debian 12 or 13 hosts booted with systemd-nspawn, for integration tests.
 
 A host is a fresh copy of a cached debootstrap root, booted with systemd as PID 1 in a
 network namespace of its own. It shares a /24 with this machine over a veth pair and
@@ -19,6 +19,12 @@ has the namespace ``djangoapp-test<N>`` (plain ``djangoapp-test`` for 0), the su
 different slots run side by side::
 
     DJANGOAPP_TEST_SLOT=3 python test/testhost.py up
+
+``$DJANGOAPP_TEST_DEBIAN`` (12, the default, or 13) or ``up --debian N`` chooses the
+release. Debian 12's Salt comes from a wheelhouse built here (same Python, 3.11);
+Debian 13's Python is 3.13, so its root builds Salt from the package index (timelib
+has no cp313 wheel: build-essential and python3-dev are in that root). Each root is
+cached as a tarball keyed by its recipe.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 SUITE = "bookworm"
+DEBIAN_VARIABLE = "DJANGOAPP_TEST_DEBIAN"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 INCLUDE_PACKAGES = (
     "ca-certificates",
@@ -57,6 +64,47 @@ INCLUDE_PACKAGES = (
 )
 SALT_VERSION = "3008.4"
 PYTHON_CACHE_TAG = "cpython-311"
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements-test.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """A Debian release a test host can run, and how Salt gets into its root."""
+
+    release: str
+    suite: str
+    # Salt from this machine's wheelhouse (same Python), or from the index in the root.
+    salt_from: str
+    extra_packages: tuple[str, ...] = ()
+
+    @property
+    def default_hostname(self) -> str:
+        return f"djangoapp-test-debian{self.release}"
+
+
+DISTRIBUTIONS = {
+    "12": Distribution("12", SUITE, salt_from="wheelhouse"),
+    # Python 3.13: Salt's timelib builds from source, with a compiler and headers.
+    "13": Distribution(
+        "13",
+        "trixie",
+        salt_from="index",
+        extra_packages=("build-essential", "python3-dev"),
+    ),
+}
+DEFAULT_DEBIAN = "12"
+
+
+def distribution_from_environment(
+    environ: Mapping[str, str] = os.environ,
+) -> Distribution:
+    value = environ.get(DEBIAN_VARIABLE, "").strip() or DEFAULT_DEBIAN
+    if value not in DISTRIBUTIONS:
+        raise ValueError(
+            f"{DEBIAN_VARIABLE}={value!r}: expected one of {', '.join(DISTRIBUTIONS)}"
+        )
+    return DISTRIBUTIONS[value]
+
 
 CACHE_DIR = Path("/var/cache/djangoapp-test")
 WORK_DIR = Path("/var/tmp/djangoapp-test")
@@ -125,7 +173,8 @@ PROXY_URL = f"http://{MASTER_IP}:{PROXY_PORT}"
 STATE_FILE = RUN_DIR / f"{NETNS}.json"
 LOCK_FILE = RUN_DIR / f"{NETNS}.lock"
 
-DEFAULT_HOSTNAME = "djangoapp-test-debian12"
+DEBIAN = distribution_from_environment()
+DEFAULT_HOSTNAME = DEBIAN.default_hostname
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MINION_PATH = f"/opt/salt/bin:{HOST_PATH}"
 BOOT_TIMEOUT = 120
@@ -372,36 +421,84 @@ def prepare_root(root: Path, wheelhouse: Path) -> None:
     (root / "etc/machine-id").write_text("")
 
 
-def root_recipe() -> dict:
+def prepare_root_from_index(root: Path) -> None:
+    """Like prepare_root, with Salt built in the root from the package index (pinned
+    by requirements-test.txt), over this machine's network, trusting its CAs."""
+    trust_machine_ca_bundle(root)
+    script = f"""
+        python3 -m venv /opt/salt
+        /opt/salt/bin/pip install --quiet --no-cache-dir \\
+            --constraint /mnt/requirements.txt salt=={SALT_VERSION}
+        ln -s /opt/salt/bin/salt-call /usr/local/bin/salt-call
+        apt-get clean
+    """
+    nspawn_run(
+        root,
+        ["sh", "-ec", script],
+        binds_ro={REQUIREMENTS_FILE: "/mnt/requirements.txt"},
+        network=True,
+    )
+    (root / "etc/salt/minion.d").mkdir(parents=True)
+    (root / "etc/systemd/system/salt-minion.service").write_text(SALT_MINION_UNIT)
+    (root / "etc/resolv.conf").write_text(
+        "# No DNS: this host reaches the outside only through an HTTP proxy.\n"
+    )
+    (root / "etc/machine-id").write_text("")
+
+
+def root_recipe(debian: Distribution | None = None) -> dict:
+    debian = debian or DEBIAN
+    if debian.salt_from == "wheelhouse":
+        # Debian 12's recipe as it was before Debian 13 came: its cached root stays.
+        return {
+            "suite": debian.suite,
+            "mirror": DEBIAN_MIRROR,
+            "variant": "minbase",
+            "include": sorted(INCLUDE_PACKAGES + debian.extra_packages),
+            "wheelhouse": wheelhouse_recipe(),
+            "prepare": inspect.getsource(prepare_root) + SALT_MINION_UNIT,
+        }
     return {
-        "suite": SUITE,
+        "suite": debian.suite,
         "mirror": DEBIAN_MIRROR,
         "variant": "minbase",
-        "include": sorted(INCLUDE_PACKAGES),
-        "wheelhouse": wheelhouse_recipe(),
-        "prepare": inspect.getsource(prepare_root) + SALT_MINION_UNIT,
+        "include": sorted(INCLUDE_PACKAGES + debian.extra_packages),
+        "salt": SALT_VERSION,
+        "constraints": hashlib.sha256(REQUIREMENTS_FILE.read_bytes()).hexdigest(),
+        "prepare": inspect.getsource(prepare_root_from_index)
+        + inspect.getsource(trust_machine_ca_bundle)
+        + SALT_MINION_UNIT,
     }
 
 
-def ensure_root_tarball(timings: dict[str, float]) -> Path:
+def ensure_root_tarball(
+    timings: dict[str, float], debian: Distribution | None = None
+) -> Path:
     """The cached root tarball, built with debootstrap when its recipe is new."""
-    tarball = CACHE_DIR / f"rootfs-{recipe_hash(root_recipe())}.tar"
+    debian = debian or DEBIAN
+    tarball = CACHE_DIR / f"rootfs-{recipe_hash(root_recipe(debian))}.tar"
     if tarball.exists():
         return tarball
-    wheelhouse = ensure_wheelhouse(timings)
+    wheelhouse = (
+        ensure_wheelhouse(timings) if debian.salt_from == "wheelhouse" else None
+    )
     with file_lock(CACHE_DIR / ".rootfs.lock"):
         if tarball.exists():
             return tarball
         with tempfile.TemporaryDirectory(prefix="rootfs-", dir=CACHE_DIR) as building:
             root = Path(building) / "root"
-            with timed("debootstrap", timings):
+            include = INCLUDE_PACKAGES + debian.extra_packages
+            with timed(f"debootstrap {debian.suite}", timings):
                 run(
                     ["debootstrap", "--variant=minbase"]
-                    + [f"--include={','.join(INCLUDE_PACKAGES)}"]
-                    + [SUITE, str(root), DEBIAN_MIRROR]
+                    + [f"--include={','.join(include)}"]
+                    + [debian.suite, str(root), DEBIAN_MIRROR]
                 )
             with timed("salt install in the root", timings):
-                prepare_root(root, wheelhouse)
+                if wheelhouse is not None:
+                    prepare_root(root, wheelhouse)
+                else:
+                    prepare_root_from_index(root)
             partial = Path(building) / "rootfs.tar"
             with timed("root tarball", timings):
                 run(tar_command("-cf", partial) + ["-C", str(root), "."])
@@ -420,11 +517,22 @@ def tar_command(mode: str, tarball: Path) -> list[str]:
     ]
 
 
-def nspawn_run(root: Path, argv: Sequence[str], binds_ro: Mapping[Path, str]) -> None:
-    """Run one command in the root without booting it and without network."""
+def nspawn_run(
+    root: Path,
+    argv: Sequence[str],
+    binds_ro: Mapping[Path, str],
+    network: bool = False,
+) -> None:
+    """Run one command in the root without booting it, without network unless
+    ``network`` (then with this machine's, and its DNS)."""
+    isolation = (
+        ["--resolv-conf=copy-host"]
+        if network
+        else ["--private-network", "--resolv-conf=off"]
+    )
     run(
         ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "--pipe"]
-        + ["--private-network", "--link-journal=no", "--resolv-conf=off"]
+        + ["--link-journal=no", *isolation]
         + ["--timezone=off", "--directory", str(root)]
         + [f"--bind-ro={source}:{target}" for source, target in binds_ro.items()]
         + list(argv)
@@ -534,23 +642,25 @@ def missing_prerequisites() -> str | None:
 
 
 class TestHost:
-    """One booted Debian 12 host: ``with TestHost(...) as host``, or start()/stop()."""
+    """One booted Debian host: ``with TestHost(...) as host``, or start()/stop()."""
 
     __test__ = False
 
     def __init__(
         self,
-        hostname: str = DEFAULT_HOSTNAME,
+        hostname: str | None = None,
         binds_ro: Mapping[str | Path, str] | None = None,
         binds: Mapping[str | Path, str] | None = None,
         owned_by_caller: bool = True,
+        debian: str | None = None,
     ):
         """``binds_ro``/``binds`` map directories of this machine to paths in the host.
 
         A host owned by its caller is cleaned up by the next run once the caller has
         exited; one that is not (``testhost.py up``) stays until someone stops it.
         """
-        self.hostname = hostname
+        self.debian = DISTRIBUTIONS[debian] if debian else DEBIAN
+        self.hostname = hostname or self.debian.default_hostname
         self.binds_ro = dict(binds_ro or {})
         self.binds = dict(binds or {})
         self.owned_by_caller = owned_by_caller
@@ -591,7 +701,7 @@ class TestHost:
         reason = missing_prerequisites()
         if reason:
             raise TestHostError(reason)
-        tarball = ensure_root_tarball(self.timings)
+        tarball = ensure_root_tarball(self.timings, self.debian)
         self._claim()
         with timed("extract root", self.timings):
             self.root.mkdir(parents=True)
@@ -848,7 +958,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="boot a fresh host and leave it running")
-    up.add_argument("--hostname", default=DEFAULT_HOSTNAME)
+    up.add_argument("--hostname")
+    up.add_argument(
+        "--debian",
+        choices=sorted(DISTRIBUTIONS),
+        help=f"the release (default: ${DEBIAN_VARIABLE}, else {DEFAULT_DEBIAN})",
+    )
     up.add_argument(
         "--bind-ro",
         action="append",
@@ -866,7 +981,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "up":
         host = TestHost(
-            args.hostname, binds_ro=dict(args.bind_ro), owned_by_caller=False
+            args.hostname,
+            binds_ro=dict(args.bind_ro),
+            owned_by_caller=False,
+            debian=args.debian,
         )
         try:
             host.start()
@@ -874,8 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             host.stop()
             raise
         print(
-            f"{args.hostname} (slot {SLOT.number}) is up at {HOST_IP}; "
-            f"proxy {PROXY_URL}; root {host.root}"
+            f"{host.hostname} (Debian {host.debian.release}, slot {SLOT.number}) "
+            f"is up at {HOST_IP}; proxy {PROXY_URL}; root {host.root}"
         )
         return 0
     if args.command == "down":

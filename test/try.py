@@ -19,6 +19,8 @@ WORK_DIR = Path(
 FORMULA_MOUNT = "/srv/formula"
 PILLAR_MOUNT = "/srv/pillar"
 GIT_MOUNT = "/srv/git"
+# Debian's stable release; `test/try --debian 12` for oldstable.
+DEFAULT_DEBIAN = "13"
 
 
 def write_pillar(pillar_dir: Path) -> dict:
@@ -53,7 +55,7 @@ def apply_states(host: testhost.TestHost, *options: str, timeout: float = 1800):
     )
 
 
-def up() -> int:
+def up(debian: str) -> int:
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     demorepo.build_repo(WORK_DIR / "git" / "demo.git")
     demo = write_pillar(WORK_DIR / "pillar")
@@ -64,6 +66,7 @@ def up() -> int:
             REPO: FORMULA_MOUNT,
         },
         owned_by_caller=False,
+        debian=debian,
     )
     try:
         host.start()
@@ -71,7 +74,9 @@ def up() -> int:
         host.stop()
         raise
     print(
-        "host is up; applying the formula (a few minutes on a fresh host)", flush=True
+        f"Debian {host.debian.release} host is up; applying the formula "
+        "(a few minutes on a fresh host)",
+        flush=True,
     )
     converge = apply_states(host, "--state-output=terse")
     print(converge.stdout, converge.stderr, sep="\n")
@@ -99,8 +104,15 @@ def down() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("command", choices=["up", "down"])
-    return up() if parser.parse_args().command == "up" else down()
+    parser.add_argument("command", nargs="?", default="up", choices=["up", "down"])
+    parser.add_argument(
+        "--debian",
+        choices=sorted(testhost.DISTRIBUTIONS),
+        default=DEFAULT_DEBIAN,
+        help=f"the host's Debian release (default {DEFAULT_DEBIAN})",
+    )
+    args = parser.parse_args()
+    return up(args.debian) if args.command == "up" else down()
 
 
 if __name__ == "__main__":

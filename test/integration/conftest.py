@@ -1,5 +1,6 @@
-"""Fixtures for tests on a real host: a booted Debian 12 test host (test/testhost.py), a
-Salt master on this machine, and a salt-minion in the host connected to it.
+"""Fixtures for tests on a real host: a booted Debian 12 test host (test/testhost.py;
+Debian 13 with $DJANGOAPP_TEST_DEBIAN=13), a Salt master on this machine, and a
+salt-minion in the host connected to it.
 
 ``test_host_binds_ro`` and ``salt_pillar_roots`` come from stack.py, with the fixtures
 of the converged stack. The fixtures are session-scoped: one host and one master serve

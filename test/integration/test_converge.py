@@ -1,4 +1,4 @@
-"""`salt <minion> state.apply` on a fresh Debian 12 host: it converges, a second run
+"""`salt <minion> state.apply` on a fresh Debian host: it converges, a second run
 changes nothing, and a bad pillar stops before anything changes."""
 
 import json

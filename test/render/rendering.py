@@ -18,6 +18,12 @@ PLATFORMS = {
         "osfinger": "Debian-12",
         "osmajorrelease": 12,
     },
+    "debian-13": {
+        "os_family": "Debian",
+        "os": "Debian",
+        "osfinger": "Debian-13",
+        "osmajorrelease": 13,
+    },
     "rocky-9": {
         "os_family": "RedHat",
         "os": "Rocky",
@@ -35,6 +41,24 @@ PLATFORMS = {
         "os": "CentOS Stream",
         "osfinger": "CentOS Stream-9",
         "osmajorrelease": 9,
+    },
+    "rocky-10": {
+        "os_family": "RedHat",
+        "os": "Rocky",
+        "osfinger": "Rocky Linux-10",
+        "osmajorrelease": 10,
+    },
+    "almalinux-10": {
+        "os_family": "RedHat",
+        "os": "AlmaLinux",
+        "osfinger": "AlmaLinux-10",
+        "osmajorrelease": 10,
+    },
+    "centos-stream-10": {
+        "os_family": "RedHat",
+        "os": "CentOS Stream",
+        "osfinger": "CentOS Stream-10",
+        "osmajorrelease": 10,
     },
 }
 

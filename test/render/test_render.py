@@ -36,7 +36,6 @@ FAMILY_EXPECTATIONS = {
         "nginx_group": "www-data",
         "shell": "/usr/sbin/nologin",
         "postgresql_server": "postgresql",
-        "postgresql_settings": "/etc/postgresql/15/main/conf.d/djangoapp.conf",
     },
     "RedHat": {
         "base_package": "python3-devel",
@@ -46,9 +45,15 @@ FAMILY_EXPECTATIONS = {
         "nginx_group": "nginx",
         "shell": "/sbin/nologin",
         "postgresql_server": "postgresql-server",
-        "postgresql_settings": "/var/lib/pgsql/data/conf.d/djangoapp.conf",
     },
 }
+# PostgreSQL's settings file: Debian's versioned cluster directory (found on real
+# hosts: 15 on Debian 12, 17 on Debian 13), RedHat's data directory.
+POSTGRESQL_SETTINGS = {
+    "debian-12": "/etc/postgresql/15/main/conf.d/djangoapp.conf",
+    "debian-13": "/etc/postgresql/17/main/conf.d/djangoapp.conf",
+}
+REDHAT_POSTGRESQL_SETTINGS = "/var/lib/pgsql/data/conf.d/djangoapp.conf"
 
 
 @pytest.fixture(scope="module", params=sorted(PLATFORMS))
@@ -67,7 +72,9 @@ def test_family_names(platform_states):
     _, server = state_args(states, "djangoapp-postgresql-server-packages-installed")
     assert server["pkgs"] == [expected["postgresql_server"]]
     _, pg_settings = state_args(states, "djangoapp-postgresql-settings-file-managed")
-    assert pg_settings["name"] == expected["postgresql_settings"]
+    assert pg_settings["name"] == POSTGRESQL_SETTINGS.get(
+        platform, REDHAT_POSTGRESQL_SETTINGS
+    )
     assert "listen_addresses = 'localhost'" in pg_settings["contents"]
 
     _, supervisor = state_args(states, "djangoapp-supervisor-service-running")

@@ -83,6 +83,15 @@ def family(platform):
     return PLATFORMS[platform]["os_family"]
 
 
+# RHEL 10 has no Redis: Valkey, its successor, with its own names and paths.
+VALKEY = {
+    "redis_package": "valkey",
+    "redis_service": "valkey",
+    "redis_dir": "/etc/valkey",
+}
+REDIS = {"rocky-10": VALKEY, "almalinux-10": VALKEY, "centos-stream-10": VALKEY}
+
+
 @pytest.fixture(scope="module", params=sorted(PLATFORMS))
 def stack(request, renderer):
     return request.param, renderer.show_sls(request.param, STACK)
@@ -102,19 +111,25 @@ def engine_config(states, name):
 
 def test_redis_per_family_on_loopback(stack):
     platform, states = stack
-    expected = FAMILY[family(platform)]
+    expected = {
+        "redis_dir": "/etc/redis",
+        **FAMILY[family(platform)],
+        **REDIS.get(platform, {}),
+    }
     _, package = state_args(states, "djangoapp-redis-package-installed")
     assert package["pkgs"] == [expected["redis_package"]]
     _, settings = state_args(states, "djangoapp-redis-settings-file-managed")
-    assert settings["name"] == "/etc/redis/djangoapp.conf"
+    conf_dir = expected["redis_dir"]
+    conf_name = "valkey.conf" if platform in REDIS else "redis.conf"
+    assert settings["name"] == f"{conf_dir}/djangoapp.conf"
     lines = settings["contents"].splitlines()
     assert "bind 127.0.0.1 -::1" in lines
     assert "protected-mode yes" in lines
     assert "port 6379" in lines
     function, included = state_args(states, "djangoapp-redis-settings-file-included")
     assert function == "file.append"
-    assert included["name"] == "/etc/redis/redis.conf"
-    assert included["text"] == "include /etc/redis/djangoapp.conf"
+    assert included["name"] == f"{conf_dir}/{conf_name}"
+    assert included["text"] == f"include {conf_dir}/djangoapp.conf"
     _, service = state_args(states, "djangoapp-redis-service-running")
     assert service["name"] == expected["redis_service"]
 

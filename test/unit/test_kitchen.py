@@ -18,8 +18,13 @@ KITCHEN = REPO / "kitchen.yml"
 
 PLATFORMS = {
     "debian-12": "debian:12",
-    "rockylinux-9": "rockylinux:9",
+    "debian-13": "debian:13",
+    "rockylinux-9": "rockylinux/rockylinux:9",
+    "almalinux-9": "almalinux:9",
     "centos-stream-9": "quay.io/centos/centos:stream9",
+    "rockylinux-10": "rockylinux/rockylinux:10",
+    "almalinux-10": "almalinux:10",
+    "centos-stream-10": "quay.io/centos/centos:stream10",
 }
 
 
@@ -86,7 +91,7 @@ def test_salt_is_installed_where_the_provisioner_looks(kitchen, provisioner):
     for platform in kitchen["platforms"]:
         commands = platform["driver"]["provision_command"]
         assert any(
-            re.fullmatch(rf"python3(\.11)? -m venv {venv}", c) for c in commands
+            re.fullmatch(rf"python3(\.1[12])? -m venv {venv}", c) for c in commands
         ), platform["name"]
 
 

@@ -108,7 +108,10 @@ def test_unattended_upgrades_take_the_security_origin_only(host):
     dry_run = host.run("unattended-upgrade --dry-run --debug")
     allowed = re.search(r"^Allowed origins are: (.*)$", dry_run.stdout, re.M)
     assert allowed, dry_run.stdout + dry_run.stderr
-    assert "codename=bookworm-security,label=Debian-Security" in allowed.group(1)
+    codename = re.search(
+        r"^VERSION_CODENAME=(\w+)$", host.file("/etc/os-release").content_string, re.M
+    ).group(1)
+    assert f"codename={codename}-security,label=Debian-Security" in allowed.group(1)
     assert "label=Debian," not in allowed.group(1) + ","
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert host.service(timer).is_enabled
