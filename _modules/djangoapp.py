@@ -36,7 +36,11 @@ def __virtual__():
     if salt.utils.platform.is_windows():
         return (False, "djangoapp: Windows is not supported")
     if "djangoapp_release.release" not in __utils__:
-        return (False, "djangoapp: the djangoapp_release utility is not synced")
+        return (
+            False,
+            "djangoapp: the djangoapp_release utility is not on this minion: run "
+            "saltutil.sync_all (saltutil.sync_modules alone leaves it out)",
+        )
     return __virtualname__
 
 
@@ -139,7 +143,10 @@ def rollback(app=None, to=None, **kwargs):
     """
     Make the previous good release of ``app`` live again (or the release
     ``to``): switch ``current``, reload gracefully, verify, record it. Nothing
-    is rebuilt; the database is left as it is.
+    is rebuilt; the database is left as it is: a rollback does not undo
+    migrations. ``migrations_ahead`` lists those applied in the database that
+    the release now live does not have (``app.migration``), and ``warnings``
+    says so, naming the dump taken before they ran when there is one.
 
     CLI Example:
 
@@ -189,6 +196,65 @@ def releases(app=None):
     """
     cfg = _app(app)
     return __utils__["djangoapp_release.releases"](cfg)
+
+
+def restore(app=None, backup=None, **kwargs):
+    """
+    Restore the database of ``app`` from ``backup``: a dump taken before a
+    migration or a nightly one, named by its file name (as ``releases`` and the
+    backup directory show them) or path; the newest by default. Under the
+    release lock, with the site in maintenance while it runs, after a fresh
+    dump of the database as it is (``backup_before``), which is loaded back
+    when the chosen one fails to load. The code that runs is left as it is: a
+    dump from before a migration wants the release from before it too.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.restore shop
+        salt '*' djangoapp.restore shop backup=v1.2.0-3f2a9c1e.dump
+    """
+    cfg = _app(app)
+    if backup is not None:
+        backup = str(backup)
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.restore"](
+        cfg, _make_host(), backup=backup, user=user, jid=jid
+    )
+    return _fail(ret)
+
+
+MAINTENANCE_MODES = {"on": True, "off": False}
+
+
+def maintenance(app=None, mode=None, message=None):
+    """
+    Put ``app`` in maintenance (``on``), take it out (``off``), or show whether
+    it is in it (no mode). While it is on, Nginx answers every request but the
+    static and media files and the health path with 503, ``Retry-After`` and a
+    plain page saying ``message`` (a default otherwise). It needs no reload, and
+    a release or a ``state.apply`` leaves it as it is.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.maintenance shop on message="Back at 14:00 UTC"
+        salt '*' djangoapp.maintenance shop off
+        salt '*' djangoapp.maintenance shop
+    """
+    # The command line's YAML reads a bare on/off as a boolean.
+    switched = mode if isinstance(mode, bool) or mode is None else None
+    if switched is None and mode is not None:
+        if str(mode).lower() not in MAINTENANCE_MODES:
+            raise SaltInvocationError(f"mode {mode!r} must be on or off")
+        switched = MAINTENANCE_MODES[str(mode).lower()]
+    if message is not None and switched is not True:
+        raise SaltInvocationError("message is given with mode on only")
+    cfg = _app(app)
+    state = __utils__["djangoapp_release.maintenance"](cfg, switched, message)
+    return {"app": cfg["name"], **state}
 
 
 def static_location(app=None):

@@ -16,13 +16,55 @@ path.
           - file: djangoapp-demo-environment-file-serialized
 """
 
+import os
+
+import salt.payload
+import salt.utils.files
+
 __virtualname__ = "djangoapp"
 
 
 def __virtual__():
     if "djangoapp.release" in __salt__:
         return __virtualname__
-    return (False, "djangoapp: the djangoapp execution module is not available")
+    return (
+        False,
+        "djangoapp: the djangoapp execution module is not on this minion: run "
+        "saltutil.sync_all (a highstate syncs it; state.apply <sls> does not)",
+    )
+
+
+def _job():
+    """
+    The jid and the user of the job running this state, so that the release
+    it makes carries them (in its events and the ledger) as a release from the
+    command line does. Salt hands them to the state run (``__pub_jid``) but
+    not to the states; the job's proc file (``<cachedir>/proc/<jid>``, written
+    by the minion or ``salt-call`` for the process that runs the job) names
+    them. ``{}`` when none does.
+    """
+    proc_dir = os.path.join(__opts__.get("cachedir") or "", "proc")
+    try:
+        names = sorted(os.listdir(proc_dir))
+    except OSError:
+        return {}
+    for name in names:
+        try:
+            with salt.utils.files.fopen(os.path.join(proc_dir, name), "rb") as handle:
+                job = salt.payload.loads(handle.read())
+        except (OSError, ValueError, TypeError):
+            continue  # a job that ended meanwhile, or not a job's file
+        if (
+            isinstance(job, dict)
+            and job.get("pid") in (os.getpid(), os.getppid())
+            and str(job.get("fun") or "").startswith("state.")
+            and job.get("jid")
+        ):
+            found = {"__pub_jid": str(job["jid"])}
+            if job.get("user"):
+                found["__pub_user"] = str(job["user"])
+            return found
+    return {}
 
 
 def _summary(res):
@@ -46,12 +88,14 @@ def released(name, version=None, **kwargs):
         The git ref; defaults to the ``version`` in app.json.
 
     Nothing changes when the current release already is that ref at that
-    commit. With ``test=True`` the state reports what it would release.
+    commit, and no event is sent. With ``test=True`` the state reports what it
+    would release. A release it makes records the jid of the state run (in its
+    events and the ledger).
     """
     ret = {"name": name, "changes": {}, "result": False, "comment": ""}
     try:
         res = __salt__["djangoapp.release"](
-            version=version, app=name, test=bool(__opts__.get("test"))
+            version=version, app=name, test=bool(__opts__.get("test")), **_job()
         )
     except Exception as exc:  # pylint: disable=broad-except
         ret["comment"] = str(exc)

@@ -252,8 +252,9 @@ def needs_backup(cfg):
     return (cfg["database"] or {}).get("engine") not in (None, "", "none")
 
 
-def _database(cfg, env):
-    """app.json's database, completed by DATABASE_URL from the environment."""
+def database_of(cfg, env, step="backup"):
+    """app.json's database, completed by DATABASE_URL from the environment;
+    StepFailed for ``step`` when its name or user is unknown."""
     db = dict(cfg["database"] or {})
     if env.get("DATABASE_URL"):
         db.update(
@@ -262,7 +263,7 @@ def _database(cfg, env):
     for key in ("name", "user"):
         if not db.get(key) or str(db[key]).startswith("-"):
             raise StepFailed(
-                "backup", f"database {key} unknown: set DATABASE_URL in env.json"
+                step, f"database {key} unknown: set DATABASE_URL in env.json"
             )
     db["host"] = str(db.get("host") or "localhost")
     return db
@@ -316,7 +317,7 @@ def backup_database(cfg, host, env, rid):
     engine = (cfg["database"] or {}).get("engine")
     if engine not in DUMPS:
         raise StepFailed("backup", f"database engine {engine!r} has no backup method")
-    db = _database(cfg, env)
+    db = database_of(cfg, env)
     os.makedirs(cfg["backup_dir"], mode=0o700, exist_ok=True)
     suffix, dump = DUMPS[engine]
     path = os.path.join(cfg["backup_dir"], rid + suffix)

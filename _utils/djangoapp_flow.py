@@ -57,6 +57,7 @@ from djangoapp_django import (
 from djangoapp_files import place_static, prepare_media_root
 from djangoapp_gunicorn import Service, reload_workers
 from djangoapp_health import health_check
+from djangoapp_migrations import start_check
 from djangoapp_procs import children, master_birth_release, proc_cwd, releases_in_use
 from djangoapp_source import Git, release_id
 from salt.exceptions import CommandExecutionError
@@ -109,6 +110,7 @@ class Run:
         self.master = 0
         self.entry = None
         self.done = False
+        self.ahead_check = None
 
     def note(self, text):
         if text not in self.notes:
@@ -362,6 +364,9 @@ def resolve(run, info):
     run.entry.update(id=run.rid, sha=sha)
     if run.current == run.rid:
         run.finish_early(f"{run.rid} is already the current release")
+    else:
+        # Something is to be released: only now do listeners hear of it.
+        run.event("start", id=run.rid, sha=sha)
 
 
 def build(run, info):
@@ -625,6 +630,21 @@ def select(run, info):
         sha=live.get("sha"),
         **{"from": run.current},
     )
+    # Beside the switch: the migrations of the database that the target lacks.
+    run.ahead_check = start_check(run.cfg, run.host, layout.release(target), run.note)
+
+
+def migrations_ahead(run, info):
+    """A rollback does not undo migrations: it names those the database has
+    and the release now live lacks (never failing for it)."""
+    found = run.ahead_check.result(run.layout, run.rid, run.current)
+    if found.get("error"):
+        run.note(f"could not tell which migrations {run.rid} lacks: {found['error']}")
+        return
+    info["ahead"] = run.ret["migrations_ahead"] = found["ahead"]
+    run.entry["migrations_ahead"] = found["ahead"]
+    if found.get("warning"):
+        run.ret["warnings"] = [found["warning"]]
 
 
 PUBLISHING = (
@@ -653,13 +673,13 @@ ROLLBACK = (
     Step("lock", lock),
     Step("select", select),
     *PUBLISHING,
+    Step("migrations", migrations_ahead, when=lambda run: run.ahead_check),
 )
 
 
 def release(cfg, version, host, user=None, jid=None):
     """Release ``version`` of the app described by ``cfg``. Returns a dict."""
     run = Run(cfg, host, "release", version=version, user=user, jid=jid)
-    run.event("start")
     ret = execute(run, RELEASE, RELEASE_FINISHING)
     report(run)
     return ret
@@ -676,11 +696,18 @@ def rollback(cfg, host, to=None, user=None, jid=None):
 
 def report(run):
     """The event that ends a run: success (or, for a rollback, ``rollback``),
-    or failure with the step, the error and what was put back."""
+    or failure with the step, the error and what was put back. A run that
+    changed nothing (the version already live) sends none."""
     ret = run.ret
+    if ret["result"] and not ret["changed"]:
+        return
     if ret["result"] and run.action == "rollback":
-        if ret["changed"]:
-            run.event("rollback", id=ret["id"], **{"from": run.current})
+        run.event(
+            "rollback",
+            id=ret["id"],
+            migrations_ahead=ret.get("migrations_ahead"),
+            **{"from": run.current},
+        )
     elif ret["result"]:
         run.event("success", id=ret["id"], sha=ret["sha"], seconds=ret["seconds"])
     else:

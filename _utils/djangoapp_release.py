@@ -13,8 +13,11 @@ The engine itself is a set of plain modules beside this file, one per concern
 the app's configuration (``djangoapp_config``), the source (``djangoapp_source``),
 the dependencies a project declares (``djangoapp_deps``), the build
 (``djangoapp_build``), Django and the database (``djangoapp_django``),
-static and media files (``djangoapp_files``), Gunicorn (``djangoapp_gunicorn``),
-the health check (``djangoapp_health``), ``/proc`` (``djangoapp_procs``), the
+static and media files (``djangoapp_files``), the migrations a rollback
+leaves in the database (``djangoapp_migrations``), Gunicorn (``djangoapp_gunicorn``),
+the health check (``djangoapp_health``), maintenance mode
+(``djangoapp_maintenance``), restoring a database dump (``djangoapp_restore``),
+``/proc`` (``djangoapp_procs``), the
 host (``djangoapp_host``), what they share (``djangoapp_common``), the procedures
 (``djangoapp_flow``) and the reports (``djangoapp_status``).
 """
@@ -37,8 +40,11 @@ ENGINE_MODULES = (
     "djangoapp_build",
     "djangoapp_files",
     "djangoapp_django",
+    "djangoapp_migrations",
     "djangoapp_gunicorn",
     "djangoapp_health",
+    "djangoapp_maintenance",
+    "djangoapp_restore",
     "djangoapp_status",
     "djangoapp_flow",
 )
@@ -135,6 +141,22 @@ def releases(cfg):
 def health(cfg):
     """The health check of a release, on the live one."""
     return _flow.check_health(cfg)
+
+
+def maintenance(cfg, on=None, message=None):
+    """The app's maintenance mode: switched when ``on`` is True or False, and
+    its state."""
+    module = _engine["djangoapp_maintenance"]
+    if on is None:
+        return module.maintenance_state(cfg)
+    return module.switch_maintenance(cfg, on, message)
+
+
+def restore(cfg, host, backup=None, user=None, jid=None):
+    """Restore the app's database from a dump; see ``djangoapp_restore``."""
+    return _engine["djangoapp_restore"].restore(
+        cfg, host, backup=backup, user=user, jid=jid
+    )
 
 
 def static_location(cfg):

@@ -17,7 +17,7 @@ A node says what one value may be. Every rule is optional:
     A mapping's known keys, each with its node, in the order they are
     checked. ``unknown`` says what other keys get: ``allowed`` (the default:
     "is not a known key (allowed: <the keys>)"), ``typo`` ("is not a known
-    key (typo?)") or ``accept`` (not checked).
+    key", with the closest known key when one is close) or ``accept`` (not checked).
 ``key``, ``values``
     A mapping whose keys are names (apps, environment variables): every key
     must pass ``key``, every value ``values``. With ``skip_bad_keys`` the value
@@ -81,6 +81,7 @@ DB_ENGINES = ("postgresql", "mysql", "none")
 CACHE_ENGINES = ("none", "redis", "memcached")
 TLS_MODES = ("off", "selfsigned", "provided", "acme")
 PROCESS_MANAGERS = ("supervisor", "systemd")
+VERSION_POLICIES = ("changes", "pillar")
 CHECK_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEPENDENCY_FORMATS = ("auto", "requirements", "uv.lock", "pyproject")
 # The points of a release where the project's own commands run.
@@ -107,7 +108,8 @@ def _int(minimum, maximum=None):
 # A repository URL or a host: no leading '-' (it would read as an option).
 REPO_URL = r"(?!-)[^\x00-\x1f]*\Z"
 DB_HOST = r"(?!-)[^\s/@?#]*\Z"
-URL_PATH = r"/[^\s\x00-\x1f]*\Z"
+# Nginx compares it in a double-quoted string: no quote, backslash or variable.
+URL_PATH = r"/[^\s\x00-\x1f\"\\$]*\Z"
 NO_CONTROL = r"[^\x00-\x1f]*\Z"
 NO_NUL = r"[^\x00]*\Z"
 
@@ -197,6 +199,7 @@ APP = {
             "invalid": "{value!r} is not a repository URL",
         },
         "version": {"required": True, "check": "ref"},
+        "version_policy": {"choices": VERSION_POLICIES},
         "deploy_key": {"type": "str"},
         "known_hosts": {"type": "str"},
         "python": {"check": "python"},
@@ -261,6 +264,7 @@ APP = {
             "invalid": "{value!r} must be a path starting with '/'",
         },
         "health_statuses": {"type": "list", "items": {"check": "http_status"}},
+        "maintenance_retry_after": _int(1),
         "hooks": _section(
             {point: {"type": "list", "items": {"check": "argv"}} for point in HOOKS}
         ),

@@ -166,6 +166,7 @@ def app_json(app, config):
         "group": app["group"],
         "repo": app["repo"],
         "version": app["version"],
+        "version_policy": app["version_policy"],
         "base_dir": app["base_dir"],
         "env_file": app["env_file"],
         "deploy_key": app["deploy_key_file"],
@@ -208,6 +209,8 @@ def app_json(app, config):
         },
         "backup_dir": app["backup_dir"],
         "log_dir": app["log_dir"],
+        "maintenance_page": app["maintenance_page"],
+        "maintenance_flag": app["maintenance_flag"],
         "python_install_mirror": app["python_install_mirror"] or None,
         "python_install_dir": config["paths"]["python_dir"],
         "uv": f"{config['paths']['tools_dir']}/bin/uv",
@@ -267,6 +270,8 @@ def app_settings(name, app, config, redis_dbs, grains):
             ),
             "workers": app.get("workers") or (grains.get("num_cpus", 1) * 2 + 1),
             "health_url": f"{scheme}://127.0.0.1{app['health_path']}",
+            "maintenance_page": f"{base_dir}/maintenance.html",
+            "maintenance_flag": f"{base_dir}/maintenance.on",
         }
     )
     app["environment"] = app_environment(app, config, redis_dbs)

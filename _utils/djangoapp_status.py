@@ -13,6 +13,7 @@ from djangoapp_disk import (
     successful_releases,
 )
 from djangoapp_gunicorn import Service
+from djangoapp_maintenance import maintenance_state
 from djangoapp_procs import proc_cwd
 
 
@@ -58,6 +59,7 @@ def status(cfg, host):
             for w in workers
         ],
         "release_running": lock_holder,
+        "maintenance": maintenance_state(cfg),
         "previous_good": rollback_target(entries, current, layout.on_disk()),
     }
 

@@ -15,6 +15,7 @@ keys (``RULES``). Add a key to the schema when the state tree starts to use
 it, and document it in ``pillar.example``.
 """
 
+import difflib
 import ipaddress
 import re
 import urllib.parse
@@ -504,15 +505,24 @@ def _walk(errors, path, value, node, parent=None):
     return len(errors.items) == before
 
 
+def _hint(key, keys, unknown):
+    """What an unknown key may have meant: the closest known key, or them all."""
+    if unknown != "typo":
+        return "allowed: {}".format(", ".join(keys))
+    close = difflib.get_close_matches(str(key), list(keys), n=1)
+    return f"did you mean {close[0]}?" if close else "typo?"
+
+
 def _walk_keys(errors, path, mapping, node):
     """A mapping of fixed keys: the unknown ones, then each known one in turn."""
     keys = node["keys"]
     unknown = node.get("unknown", "allowed")
     if unknown != "accept":
-        hint = "typo?" if unknown == "typo" else "allowed: {}".format(", ".join(keys))
         for key in mapping:
             if key not in keys:
-                errors.add(path + [key], f"is not a known key ({hint})")
+                errors.add(
+                    path + [key], f"is not a known key ({_hint(key, keys, unknown)})"
+                )
     for key, field in keys.items():
         if "rule" in field:
             for subpath, problem in RULES[field["rule"]](mapping):

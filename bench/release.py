@@ -409,8 +409,8 @@ class Bench:
         rc, data = self.salt(*args)
         return engine_detail(rc, data)
 
-    def converge(self) -> dict:
-        result = self.tryout.apply_states(self.host, "--out=json")
+    def converge(self, sync: bool = False) -> dict:
+        result = self.tryout.apply_states(self.host, "--out=json", sync=sync)
         try:
             states = json.loads(result.stdout)["local"]
         except (ValueError, KeyError, TypeError):
@@ -562,7 +562,7 @@ class Bench:
         self.measure(
             "converge_fresh",
             "fresh host",
-            lambda: dict(self.converge(), boot_s=round(boot_s, 1)),
+            lambda: dict(self.converge(sync=True), boot_s=round(boot_s, 1)),
             load=False,
         )
         first = self.runs["converge_fresh"][0]

@@ -5,7 +5,8 @@ The tree of ``v1.0.0`` is ``test/demoapp/base/``. Every other version is its par
 tree with the overlay directory ``test/demoapp/overlays/<tag>/`` copied over it
 (files replace or add; a top-level file named ``DELETE`` lists paths, one a line,
 to remove). The main line is v1.0.0 -> v1.0.1 -> v1.1.0 -> v1.2.0 (branch ``main``);
-each failure variant is a single commit on top of v1.0.0, reachable only by its tag.
+each failure variant, and ``django6`` (the same site on Django 6, for Python 3.12
+and later), is a single commit on top of v1.0.0, reachable only by its tag.
 
 Authors, committers, taggers and dates are fixed, so the commit and tag ids are the
 same on every run and every machine.
@@ -52,9 +53,17 @@ VERSIONS: dict[str, tuple[str | None, str]] = {
         "Reference a missing image from the stylesheet",
     ),
     "unhealthy": ("v1.0.0", "/healthz/ answers 503, pages render"),
+    "django6": (
+        "v1.0.0",
+        "Move to Django 6, which needs Python 3.12 (requires-python in pyproject.toml)",
+    ),
 }
 
-FAILURE_VARIANTS = tuple(tag for tag in VERSIONS if tag not in MAIN_LINE)
+# Versions that work, but only where the host's Python is recent enough.
+PLATFORM_VARIANTS = ("django6",)
+FAILURE_VARIANTS = tuple(
+    tag for tag in VERSIONS if tag not in MAIN_LINE and tag not in PLATFORM_VARIANTS
+)
 
 AUTHOR_NAME = "Demo Developer"
 AUTHOR_EMAIL = "dev@demo.invalid"

@@ -78,16 +78,20 @@ class Load:
         classify: Callable[[bytes], str | None] | None = None,
         tls: bool = False,
         rate: float | None = None,
+        planned: tuple[int, ...] = (),
     ):
         """``rate``: requests per second for all clients together (each client
         waits for its turn); None: every client sends its next request as soon as
-        the previous one is answered, which keeps a small host fully busy."""
+        the previous one is answered, which keeps a small host fully busy.
+        ``planned``: statuses besides 2xx that count as answered, such as a
+        maintenance page's 503 (``classify`` sees their bodies too)."""
         self.address, self.port, self.path = address, port, path
         self.tls = tls
         self.host_header = host_header
         self.clients = clients
         self.timeout = timeout
         self.classify = classify
+        self.planned = frozenset(planned)
         self.interval = clients / rate if rate else 0.0
         self._labels: dict[str, list[float]] = {}  # label -> [first, last, count]
         self._stop = threading.Event()
@@ -166,7 +170,7 @@ class Load:
             return http.client.HTTPConnection(
                 self.address, self.port, timeout=self.timeout
             )
-        return _HTTPSConnection(
+        return NamedHTTPSConnection(
             self.address,
             self.port,
             server_name=self.host_header.split(":")[0],
@@ -190,8 +194,11 @@ class Load:
                 connection.request("GET", self.path, headers={"Host": self.host_header})
                 response = connection.getresponse()
                 body = response.read()
+                answered = 200 <= response.status < 300
                 outcome = (
-                    None if 200 <= response.status < 300 else f"HTTP {response.status}"
+                    None
+                    if answered or response.status in self.planned
+                    else f"HTTP {response.status}"
                 )
                 label = self.classify(body) if self.classify and not outcome else None
                 if response.will_close:
@@ -218,7 +225,7 @@ class Load:
             connection.close()
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
+class NamedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to an address with another name as SNI, the certificate unverified."""
 
     def __init__(self, address: str, port: int, server_name: str, timeout: float):

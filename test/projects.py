@@ -11,12 +11,15 @@ Shapes:
   from the environment (no MEDIA_*); ``/`` is not routed (404). Tags ``v1``,
   ``v2``, ``no-static-root`` (STATIC_ROOT unset) and ``odd-static-url`` (a
   STATIC_URL with a space: Django takes it, Nginx cannot).
+  Tag ``cdn``: STATIC_URL on another host, so Nginx serves no static files.
 - ``portal``: ``/`` redirects to a login page; requirements split in
-  ``requirements/`` with ``-r base.txt``.
+  ``requirements/`` with ``-r base.txt``; French, from a message catalogue that
+  ``compilemessages`` (GNU gettext's msgfmt, an OS package) compiles at release.
 - ``locked``: pyproject.toml + uv.lock; manage.py in ``src/`` with a settings
   package (``config/settings/production.py``); reads ``DB_*`` variables instead of
   DATABASE_URL; an offline-assets management command run after collectstatic.
-- ``pyonly``: pyproject.toml alone. Tag ``py312``: ``requires-python = ">=3.12"``.
+- ``pyonly``: pyproject.toml alone; serves its static files itself too
+  (WhiteNoise). Tag ``py312``: ``requires-python = ">=3.12"``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 DJANGO = "Django>=5.2,<5.3"
 PSYCOPG = "psycopg[binary]>=3.2,<3.3"
+WHITENOISE = "whitenoise>=6.9,<7"
 EPOCH = 1735732800  # 2025-01-01 12:00 UTC
 
 MIDDLEWARE = """[
@@ -176,15 +180,16 @@ def version(request):
 """
 
 
-def pyproject(name: str, requires_python: str = ">=3.11") -> str:
+def pyproject(name: str, requires_python: str = ">=3.11", extra: tuple = ()) -> str:
+    dependencies = "".join(
+        f'    "{package}",\n' for package in (DJANGO, PSYCOPG, *extra)
+    )
     return f"""[project]
 name = "{name}"
 version = "1.0.0"
 requires-python = "{requires_python}"
 dependencies = [
-    "{DJANGO}",
-    "{PSYCOPG}",
-]
+{dependencies}]
 """
 
 
@@ -211,6 +216,16 @@ urlpatterns = [
     }
 
 
+PORTAL_CATALOGUE = r"""msgid ""
+msgstr ""
+"Content-Type: text/plain; charset=UTF-8\n"
+"Language: fr\n"
+
+msgid "Welcome to the portal"
+msgstr "Bienvenue sur le portail"
+"""
+
+
 def portal(version: str) -> dict[str, str]:
     """/ redirects to the login page; requirements split with -r base.txt."""
     return {
@@ -219,8 +234,14 @@ def portal(version: str) -> dict[str, str]:
         "requirements/production.txt": f"-r base.txt\n{PSYCOPG}\n",
         "portal/__init__.py": "",
         "portal/settings.py": settings(
-            "portal", ["accounts"], 2, extra='LOGIN_URL = "/accounts/login/"\n'
+            "portal",
+            ["accounts"],
+            2,
+            extra='LOGIN_URL = "/accounts/login/"\n'
+            'LANGUAGE_CODE = "fr"\n'
+            'LOCALE_PATHS = [BASE_DIR / "locale"]\n',
         ),
+        "locale/fr/LC_MESSAGES/django.po": PORTAL_CATALOGUE,
         "portal/urls.py": """from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.urls import path
@@ -236,6 +257,7 @@ urlpatterns = [
         "accounts/__init__.py": "",
         "accounts/views.py": version_view(version),
         "accounts/templates/registration/login.html": (
+            '{% load i18n %}<h1>{% translate "Welcome to the portal" %}</h1>'
             f'<form method="post">{{% csrf_token %}}{{{{ form }}}}</form>'
             f'<span class="version">{version}</span>\n'
         ),
@@ -289,12 +311,13 @@ urlpatterns = [path("", version)]
 
 
 def pyonly(version: str, requires_python: str = ">=3.11") -> dict[str, str]:
-    """pyproject.toml alone (its [project] dependencies)."""
+    """pyproject.toml alone (its [project] dependencies); WhiteNoise."""
+    whitenoise = 'MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")\n'
     return {
-        "pyproject.toml": pyproject("pyonly", requires_python),
+        "pyproject.toml": pyproject("pyonly", requires_python, extra=(WHITENOISE,)),
         "manage.py": manage_py("pyonly.settings"),
         "pyonly/__init__.py": "",
-        "pyonly/settings.py": settings("pyonly", ["home"], 2),
+        "pyonly/settings.py": settings("pyonly", ["home"], 2, extra=whitenoise),
         "pyonly/urls.py": """from django.urls import path
 
 from home.views import version
@@ -313,6 +336,7 @@ PROJECTS = {
         "v2": plain("v2"),
         "no-static-root": plain("v3", static_root=None),
         "odd-static-url": plain("v4", static_url="/static files/"),
+        "cdn": plain("v5", static_url="https://cdn.example.test/static/"),
     },
     "portal": {"v1": portal("v1"), "v2": portal("v2")},
     "locked": {"v1": locked("v1"), "v2": locked("v2")},

@@ -48,10 +48,29 @@ def salt_call(host: testhost.TestHost, *args: str, timeout: float = 1800):
     return host.exec(argv, check=False, timeout=timeout)
 
 
-def apply_states(host: testhost.TestHost, *options: str, timeout: float = 1800):
-    """``state.apply`` in the host (masterless); ``options`` go to salt-call."""
+def sync_modules(host: testhost.TestHost):
+    """``saltutil.sync_all``: the formula's modules, states and utils into the
+    host's minion cache, which ``state.apply djangoapp`` does not do (a highstate
+    would, but the formula ships no top file)."""
+    return salt_call(host, "--retcode-passthrough", "saltutil.sync_all", timeout=300)
+
+
+def apply_states(
+    host: testhost.TestHost, *options: str, timeout: float = 1800, sync: bool = False
+):
+    """``state.apply djangoapp`` in the host (masterless), after a
+    ``saltutil.sync_all`` when ``sync``; ``options`` go to salt-call."""
+    if sync:
+        synced = sync_modules(host)
+        if synced.rc != 0:
+            return synced
     return salt_call(
-        host, "--retcode-passthrough", *options, "state.apply", timeout=timeout
+        host,
+        "--retcode-passthrough",
+        *options,
+        "state.apply",
+        "djangoapp",
+        timeout=timeout,
     )
 
 
@@ -78,7 +97,7 @@ def up(debian: str) -> int:
         "(a few minutes on a fresh host)",
         flush=True,
     )
-    converge = apply_states(host, "--state-output=terse")
+    converge = apply_states(host, "--state-output=terse", sync=True)
     print(converge.stdout, converge.stderr, sep="\n")
     if converge.rc != 0:
         print("state.apply failed; the host stays up: test/try down", file=sys.stderr)

@@ -1,5 +1,8 @@
 # Everything, in order: host packages, the databases and caches, each app's release,
 # the process manager that runs Gunicorn, then certificates and Nginx in front of it.
+{#- The map checks the pillar: a bad one stops the render here, once, before any
+    included file is rendered. #}
+{%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 include:
   - .proxy
   - .packages

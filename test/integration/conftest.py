@@ -52,9 +52,14 @@ def test_host(request, salt_minion_id, test_host_binds_ro):
         yield host
 
 
+# The demo's top file (test/states/top.sls), then the formula's state tree, which
+# ships no top file: the master of a site serves its own before it.
+DEMO_STATES = REPO / "test" / "states"
+
+
 @pytest.fixture(scope="session")
 def salt_file_roots() -> list[str]:
-    return [str(REPO / "salt")]
+    return [str(DEMO_STATES), str(REPO / "salt")]
 
 
 @pytest.fixture(scope="session")

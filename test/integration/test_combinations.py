@@ -10,7 +10,7 @@ shown read-only in the host, the way test/try does it. Two apps on one host:
 Each page answers with a row from its database and a value written to and read back
 from its cache; a second state.apply changes nothing; nothing of one app clashes
 with the other's; a release with a migration backs MariaDB up with mysqldump and
-reloads Gunicorn through systemd.
+reloads Gunicorn through systemd; blog's nightly dump restores its rows under load.
 
 The slot is $DJANGOAPP_COMBINATION_SLOT, by default the shared host's slot plus 10.
 """
@@ -18,31 +18,29 @@ The slot is $DJANGOAPP_COMBINATION_SLOT, by default the shared host's slot plus 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
+from secondhost import (
+    GIT_MOUNT,
+    SecondHost,
+    bootable_testhost,
+    converged_second_host,
+    slot_from,
+)
+from test_maintenance import page_kind
 
 import demorepo
-import testhost
-from nspawn_backend import nspawn_host
-from stack import HTTP_PROBE, changed_states, failed_states
+from loadgen import Load
+from stack import changed_states, failed_states
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-FORMULA_MOUNT = "/srv/formula"
-PILLAR_MOUNT = "/srv/pillar"
-GIT_MOUNT = "/srv/git"
 HOSTNAME = "djangoapp-test-combinations"
-CONVERGE_TIMEOUT = 1800
 BLOG_STATIC_ROOT = "/var/www/blog/static"
 SECRETS = {
     "shop_db": "shop-db-canary-'quoted'-7d1c",
@@ -51,29 +49,7 @@ SECRETS = {
 
 
 def combination_slot() -> int:
-    value = os.environ.get("DJANGOAPP_COMBINATION_SLOT", "").strip()
-    return int(value) if value else testhost.SLOT.number + 10
-
-
-def load_testhost_for_slot(slot: int):
-    """testhost.py loaded again with its slot globals set to ``slot``, so that a host
-    of that slot runs beside the shared host's (a module per slot)."""
-    name = f"testhost_slot{slot}"
-    if name in sys.modules:
-        return sys.modules[name]
-    saved = os.environ.get(testhost.SLOT_VARIABLE)
-    os.environ[testhost.SLOT_VARIABLE] = str(slot)
-    try:
-        spec = importlib.util.spec_from_file_location(name, testhost.__file__)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            os.environ.pop(testhost.SLOT_VARIABLE, None)
-        else:
-            os.environ[testhost.SLOT_VARIABLE] = saved
-    return module
+    return slot_from("DJANGOAPP_COMBINATION_SLOT", 10)
 
 
 def self_signed_pair(directory: Path, name: str) -> tuple[str, str]:
@@ -144,53 +120,9 @@ def app_pillar(name: str, env: dict | None = None, **settings) -> dict:
     }
 
 
-class CombinationHost:
-    """The booted host, its testinfra view, and salt-call in it."""
-
-    def __init__(self, host, pillar: dict, pillar_file: Path, certificate: str):
-        self.host = host
-        self.pillar = pillar
-        self.pillar_file = pillar_file
-        self.certificate = certificate
-        self.infra = nspawn_host(host.pid1)
-        self.first_apply: dict | list | None = None
-        self.first_apply_output = ""
-
-    def salt_call(self, *args: str, timeout: float = CONVERGE_TIMEOUT):
-        return self.host.exec(
-            [
-                "/opt/salt/bin/salt-call",
-                "--local",
-                f"--file-root={FORMULA_MOUNT}/salt",
-                f"--pillar-root={PILLAR_MOUNT}",
-                "--out=json",
-                *args,
-            ],
-            check=False,
-            timeout=timeout,
-        )
-
-    def salt(self, *args: str, timeout: float = CONVERGE_TIMEOUT):
-        result = self.salt_call(*args, timeout=timeout)
-        try:
-            return result.rc, json.loads(result.stdout)["local"], result.stdout
-        except (ValueError, KeyError):
-            pytest.fail(f"salt-call {' '.join(args)}: {result.stdout}{result.stderr}")
-
-    def get(self, url: str, host_header: str) -> dict:
-        result = self.host.exec(["python3", "-c", HTTP_PROBE, url, host_header])
-        return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
-def combination(tmp_path_factory) -> CombinationHost:
-    slot = combination_slot()
-    module = load_testhost_for_slot(slot)
-    reason = module.missing_prerequisites()
-    if reason:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"integration tests cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+def combination(tmp_path_factory) -> SecondHost:
+    module = bootable_testhost(combination_slot())
     work = tmp_path_factory.mktemp("combinations")
     demorepo.build_repo(work / "git" / "demo.git")
     certificate, key = self_signed_pair(work, "shop.test")
@@ -226,37 +158,25 @@ def combination(tmp_path_factory) -> CombinationHost:
                 ),
             },
             "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
+            "backups": {"enabled": True, "keep": 3, "hour": 3},
         }
     }
-    pillar_dir = work / "pillar"
-    pillar_dir.mkdir()
-    host = module.TestHost(
-        hostname=HOSTNAME,
-        binds_ro={
-            work / "git": GIT_MOUNT,
-            pillar_dir: PILLAR_MOUNT,
-            REPO: FORMULA_MOUNT,
-        },
-    )
-    with host:
+
+    def serve_blog_over_ssh(host):
         # blog fetches over SSH with a deploy key, from the host's own sshd.
         pillar["djangoapp"]["apps"]["blog"].update(
             serve_git_over_ssh(host, module.PROXY_URL, work)
         )
-        pillar_file = pillar_dir / "combinations.sls"
-        pillar_file.write_text(yaml.safe_dump(pillar))
-        (pillar_dir / "top.sls").write_text(
-            yaml.safe_dump({"base": {"*": ["combinations"]}})
-        )
-        combo = CombinationHost(host, pillar, pillar_file, certificate)
-        _, combo.first_apply, combo.first_apply_output = combo.salt(
-            "state.apply", "--retcode-passthrough"
-        )
+
+    with converged_second_host(
+        module, work, HOSTNAME, pillar, before_apply=serve_blog_over_ssh
+    ) as combo:
+        combo.certificate = certificate
         yield combo
 
 
 @pytest.fixture(scope="module")
-def converged(combination) -> CombinationHost:
+def converged(combination) -> SecondHost:
     failures = failed_states(combination.first_apply)
     if failures:
         pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
@@ -321,7 +241,7 @@ def test_blog_fetches_over_ssh_with_its_deploy_key(converged):
 
 
 def test_second_apply_changes_nothing(converged):
-    rc, second, _ = converged.salt("state.apply", "--retcode-passthrough")
+    rc, second, _ = converged.apply()
     assert not failed_states(second), failed_states(second)
     assert changed_states(second) == []
     assert rc == 0
@@ -468,6 +388,45 @@ def test_blog_uploads_outlive_its_releases(converged):
     assert infra.file(BLOG_STATIC_ROOT).linked_to.startswith(live)
 
 
+def blog_notes(infra) -> list[str]:
+    rows = infra.run("mysql -NBe %s", "SELECT text FROM blog_db.notes_note ORDER BY id")
+    assert rows.rc == 0, rows.stderr
+    return rows.stdout.splitlines()
+
+
+def test_restore_puts_mariadb_rows_back_under_load(converged):
+    """The nightly dump of blog (the backup unit's own run), its rows deleted, the
+    dump restored while a load runs: the rows are back, and the site answered
+    with its maintenance page or its pages, nothing else."""
+    infra = converged.infra
+    added = infra.run("blog-manage add_note %s", "kept by the nightly dump")
+    assert added.rc == 0, added.stderr
+    kept = blog_notes(infra)
+    infra.run_expect([0], "systemctl start djangoapp-backup.service")
+    nightly = infra.run("ls -1t /var/backups/djangoapp/blog/nightly").stdout.split()[0]
+    infra.run_expect([0], "mysql -e %s", "DELETE FROM blog_db.notes_note")
+    assert blog_notes(infra) == []
+    with Load(
+        converged.ip,
+        80,
+        "/",
+        "blog.test",
+        clients=6,
+        planned=(503,),
+        classify=page_kind,
+    ) as load:
+        rc, restored, _ = converged.salt("djangoapp.restore", "blog")
+    print(load.result)
+    assert rc == 0 and restored["result"] is True, restored
+    assert restored["restored_from"] == f"/var/backups/djangoapp/blog/nightly/{nightly}"
+    assert restored["backup_before"].endswith(".sql")
+    assert blog_notes(infra) == kept
+    assert load.result.failed == 0, load.result.failures
+    assert set(load.result.labels) <= {"app", "maintenance"}, load.result.labels
+    page = converged.get("http://127.0.0.1/", "blog.test")
+    assert page["status"] == 200 and "kept by the nightly dump" in page["body"]
+
+
 def test_a_failed_first_release_holds_no_other_site_back(converged):
     """A new app whose first release fails (its code does not import), in the same
     apply as a new server name for blog: Nginx takes blog's new name up and goes on
@@ -484,11 +443,8 @@ def test_a_failed_first_release_holds_no_other_site_back(converged):
         database={"engine": "none"},
         tls={"mode": "off"},
     )
-    converged.pillar_file.write_text(yaml.safe_dump(pillar))
-    try:
-        rc, states, output = converged.salt("state.apply", "--retcode-passthrough")
-    finally:
-        converged.pillar_file.write_text(yaml.safe_dump(converged.pillar))
+    with converged.pillar_for_a_while(pillar):
+        rc, states, output = converged.apply()
     failures = failed_states(states)
     assert rc != 0, output
     assert any("djangoapp-wiki-release-deployed" in line for line in failures)

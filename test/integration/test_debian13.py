@@ -13,77 +13,37 @@ Then: both apps answer from their database and cache, Nginx takes its configurat
 changes nothing, and a release of shop under the engine switches it to the new
 version. Each app builds with Debian 13's Python, 3.13.
 
-The slot is $DJANGOAPP_DEBIAN13_SLOT, by default the shared host's slot plus 20.
+The slot is $DJANGOAPP_DEBIAN13_SLOT, by default the shared host's slot plus 22.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-import yaml
-from test_combinations import app_pillar, load_testhost_for_slot
+from secondhost import (
+    SecondHost,
+    bootable_testhost,
+    converged_second_host,
+    slot_from,
+)
+from test_combinations import app_pillar
 
 import demorepo
-import testhost
-from nspawn_backend import nspawn_host
-from stack import HTTP_PROBE, changed_states, failed_states
+from stack import changed_states, failed_states
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-FORMULA_MOUNT = "/srv/formula"
-PILLAR_MOUNT = "/srv/pillar"
-GIT_MOUNT = "/srv/git"
 HOSTNAME = "djangoapp-test-debian13"
-CONVERGE_TIMEOUT = 1800
 
 
 def debian13_slot() -> int:
-    value = os.environ.get("DJANGOAPP_DEBIAN13_SLOT", "").strip()
-    return int(value) if value else testhost.SLOT.number + 20
-
-
-class Debian13Host:
-    def __init__(self, host, pillar: dict):
-        self.host = host
-        self.pillar = pillar
-        self.infra = nspawn_host(host.pid1)
-        self.first_apply: dict | list = {}
-
-    def salt(self, *args: str, timeout: float = CONVERGE_TIMEOUT):
-        result = self.host.exec(
-            [
-                "/opt/salt/bin/salt-call",
-                "--local",
-                f"--file-root={FORMULA_MOUNT}/salt",
-                f"--pillar-root={PILLAR_MOUNT}",
-                "--out=json",
-                *args,
-            ],
-            check=False,
-            timeout=timeout,
-        )
-        try:
-            return result.rc, json.loads(result.stdout)["local"]
-        except (ValueError, KeyError):
-            pytest.fail(f"salt-call {' '.join(args)}: {result.stdout}{result.stderr}")
-
-    def get(self, url: str, host_header: str) -> dict:
-        result = self.host.exec(["python3", "-c", HTTP_PROBE, url, host_header])
-        return json.loads(result.stdout)
+    return slot_from("DJANGOAPP_DEBIAN13_SLOT", 22)
 
 
 @pytest.fixture(scope="module")
-def trixie(tmp_path_factory) -> Debian13Host:
-    module = load_testhost_for_slot(debian13_slot())
-    reason = module.missing_prerequisites()
-    if reason:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"integration tests cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+def trixie(tmp_path_factory) -> SecondHost:
+    module = bootable_testhost(debian13_slot())
     work = tmp_path_factory.mktemp("debian13")
     demorepo.build_repo(work / "git" / "demo.git")
     master = module.MASTER_IP
@@ -124,27 +84,12 @@ def trixie(tmp_path_factory) -> Debian13Host:
             },
         }
     }
-    pillar_dir = work / "pillar"
-    pillar_dir.mkdir()
-    (pillar_dir / "debian13.sls").write_text(yaml.safe_dump(pillar))
-    (pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["debian13"]}}))
-    host = module.TestHost(
-        hostname=HOSTNAME,
-        debian="13",
-        binds_ro={
-            work / "git": GIT_MOUNT,
-            pillar_dir: PILLAR_MOUNT,
-            REPO: FORMULA_MOUNT,
-        },
-    )
-    with host:
-        trixie = Debian13Host(host, pillar)
-        _, trixie.first_apply = trixie.salt("state.apply", "--retcode-passthrough")
-        yield trixie
+    with converged_second_host(module, work, HOSTNAME, pillar, debian="13") as host:
+        yield host
 
 
 @pytest.fixture(scope="module")
-def converged(trixie) -> Debian13Host:
+def converged(trixie) -> SecondHost:
     failures = failed_states(trixie.first_apply)
     if failures:
         pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
@@ -220,14 +165,14 @@ def test_host_services_run(converged):
 
 
 def test_second_apply_changes_nothing(converged):
-    rc, second = converged.salt("state.apply", "--retcode-passthrough")
+    rc, second, _ = converged.apply()
     assert not failed_states(second), failed_states(second)
     assert changed_states(second) == []
     assert rc == 0
 
 
 def test_release_switches_shop_to_the_new_version(converged):
-    rc, result = converged.salt(
+    rc, result, _ = converged.salt(
         "djangoapp.release", "version=v1.1.0", "app=shop", timeout=900
     )
     assert rc == 0, result

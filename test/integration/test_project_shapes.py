@@ -11,10 +11,16 @@ read-only, as test_combinations.py does):
   it), manage.py in ``src/`` with ``config/settings/production.py``, settings that
   read ``DB_*`` variables (given in the pillar's ``env``), offline assets written
   into STATIC_ROOT by a management command run as an ``after_build`` hook;
-- pyonly: pyproject.toml alone.
+- pyonly: pyproject.toml alone; WhiteNoise serves its static files from Gunicorn
+  too;
+- cdn: a STATIC_URL on another host, so its Nginx site has no static location.
+
+portal also names an OS package (gettext) that its ``after_build`` hook
+(``compilemessages``) needs.
 
 Each is released and rolled back under load with 0 failed requests; a second apply
-changes nothing. The failing shapes (``requires-python >=3.12`` on Debian 12's 3.11,
+changes nothing. ``requires-python >=3.12`` deploys where the host's Python is
+3.12 or later (Debian 13). The failing shapes (that project on Debian 12's 3.11,
 STATIC_ROOT unset) stop at the step that names the cause and leave the host as it
 was; a site that Nginx refuses (a STATIC_URL with a space) holds no other app back.
 
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import venv
 from pathlib import Path
@@ -33,17 +38,19 @@ from pathlib import Path
 import projects
 import pytest
 import yaml
-from test_combinations import CombinationHost, load_testhost_for_slot
+from secondhost import (
+    GIT_MOUNT,
+    REPO,
+    bootable_testhost,
+    converged_second_host,
+    slot_from,
+)
 
 from loadgen import Load
 from stack import changed_states, failed_states
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-FORMULA_MOUNT = "/srv/formula"
-PILLAR_MOUNT = "/srv/pillar"
-GIT_MOUNT = "/srv/git"
 HOSTNAME = "djangoapp-test-shapes"
 CLIENTS = 6
 # app -> the page the load asks (a 2xx: the load counts anything else as failed)
@@ -56,10 +63,7 @@ LOAD_PATHS = {
 
 
 def shapes_slot() -> int:
-    import testhost
-
-    value = os.environ.get("DJANGOAPP_SHAPES_SLOT", "").strip()
-    return int(value) if value else testhost.SLOT.number + 20
+    return slot_from("DJANGOAPP_SHAPES_SLOT", 20)
 
 
 def uv_binary(work: Path) -> str:
@@ -108,12 +112,15 @@ def shapes_pillar(proxy_url: str) -> dict:
                     health_path="/about/",
                 ),
                 # / answers 302 to the login page: the default rule passes it.
+                # compilemessages needs GNU gettext's msgfmt, an OS package.
                 "portal": app_pillar(
                     "portal",
                     "portal",
                     settings_module="portal.settings",
                     wsgi="portal.wsgi:application",
                     requirements="requirements/production.txt",
+                    packages=["gettext"],
+                    hooks={"after_build": [["python", "manage.py", "compilemessages"]]},
                 ),
                 "locked": app_pillar(
                     "locked",
@@ -135,6 +142,15 @@ def shapes_pillar(proxy_url: str) -> dict:
                     settings_module="pyonly.settings",
                     wsgi="pyonly.wsgi:application",
                 ),
+                # STATIC_URL on a CDN's host: Nginx has no static files to serve.
+                "cdn": app_pillar(
+                    "cdn",
+                    "plain",
+                    version="cdn",
+                    settings_module="plain.settings",
+                    wsgi="plain.wsgi:application",
+                    health_path="/about/",
+                ),
             },
             "proxy": {"http": proxy_url, "https": proxy_url},
         }
@@ -143,36 +159,14 @@ def shapes_pillar(proxy_url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    module = load_testhost_for_slot(shapes_slot())
-    reason = module.missing_prerequisites()
-    if reason:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"integration tests cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+    module = bootable_testhost(shapes_slot())
     work = tmp_path_factory.mktemp("shapes")
     uv = uv_binary(work)
     for name in projects.PROJECTS:
         projects.build(name, work / "git" / f"{name}.git", uv=uv)
     pillar = shapes_pillar(module.PROXY_URL)
-    pillar_dir = work / "pillar"
-    pillar_dir.mkdir()
-    pillar_file = pillar_dir / "shapes.sls"
-    pillar_file.write_text(yaml.safe_dump(pillar))
-    (pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["shapes"]}}))
-    host = module.TestHost(
-        hostname=HOSTNAME,
-        binds_ro={
-            work / "git": GIT_MOUNT,
-            pillar_dir: PILLAR_MOUNT,
-            REPO: FORMULA_MOUNT,
-        },
-    )
-    with host:
-        shaped = CombinationHost(host, pillar, pillar_file, certificate="")
+    with converged_second_host(module, work, HOSTNAME, pillar) as shaped:
         shaped.host_ip = module.HOST_IP
-        _, shaped.first_apply, shaped.first_apply_output = shaped.salt(
-            "state.apply", "--retcode-passthrough"
-        )
         yield shaped
 
 
@@ -221,11 +215,62 @@ def test_redirecting_root_passes_health_and_split_requirements_install(converged
     assert root["headers"]["Location"] == "/accounts/login/?next=/"
     login = page(converged, "portal", "/accounts/login/")
     assert login["status"] == 200 and 'class="version">v1<' in login["body"]
-    freeze = converged.infra.run(
-        "/srv/djangoapp/portal/current/venv/bin/python -m pip --version; "
-        "ls /srv/djangoapp/portal/current/venv/lib/python3.11/site-packages"
+    installed = converged.infra.run(
+        "ls /srv/djangoapp/portal/current/venv/lib/python3.*/site-packages"
     ).stdout
-    assert "psycopg" in freeze and "django" in freeze.lower()
+    assert "psycopg" in installed and "django" in installed.lower()
+
+
+def test_os_packages_of_the_app_serve_its_release_hook(converged):
+    """portal's ``packages`` (gettext) are installed before its release, whose
+    ``after_build`` hook compiles the French catalogue with them."""
+    gettext = converged.infra.package("gettext")
+    assert gettext.is_installed
+    catalogue = "/srv/djangoapp/portal/current/src/locale/fr/LC_MESSAGES/django.mo"
+    assert converged.infra.file(catalogue).is_file
+    login = page(converged, "portal", "/accounts/login/")
+    assert "<h1>Bienvenue sur le portail</h1>" in login["body"], login["body"]
+
+
+UNIX_GET = r"""
+import http.client, json, socket, sys
+class UnixConnection(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+connection = UnixConnection("localhost", timeout=15)
+connection.request("GET", sys.argv[2], headers={"Host": sys.argv[3]})
+response = connection.getresponse()
+print(json.dumps({"status": response.status, "body": response.read().decode()}))
+"""
+
+
+def test_whitenoise_serves_static_files_from_gunicorn_too(converged):
+    """pyonly serves its static files itself (WhiteNoise): Gunicorn answers them
+    without Nginx, and Nginx serves the same files from the release."""
+    app = json.loads(
+        converged.infra.file("/etc/djangoapp/pyonly/app.json").content_string
+    )
+    css = "/static/admin/css/base.css"
+    direct = converged.host.exec(
+        ["python3", "-c", UNIX_GET, app["socket"], css, "pyonly.test"]
+    )
+    from_gunicorn = json.loads(direct.stdout)
+    assert from_gunicorn["status"] == 200, from_gunicorn
+    from_nginx = page(converged, "pyonly", css)
+    assert from_nginx["status"] == 200
+    assert from_nginx["body"] == from_gunicorn["body"]
+
+
+def test_static_url_on_a_cdn_gets_no_static_location(converged):
+    about = page(converged, "cdn", "/about/")
+    assert (about["status"], about["body"]) == (200, '<span class="version">v5</span>')
+    site = converged.infra.file(
+        "/etc/nginx/sites-available/djangoapp-cdn.conf"
+    ).content_string
+    assert "location /static/" not in site and "cdn.example.test" not in site
+    # /static/ goes to Django, which serves no static files with DEBUG off
+    assert page(converged, "cdn", "/static/admin/css/base.css")["status"] == 404
 
 
 def test_uv_lock_subfolder_settings_package_db_variables_and_hook(converged):
@@ -275,19 +320,35 @@ def test_release_and_rollback_under_load(converged, app):
 
 
 def test_second_apply_changes_nothing(converged):
-    rc, second, _ = converged.salt("state.apply", "--retcode-passthrough")
+    rc, second, _ = converged.apply()
     assert not failed_states(second), failed_states(second)
     assert changed_states(second) == []
     assert rc == 0
 
 
-def test_requires_python_newer_than_the_host_stops_at_build(converged):
+def test_requires_python_3_12_deploys_where_the_host_has_it_else_stops_at_build(
+    converged,
+):
+    """Debian 13 (Python 3.13) deploys ``requires-python = ">=3.12"``; Debian 12
+    (3.11) stops it at the build, naming both, and keeps the host as it was."""
+    found = converged.infra.run("python3 -c 'import sys; print(*sys.version_info[:3])'")
+    python = tuple(int(part) for part in found.stdout.split())
     kept, current = releases(converged, "pyonly"), live(converged, "pyonly")
     rc, release, _ = converged.salt("djangoapp.release", "version=py312", "app=pyonly")
-    assert rc != 0 and release["result"] is False, release
-    assert release["failed_step"] == "build"
-    assert ">=3.12" in release["error"] and "3.11" in release["error"], release
-    assert releases(converged, "pyonly") == kept
+    if python >= (3, 12):
+        assert rc == 0 and release["result"] is True, release
+        assert 'class="version">v3<' in page(converged, "pyonly")["body"]
+        rc, back, _ = converged.salt("djangoapp.rollback", "app=pyonly")
+        assert rc == 0 and back["result"] is True, back
+    else:
+        assert rc != 0 and release["result"] is False, release
+        assert release["failed_step"] == "build"
+        version = ".".join(map(str, python))
+        assert release["error"].startswith(
+            f"the project requires Python >=3.12 (pyproject.toml) and python3 is "
+            f"Python {version}: "
+        ), release
+        assert releases(converged, "pyonly") == kept
     assert live(converged, "pyonly") == current
     assert 'class="version">v1<' in page(converged, "pyonly")["body"]
 
@@ -323,11 +384,8 @@ def test_a_site_nginx_refuses_holds_no_other_app_back(converged):
         wsgi="plain.wsgi:application",
         health_path="/about/",
     )
-    converged.pillar_file.write_text(yaml.safe_dump(pillar))
-    try:
-        rc, states, output = converged.salt("state.apply", "--retcode-passthrough")
-    finally:
-        converged.pillar_file.write_text(yaml.safe_dump(converged.pillar))
+    with converged.pillar_for_a_while(pillar):
+        rc, states, output = converged.apply()
     failures = failed_states(states)
     assert rc != 0, output
     assert any("djangoapp-oddity-nginx-site-file-managed" in f for f in failures)

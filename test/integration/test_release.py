@@ -232,6 +232,50 @@ def test_code_only_release_is_fast(salt_cli, http_get, demo_app, page_load):
     assert live_version(http_get, demo_app) == "v1.0.0"
 
 
+def host_python(host) -> tuple[int, int]:
+    found = host.run("python3 -c 'import sys; print(*sys.version_info[:3])'")
+    assert found.rc == 0, found.stderr
+    return tuple(int(part) for part in found.stdout.split())
+
+
+def test_django_6_deploys_where_python_is_3_12_and_is_refused_before(
+    converged_host, salt_cli, http_get, demo_app, page_load
+):
+    """``django6`` says ``requires-python = ">=3.12"``: Debian 13 (3.13) deploys it,
+    Debian 12 (3.11) stops it at the build with the reason, the live release
+    untouched."""
+    python = host_python(converged_host)
+    live = current_release(salt_cli)
+    with page_load:
+        result = release(salt_cli, "django6")
+    assert page_load.result.failed == 0, page_load.result.failures
+    if python >= (3, 12):
+        assert result.returncode == 0, result.data
+        assert live_version(http_get, demo_app) == "django6"
+        django = converged_host.run(
+            "/srv/djangoapp/demo/current/venv/bin/python -c "
+            "'import django; print(django.VERSION[0])'"
+        )
+        assert django.stdout.strip() == "6", django.stderr
+        with page_load:
+            back = salt_cli.run(
+                "djangoapp.rollback", "app=demo", timeout=RELEASE_TIMEOUT
+            )
+        assert back.returncode == 0, back.data
+        assert page_load.result.failed == 0, page_load.result.failures
+    else:
+        assert result.returncode != 0
+        assert result.data["failed_step"] == "build", result.data
+        version = ".".join(str(part) for part in python)
+        assert result.data["error"] == (
+            "the project requires Python >=3.12 (pyproject.toml) and python3 is "
+            f"Python {version}: set the app's python in the pillar to an "
+            'interpreter that fits (a version such as "3.12" or a path)'
+        ), result.data
+        assert current_release(salt_cli) == live
+    assert live_version(http_get, demo_app) == "v1.0.0"
+
+
 def test_a_changed_gunicorn_config_is_read_with_a_hup(
     converged_host, salt_cli, http_get, demo_app, page_load
 ):

@@ -268,3 +268,19 @@ def test_bad_app_name_is_named(renderer):
     bad = {"djangoapp": {"apps": {"Shop-1": copy.deepcopy(APP)}}}
     with pytest.raises(RenderError, match="Shop-1"):
         renderer.show_sls("debian-12", bad)
+
+
+def test_a_bad_pillar_is_reported_once_with_the_key_it_resembles(renderer):
+    bad = pillar()
+    bad["djangoapp"]["apps"]["shop"]["setings_module"] = "x"
+    with pytest.raises(RenderError) as error:
+        renderer.show_sls("debian-12", bad)
+    message = str(error.value)
+    assert message.count("Rendering SLS") == 1, message
+    assert (
+        message.count(
+            "djangoapp:apps:shop:setings_module is not a known key "
+            "(did you mean settings_module?)"
+        )
+        == 1
+    ), message

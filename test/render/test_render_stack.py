@@ -508,13 +508,50 @@ def test_security_headers_are_added_once_per_response(nginx_files):
             f"map $upstream_http_{variable[18:]} {variable} {{" in (nginx_files["http"])
         )
     assert "add_header Strict-Transport-Security $djangoapp_shop_hsts always;" in secure
+    # set while in maintenance only: an empty value adds no header
+    assert "add_header Retry-After $djangoapp_retry_after always;" in secure
     # Only the server block adds headers: one in a location would drop these.
     directives = [
         line.strip()
         for line in nginx_files["shop"].splitlines()
         if line.strip().startswith("add_header ")
     ]
-    assert len(directives) == 4
+    assert len(directives) == 5
+
+
+def test_maintenance_page_answers_everything_but_files_and_local_health(
+    nginx_files,
+):
+    _, secure = server_blocks(nginx_files["shop"])
+    assert (
+        "    if (-f /srv/djangoapp/shop/maintenance.on) {\n"
+        '        set $djangoapp_maintenance "on";\n'
+        '        set $djangoapp_retry_after "300";\n'
+        "    }\n"
+    ) in secure
+    # the health path ("/" for shop) is let through for the host's own checks only
+    for local in ("127.0.0.1", "::1"):
+        assert (
+            f'    if ($remote_addr = "{local}") {{\n'
+            "        set $djangoapp_local_uri $uri;\n    }\n"
+        ) in secure
+    assert (
+        '    if ($djangoapp_local_uri = "/") {\n        set $djangoapp_maintenance "";'
+    ) in secure
+    assert "    error_page 503 @djangoapp_maintenance;\n" in secure
+    assert (
+        "    location @djangoapp_maintenance {\n"
+        "        root /srv/djangoapp/shop;\n"
+        "        try_files /maintenance.html =503;\n"
+        "    }\n"
+    ) in secure
+    proxy = secure.split("    location / {\n")[1]
+    assert proxy.startswith(
+        "        if ($djangoapp_maintenance) {\n            return 503;\n        }\n"
+    )
+    # the static and media locations come first, without the check
+    static = secure.split("location /static/")[1].split("}")[0]
+    assert "djangoapp_maintenance" not in static
 
 
 def test_static_and_media_locations_follow_the_live_release(nginx_files):

@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,9 @@ VARIANTS = [
     "failing-collectstatic",
     "unhealthy",
 ]
-ALL_TAGS = MAIN_LINE + VARIANTS
+# Works only where the host's Python is 3.12 or later.
+PLATFORM_VARIANTS = ["django6"]
+ALL_TAGS = MAIN_LINE + VARIANTS + PLATFORM_VARIANTS
 
 SECRET = "k3y-" + "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PRODUCTION_ENV = {
@@ -123,8 +126,8 @@ def test_main_line(built):
     assert git(repo, "rev-list", "--count", "v1.0.0") == "1"
 
 
-@pytest.mark.parametrize("tag", VARIANTS)
-def test_failure_variants_branch_off_v1_0_0(built, tag):
+@pytest.mark.parametrize("tag", VARIANTS + PLATFORM_VARIANTS)
+def test_variants_branch_off_v1_0_0(built, tag):
     repo, shas = built
     assert git(repo, "rev-parse", f"{tag}^") == shas["v1.0.0"]
     for release in ("v1.0.1", "v1.1.0", "v1.2.0"):
@@ -201,7 +204,8 @@ def test_contents(repo):
         assert git(repo, "show", f"{tag}:demosite/version.py") == f'VERSION = "{tag}"'
         requirements = git(repo, "show", f"{tag}:requirements.txt").lower()
         assert "gunicorn" not in requirements
-        assert "django==5.2." in requirements
+        django = "django==6.0." if tag in PLATFORM_VARIANTS else "django==5.2."
+        assert django in requirements
         for name in (
             "dj-database-url==",
             "psycopg[binary]==",
@@ -229,6 +233,13 @@ def test_contents(repo):
     assert "djangoapp-no-such-package-xyz==1.0" in git(
         repo, "show", "bad-requirement:requirements.txt"
     )
+    assert changed(repo, "v1.0.0", "django6") == {
+        "demosite/version.py",
+        "requirements.txt",
+        "pyproject.toml",
+    }
+    django6 = tomllib.loads(git(repo, "show", "django6:pyproject.toml"))
+    assert django6["project"]["requires-python"] == ">=3.12"
     assert changed(repo, "v1.0.0", "broken-import") == {
         "demosite/version.py",
         "demosite/wsgi.py",

@@ -136,6 +136,19 @@ def test_top_states_exist(provisioner, instance_root):
         assert any(c.is_file() for c in candidates), f"state {state} not found"
 
 
+def test_salt_reads_the_top_file_kitchen_writes(provisioner, instance_root):
+    """kitchen writes state_top to top.sls at the root of the copied repository;
+    Salt reads the first top.sls of the file roots, so no root before that one
+    may hold one (salt/ ships none)."""
+    roots = [
+        PurePosixPath(root)
+        for root in provisioner["salt_minion_extra_config"]["file_roots"]["base"]
+    ]
+    assert instance_root in roots
+    for root in roots[: roots.index(instance_root)]:
+        assert not (repo_path(root, instance_root) / "top.sls").exists(), root
+
+
 def test_pillar_files_exist(provisioner):
     files = provisioner["pillars_from_files"]
     assert "top.sls" in files

@@ -326,7 +326,8 @@ def message(pillar):
         # unknown keys
         (
             {"apps": {"demo": app(reqirements="r.txt")}},
-            "djangoapp:apps:demo:reqirements is not a known key (typo?)",
+            "djangoapp:apps:demo:reqirements is not a known key "
+            "(did you mean requirements?)",
         ),
         (
             {"monitoring": {"nrpe": {"enabeld": True}}},
@@ -399,7 +400,7 @@ def test_walker_reports_every_problem_at_once():
     }
     assert message(pillar) == "; ".join(
         [
-            "djangoapp:firewal is not a known key (typo?)",
+            "djangoapp:firewal is not a known key (did you mean firewall?)",
             "djangoapp:apps:Demo 'Demo' is not a valid app name "
             "(lower-case letter, then up to 29 of a-z, 0-9 and _)",
             "djangoapp:apps:Demo:version is required",
