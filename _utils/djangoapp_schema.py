@@ -425,7 +425,19 @@ SCHEMA = {
         # pillar: template-formula's conventions and the shared services.
         "lookup": RESERVED,
         "tofs": RESERVED,
-        "nginx": {**RESERVED, "keys": {"security_headers": {**RESERVED, "values": {}}}},
+        # Nginx's parameters, merged under the pillar; trusted_proxies is checked.
+        "nginx": {
+            "type": "mapping",
+            "unknown": "accept",
+            "keys": {
+                "security_headers": {**RESERVED, "values": {}},
+                "trusted_proxies": {
+                    "type": "list",
+                    "message": "must be a list of IP addresses or networks",
+                    "items": {"check": "ip_network"},
+                },
+            },
+        },
         "postgresql": RESERVED,
         "mariadb": RESERVED,
         "redis": {**RESERVED, "keys": {"port": RESERVED}},

@@ -180,7 +180,11 @@ if url.scheme == "https":
 else:
     connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=15)
 path = (url.path or "/") + ("?" + url.query if url.query else "")
-connection.request("GET", path, headers={"Host": host_header})
+headers = {"Host": host_header}
+for extra in sys.argv[3:]:
+    name, _, value = extra.partition(":")
+    headers[name.strip()] = value.strip()
+connection.request("GET", path, headers=headers)
 response = connection.getresponse()
 headers, header_lists = {}, {}
 for name, value in response.getheaders():
@@ -227,8 +231,15 @@ def http_get(host):
     """GET a URL from inside the host; returns {"status", "headers" (the first value
     of each), "header_lists" (lower-case name: every value), "body"}."""
 
-    def get(url, host_header):
-        result = host.run("python3 -c %s %s %s", HTTP_PROBE, url, host_header)
+    def get(url, host_header, *headers):
+        """``headers``: more request headers, each ``"Name: value"``."""
+        result = host.run(
+            "python3 -c %s %s %s" + " %s" * len(headers),
+            HTTP_PROBE,
+            url,
+            host_header,
+            *headers,
+        )
         assert result.rc == 0, result.stderr
         return json.loads(result.stdout)
 

@@ -495,6 +495,32 @@ def test_https_site_redirects_plain_http(nginx_files):
     assert "client_max_body_size 10m;" in secure
 
 
+def test_the_app_sees_the_address_nginx_knows_never_a_client_header(nginx_files):
+    _, secure = server_blocks(nginx_files["shop"])
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in secure
+    assert "proxy_set_header X-Real-IP $remote_addr;" in secure
+    assert "$proxy_add_x_forwarded_for" not in secure
+    # no load balancer in the pillar: no address is taken from a header
+    assert "set_real_ip_from" not in nginx_files["http"]
+    assert "real_ip_header" not in nginx_files["http"]
+
+
+def test_uploads_are_sandboxed_passive_types_and_no_symlinks(nginx_files):
+    root = nginx_files["root"]
+    _, secure = server_blocks(nginx_files["shop"])
+    media = secure.split("    location /media/ {\n")[1].split("\n    }\n")[0]
+    lines = [line.strip() for line in media.splitlines()]
+    assert f"alias {root}/srv/shop/shared/media/;" in lines
+    assert f"disable_symlinks on from={root}/srv/shop/shared/media;" in lines
+    assert (
+        "set $djangoapp_upload_policy \"sandbox; default-src 'none'; "
+        "img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'\";"
+    ) in lines
+    assert "image/png png;" in lines and "image/svg+xml svg svgz;" in lines
+    assert not [line for line in lines if "html" in line or "javascript" in line]
+    assert "default_type application/octet-stream;" in lines
+
+
 def test_security_headers_are_added_once_per_response(nginx_files):
     _, secure = server_blocks(nginx_files["shop"])
     assert (
@@ -508,15 +534,19 @@ def test_security_headers_are_added_once_per_response(nginx_files):
             f"map $upstream_http_{variable[18:]} {variable} {{" in (nginx_files["http"])
         )
     assert "add_header Strict-Transport-Security $djangoapp_shop_hsts always;" in secure
-    # set while in maintenance only: an empty value adds no header
+    # set while in maintenance only, and on uploads only: an empty value adds no
+    # header
     assert "add_header Retry-After $djangoapp_retry_after always;" in secure
+    assert (
+        "add_header Content-Security-Policy $djangoapp_upload_policy always;" in secure
+    )
     # Only the server block adds headers: one in a location would drop these.
     directives = [
         line.strip()
         for line in nginx_files["shop"].splitlines()
         if line.strip().startswith("add_header ")
     ]
-    assert len(directives) == 5
+    assert len(directives) == 6
 
 
 def test_maintenance_page_answers_everything_but_files_and_local_health(
@@ -680,3 +710,25 @@ def test_pillar_example_renders(renderer, platform):
     assert environment(states, "shop")["DJANGO_MEDIA_ROOT"] == (
         "/srv/djangoapp/shop/shared/media"
     )
+
+
+def test_trusted_proxies_alone_give_the_client_address(renderer):
+    pillar = copy.deepcopy(STACK)
+    pillar["djangoapp"]["nginx"] = {"trusted_proxies": ["10.0.0.0/24", "192.0.2.7"]}
+    states = renderer.show_sls("debian-12", pillar)
+    _, http = state_args(states, "djangoapp-nginx-http-settings-file-managed")
+    config = renderer.render_file("debian-12", http["source"], http["context"])
+    lines = [line.strip() for line in config.splitlines()]
+    assert [line for line in lines if "real_ip" in line] == [
+        "set_real_ip_from 10.0.0.0/24;",
+        "set_real_ip_from 192.0.2.7;",
+        "real_ip_header X-Forwarded-For;",
+        "real_ip_recursive on;",
+    ]
+
+
+def test_a_trusted_proxy_that_is_no_address_is_named(renderer):
+    pillar = copy.deepcopy(STACK)
+    pillar["djangoapp"]["nginx"] = {"trusted_proxies": ["lb.example.com"]}
+    with pytest.raises(RenderError, match="djangoapp:nginx:trusted_proxies"):
+        renderer.show_sls("debian-12", pillar)
