@@ -87,7 +87,24 @@ def _fail(ret):
     return ret
 
 
-def release(version=None, app=None, test=None, **kwargs):
+def _pillar_note(ret, cfg):
+    """A release or rollback by hand that leaves another version live than the
+    pillar's says so: state.apply's rule decides what happens next."""
+    live = ret.get("version")
+    if ret.get("result") and live and live != cfg["version"]:
+        if cfg["version_policy"] == "pillar":
+            then = f"the next state.apply releases {cfg['version']} again"
+        else:
+            then = f"state.apply leaves {live} live until the pillar's version changes"
+        ret.setdefault("warnings", []).append(
+            f"the pillar names {cfg['version']}: {then}"
+        )
+    return ret
+
+
+def release(
+    version=None, app=None, test=None, from_pillar=False, version_policy=None, **kwargs
+):
     """
     Release ``version`` (a tag, branch or commit) of ``app``.
 
@@ -102,6 +119,16 @@ def release(version=None, app=None, test=None, **kwargs):
         Report what would be released (resolving the ref against the origin
         with ``git ls-remote``) and change nothing: ``changed`` says whether
         a release would happen, ``id`` which one.
+
+    from_pillar
+        The ``djangoapp.released`` state's call: the version is the pillar's,
+        released only when nothing is live, when the pillar's version changed
+        since state.apply last left it live, or with ``version_policy:
+        pillar``; otherwise the release made by hand stays (``kept``).
+
+    version_policy
+        With ``from_pillar``: the pillar's ``version_policy`` (``changes`` or
+        ``pillar``), when app.json may not have it yet (test mode).
 
     Returns a dict with ``app``, ``version``, ``sha``, ``id`` (the release
     id), ``previous``, ``steps`` (name, seconds, ok and, when failed, output),
@@ -131,12 +158,30 @@ def release(version=None, app=None, test=None, **kwargs):
         test = salt.utils.args.test_mode(**kwargs) or bool(__opts__.get("test"))
     else:
         test = salt.utils.args.test_mode(test=test)
+    if from_pillar:
+        policy = version_policy or cfg["version_policy"]
+        if policy not in ("changes", "pillar"):
+            raise SaltInvocationError(
+                f"version_policy {policy!r} must be changes or pillar"
+            )
+        decision = __utils__["djangoapp_release.pillar_decision"](cfg, version, policy)
+        if not decision["release"]:
+            return {
+                "app": cfg["name"],
+                "id": decision["id"],
+                "version": decision["version"],
+                "result": True,
+                "kept": True,
+                "comment": decision["comment"],
+            }
     host = _make_host()
     if test:
         return _fail(__utils__["djangoapp_release.plan_release"](cfg, version, host))
     user, jid = _caller(kwargs)
     ret = __utils__["djangoapp_release.release"](cfg, version, host, user=user, jid=jid)
-    return _fail(ret)
+    if from_pillar and ret.get("result"):
+        __utils__["djangoapp_release.record_pillar_version"](cfg, version, jid)
+    return _fail(ret if from_pillar else _pillar_note(ret, cfg))
 
 
 def rollback(app=None, to=None, **kwargs):
@@ -163,7 +208,7 @@ def rollback(app=None, to=None, **kwargs):
     ret = __utils__["djangoapp_release.rollback"](
         cfg, _make_host(), to=to, user=user, jid=jid
     )
-    return _fail(ret)
+    return _fail(_pillar_note(ret, cfg))
 
 
 def status(app=None):

@@ -75,7 +75,21 @@ def _summary(res):
     return lines
 
 
-def released(name, version=None, **kwargs):
+def _planned(ret, res, previous):
+    """The state's return in test mode, from the plan of the release."""
+    if res.get("result") is False:
+        ret["comment"] = res.get("error") or "cannot resolve the version"
+        return ret
+    if res.get("changed"):
+        ret["result"] = None
+        ret["changes"] = {"release": {"old": previous, "new": res.get("id")}}
+    else:
+        ret["result"] = True
+    ret["comment"] = res.get("comment") or ""
+    return ret
+
+
+def released(name, version=None, version_policy=None, **kwargs):
     """
     Ensure that the live release of app ``name`` is ``version`` (a tag,
     branch or commit). For a branch, the origin is fetched and the commit
@@ -87,32 +101,37 @@ def released(name, version=None, **kwargs):
     version
         The git ref; defaults to the ``version`` in app.json.
 
+    version_policy
+        ``changes`` or ``pillar`` (see below); defaults to the app.json's.
+
     Nothing changes when the current release already is that ref at that
-    commit, and no event is sent. With ``test=True`` the state reports what it
-    would release. A release it makes records the jid of the state run (in its
-    events and the ledger).
+    commit, and no event is sent. After a release or rollback by hand, the
+    version it made live stays until the pillar's version changes (the comment
+    says so), unless the app's ``version_policy`` is ``pillar``. With
+    ``test=True`` the state reports what it would release. A release it makes
+    records the jid of the state run (in its events and the ledger).
     """
     ret = {"name": name, "changes": {}, "result": False, "comment": ""}
     try:
         res = __salt__["djangoapp.release"](
-            version=version, app=name, test=bool(__opts__.get("test")), **_job()
+            version=version,
+            app=name,
+            test=bool(__opts__.get("test")),
+            from_pillar=True,
+            version_policy=version_policy,
+            **_job(),
         )
     except Exception as exc:  # pylint: disable=broad-except
         ret["comment"] = str(exc)
         return ret
 
+    if res.get("kept"):
+        # a release or rollback by hand since the pillar's version last changed
+        ret.update(result=True, comment=res["comment"])
+        return ret
     previous = (res.get("previous") or {}).get("id")
     if __opts__.get("test"):
-        if res.get("result") is False:
-            ret["comment"] = res.get("error") or "cannot resolve the version"
-            return ret
-        if res.get("changed"):
-            ret["result"] = None
-            ret["changes"] = {"release": {"old": previous, "new": res.get("id")}}
-        else:
-            ret["result"] = True
-        ret["comment"] = res.get("comment") or ""
-        return ret
+        return _planned(ret, res, previous)
 
     if res.get("result"):
         ret["result"] = True

@@ -37,6 +37,8 @@ class Layout:
         self.current = os.path.join(self.base, "current")
         self.mirror = os.path.join(self.base, "repo.git")
         self.ledger = os.path.join(self.base, "ledger.jsonl")
+        # The pillar's version that state.apply last left live (see pillar_decision).
+        self.pillar_record = os.path.join(self.base, "pillar_version.json")
         self.lock = os.path.join(self.base, ".release.lock")
         self.shared_media = os.path.join(self.base, "shared", "media")
 

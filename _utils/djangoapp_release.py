@@ -152,6 +152,21 @@ def maintenance(cfg, on=None, message=None):
     return module.switch_maintenance(cfg, on, message)
 
 
+def pillar_decision(cfg, version, policy):
+    """Whether state.apply releases the pillar's ``version`` now."""
+    return _status.pillar_decision(cfg, version, policy)
+
+
+def record_pillar_version(cfg, version, jid=None):
+    """state.apply left the pillar's ``version`` live."""
+    common = _engine["djangoapp_common"]
+    layout = _engine["djangoapp_disk"].Layout(cfg["base_dir"])
+    common.write_json_atomic(
+        layout.pillar_record,
+        {"version": version, "recorded": common.now_iso(), "jid": jid},
+    )
+
+
 def restore(cfg, host, backup=None, user=None, jid=None):
     """Restore the app's database from a dump; see ``djangoapp_restore``."""
     return _engine["djangoapp_restore"].restore(

@@ -4,6 +4,7 @@ and its workers (``status``), and the ledger with the releases on disk
 (``releases``).
 """
 
+from djangoapp_common import read_json
 from djangoapp_disk import (
     Layout,
     ReleaseLock,
@@ -84,4 +85,43 @@ def releases(cfg):
             for rid in on_disk
         ],
         "history": entries,
+    }
+
+
+def pillar_decision(cfg, version, policy):
+    """
+    Whether ``state.apply`` releases ``version``, the pillar's: when nothing is
+    live, when the pillar's version changed since state.apply last left it live,
+    when it is the live version (a branch may have moved), or always with
+    the ``policy`` (``version_policy``) ``pillar``. Otherwise the release or
+    rollback made by hand since stays: ``{"release": False, "comment": ...}``
+    says what is live.
+    """
+    layout = Layout(cfg["base_dir"])
+    current = layout.current_id()
+    live = (layout.release_json(current) if current else None) or {}
+    recorded = read_json(layout.pillar_record) or {}
+    if (
+        policy == "pillar"
+        or not current
+        or recorded.get("version") != version
+        or live.get("version") == version
+    ):
+        return {"release": True}
+    deploy = last_deploy_of(ledger_read(layout.ledger), current) or {}
+    return {
+        "release": False,
+        "id": current,
+        "version": live.get("version"),
+        "comment": (
+            "{live} is live, {how} by {user} at {when}; the pillar's version "
+            "{version} has not changed since state.apply released it, so the "
+            "{how} stays (version_policy: pillar would put {version} back)".format(
+                live=live.get("version"),
+                how=deploy.get("event") or "release",
+                user=deploy.get("user") or "someone",
+                when=deploy.get("finished") or "an unknown time",
+                version=version,
+            )
+        ),
     }

@@ -26,6 +26,7 @@ djangoapp-{{ name }}-release-deployed:
   djangoapp.released:
     - name: {{ name }}
     - version: {{ app.version | json }}
+    - version_policy: {{ app.version_policy | json }}
     - require:
       - cmd: djangoapp-tools-uv-installed
       - file: djangoapp-{{ name }}-environment-file-serialized

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import testhost
 from loadgen import Load
@@ -486,3 +487,72 @@ def test_a_killed_release_does_not_block_the_next(
     assert page_load.result.failed == 0, page_load.result.failures
     assert live_version(http_get, demo_app) == "v1.1.0"
     assert lock_holder(converged_host, lock) is None
+
+
+@contextlib.contextmanager
+def pillar_override(salt_cli, pillar_dir: Path, demo: dict):
+    """The demo app's pillar with ``demo`` over it, for the block."""
+    top = pillar_dir / "top.sls"
+    original = top.read_text()
+    (pillar_dir / "override.sls").write_text(
+        json.dumps({"djangoapp": {"apps": {"demo": demo}}})
+    )
+    targets = yaml.safe_load(original)
+    targets["base"]["*"].append("override")
+    top.write_text(yaml.safe_dump(targets))
+    assert salt_cli("saltutil.refresh_pillar", "wait=True") is True
+    try:
+        yield
+    finally:
+        top.write_text(original)
+        (pillar_dir / "override.sls").unlink()
+        assert salt_cli("saltutil.refresh_pillar", "wait=True") is True
+
+
+def release_state(salt_cli, *args) -> dict:
+    states = salt_cli("state.apply", *args, timeout=RELEASE_TIMEOUT)
+    assert isinstance(states, dict), states
+    return next(
+        state for key, state in states.items() if "-demo-release-deployed_" in key
+    )
+
+
+def test_state_apply_keeps_a_hand_release_until_the_pillar_changes(
+    salt_cli, http_get, demo_app, salt_pillar_roots
+):
+    """The tests above left v1.1.0 live by hand; the pillar says v1.0.0 and
+    state.apply last released it."""
+    assert live_version(http_get, demo_app) == "v1.1.0"
+    kept = current_release(salt_cli)
+    for args in (("test=True",), ()):
+        state = release_state(salt_cli, *args)
+        assert state["result"] is True and state["changes"] == {}, state
+        assert state["comment"].startswith("v1.1.0 is live, release by "), state
+        assert state["comment"].endswith(
+            "the pillar's version v1.0.0 has not changed since state.apply released "
+            "it, so the release stays (version_policy: pillar would put v1.0.0 back)"
+        ), state
+    assert current_release(salt_cli) == kept
+
+    pillar_dir = Path(salt_pillar_roots[0])
+    with pillar_override(salt_cli, pillar_dir, {"version_policy": "pillar"}):
+        planned = release_state(salt_cli, "test=True")
+        assert planned["result"] is None, planned
+        assert planned["changes"]["release"]["old"] == kept, planned
+        assert release_state(salt_cli)["changes"]["release"]["old"] == kept
+        assert live_version(http_get, demo_app) == "v1.0.0"
+        hand = release(salt_cli, "v1.0.1")
+        assert hand.data["warnings"] == [
+            "the pillar names v1.0.0: the next state.apply releases v1.0.0 again"
+        ], hand.data
+        release_state(salt_cli)
+        assert live_version(http_get, demo_app) == "v1.0.0"
+
+    with pillar_override(salt_cli, pillar_dir, {"version": "v1.0.1"}):
+        planned = release_state(salt_cli, "test=True")
+        assert planned["result"] is None, planned
+        release_state(salt_cli)
+        assert live_version(http_get, demo_app) == "v1.0.1"
+    # the pillar's version is v1.0.0 again: a change, so it is released
+    release_state(salt_cli)
+    assert live_version(http_get, demo_app) == "v1.0.0"
