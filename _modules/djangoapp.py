@@ -186,8 +186,10 @@ def release(
 
 def rollback(app=None, to=None, **kwargs):
     """
-    Make the previous good release of ``app`` live again (or the release
-    ``to``): switch ``current``, reload gracefully, verify, record it. Nothing
+    Make the previous good release of ``app`` live again (or ``to``: a
+    release id, or a version, for its newest good release on disk): switch
+    ``current``, reload gracefully, verify, record it. Again, it goes one
+    further back, as far as the good releases on disk go. Nothing
     is rebuilt; the database is left as it is: a rollback does not undo
     migrations. ``migrations_ahead`` lists those applied in the database that
     the release now live does not have (``app.migration``), and ``warnings``
@@ -199,6 +201,7 @@ def rollback(app=None, to=None, **kwargs):
 
         salt '*' djangoapp.rollback
         salt '*' djangoapp.rollback shop to=v1.1.0-3f2a9c1e
+        salt '*' djangoapp.rollback shop to=v1.1.0
     """
     cfg = _app(app)
     if to is not None:

@@ -598,18 +598,33 @@ def prune_releases(run, info):
 # rollback
 
 
+def newest_good_of_version(layout, entries, version):
+    """The release on disk of ``version`` that was last released successfully."""
+    on_disk = layout.on_disk()
+    for rid in reversed(successful_releases(entries)):
+        if (
+            rid in on_disk
+            and (layout.release_json(rid) or {}).get("version") == version
+        ):
+            return rid
+    return None
+
+
 def select(run, info):
-    """The release to go back to: ``to``, or the previous good one."""
+    """The release to go back to: ``to`` (a release id, or a version: its
+    newest good release), or the previous good one."""
     layout = run.layout
     entries = ledger_read(layout.ledger)
     on_disk = layout.on_disk()
     to = run.to
     if to:
-        if to not in on_disk:
-            raise StepFailed("select", f"release {to} is not on disk")
-        if to not in successful_releases(entries):
-            raise StepFailed("select", f"release {to} never released successfully")
-        target = to
+        target = to if to in on_disk else newest_good_of_version(layout, entries, to)
+        if not target:
+            raise StepFailed(
+                "select", f"{to} is neither a release on disk nor the version of one"
+            )
+        if target not in successful_releases(entries):
+            raise StepFailed("select", f"release {target} never released successfully")
     else:
         target = rollback_target(entries, run.current, on_disk)
         if not target:

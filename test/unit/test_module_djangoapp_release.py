@@ -225,6 +225,17 @@ def test_rollback_and_roll_forward(mods, app, base):
     assert os.readlink(base / "current") == f"releases/{before}"
     ret4 = mods["djangoapp.rollback"]("tiny", to=ret["id"])
     assert ret4["result"] is True and ret4["id"] == ret["id"]
+    # a version names its newest good release on disk
+    assert mods["djangoapp.release"]("v1.2.0", app="tiny")["result"] is True
+    ret5 = mods["djangoapp.rollback"]("tiny", to="v1.1.0")
+    assert ret5["result"] is True and ret5["id"] == ret["id"]
+    # never to a release that failed (nothing of it stays on disk)
+    ret6 = mods["djangoapp.rollback"]("tiny", to="no-static-root")
+    assert (ret6["result"], ret6["failed_step"]) == (False, "select")
+    assert ret6["error"] == (
+        "no-static-root is neither a release on disk nor the version of one"
+    )
+    assert os.readlink(base / "current") == f"releases/{ret['id']}"
 
 
 def test_branch_release_follows_new_commits(mods, app, base, tiny_repo):
