@@ -650,14 +650,11 @@ def select(run, info):
 
 
 def migrations_ahead(run, info):
-    """A rollback does not undo migrations: it names those the database has
-    and the release now live lacks (never failing for it)."""
+    """A rollback does not undo migrations: it names those the target lacks."""
     found = run.ahead_check.result(run.layout, run.rid, run.current)
     if found.get("error"):
-        run.note(f"could not tell which migrations {run.rid} lacks: {found['error']}")
-        return
-    info["ahead"] = run.ret["migrations_ahead"] = found["ahead"]
-    run.entry["migrations_ahead"] = found["ahead"]
+        return run.note(f"migrations {run.rid} lacks: unknown ({found['error']})")
+    run.ret["migrations_ahead"] = run.entry["migrations_ahead"] = found["ahead"]
     if found.get("warning"):
         run.ret["warnings"] = [found["warning"]]
 
@@ -717,12 +714,8 @@ def report(run):
     if ret["result"] and not ret["changed"]:
         return
     if ret["result"] and run.action == "rollback":
-        run.event(
-            "rollback",
-            id=ret["id"],
-            migrations_ahead=ret.get("migrations_ahead"),
-            **{"from": run.current},
-        )
+        ahead = {"migrations_ahead": ret.get("migrations_ahead")}
+        run.event("rollback", id=ret["id"], **{"from": run.current}, **ahead)
     elif ret["result"]:
         run.event("success", id=ret["id"], sha=ret["sha"], seconds=ret["seconds"])
     else:
