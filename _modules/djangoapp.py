@@ -19,6 +19,8 @@ option ``djangoapp.config_dir`` (default ``/etc/djangoapp``).
     pg_dump/pg_restore or mysqldump when the app has a database.
 """
 
+import functools
+import inspect
 import logging
 
 import salt.utils.args
@@ -30,6 +32,44 @@ log = logging.getLogger(__name__)
 __virtualname__ = "djangoapp"
 
 CONFIG_DIR = "/etc/djangoapp"
+
+
+def _refusals_answered(function):
+    """
+    A call refused before anything changes (a bad or unknown argument) returns
+    ``{"result": False, "error": ...}`` with a non-zero exit code: one line
+    that names the argument, and ``--out=json`` stays JSON (Salt prints the
+    whole docstring after a SaltInvocationError). Keyword arguments the
+    function does not take are refused by name (Salt hands them on to a
+    function that takes ``**kwargs``: a misspelt ``version`` would otherwise
+    release the pillar's).
+    """
+    taken = [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is not parameter.VAR_KEYWORD
+    ]
+
+    @functools.wraps(function)
+    def answered(*args, **kwargs):
+        try:
+            unknown = sorted(
+                key for key in kwargs if not key.startswith("__") and key not in taken
+            )
+            if unknown:
+                raise SaltInvocationError(
+                    "unknown argument {}: djangoapp.{} takes {}".format(
+                        ", ".join(map(repr, unknown)),
+                        function.__name__,
+                        ", ".join(taken),
+                    )
+                )
+            return function(*args, **kwargs)
+        except SaltInvocationError as exc:
+            __context__["retcode"] = 1
+            return {"result": False, "error": str(exc)}
+
+    return answered
 
 
 def __virtual__():
@@ -102,6 +142,7 @@ def _pillar_note(ret, cfg):
     return ret
 
 
+@_refusals_answered
 def release(
     version=None, app=None, test=None, from_pillar=False, version_policy=None, **kwargs
 ):
@@ -184,6 +225,7 @@ def release(
     return _fail(ret if from_pillar else _pillar_note(ret, cfg))
 
 
+@_refusals_answered
 def rollback(app=None, to=None, **kwargs):
     """
     Make the previous good release of ``app`` live again (or ``to``: a
@@ -214,7 +256,8 @@ def rollback(app=None, to=None, **kwargs):
     return _fail(_pillar_note(ret, cfg))
 
 
-def status(app=None):
+@_refusals_answered
+def status(app=None, **kwargs):
     """
     Show the live release of ``app``: id, version, commit, when and by whom it
     was deployed, the service state, and the release each gunicorn worker
@@ -231,7 +274,8 @@ def status(app=None):
     return __utils__["djangoapp_release.status"](cfg, _make_host())
 
 
-def releases(app=None):
+@_refusals_answered
+def releases(app=None, **kwargs):
     """
     List the release history of ``app`` (the ledger), the releases on disk,
     the current one and the one a rollback would go back to.
@@ -246,6 +290,7 @@ def releases(app=None):
     return __utils__["djangoapp_release.releases"](cfg)
 
 
+@_refusals_answered
 def restore(app=None, backup=None, **kwargs):
     """
     Restore the database of ``app`` from ``backup``: a dump taken before a
@@ -276,7 +321,8 @@ def restore(app=None, backup=None, **kwargs):
 MAINTENANCE_MODES = {"on": True, "off": False}
 
 
-def maintenance(app=None, mode=None, message=None):
+@_refusals_answered
+def maintenance(app=None, mode=None, message=None, **kwargs):
     """
     Put ``app`` in maintenance (``on``), take it out (``off``), or show whether
     it is in it (no mode). While it is on, Nginx answers every request but the
@@ -305,7 +351,8 @@ def maintenance(app=None, mode=None, message=None):
     return {"app": cfg["name"], **state}
 
 
-def static_location(app=None):
+@_refusals_answered
+def static_location(app=None, **kwargs):
     """
     Where nginx finds the static and media files of the live release:
     ``{"static": {"url": STATIC_URL, "path": ...}, "media": {...}}``. A
@@ -323,6 +370,7 @@ def static_location(app=None):
     return __utils__["djangoapp_release.static_location"](cfg)
 
 
+@_refusals_answered
 def reload(app=None, **kwargs):
     """
     Have the app's gunicorn take up a changed environment file (env.json) or
@@ -349,7 +397,8 @@ def reload(app=None, **kwargs):
     return _fail(ret)
 
 
-def health(app=None):
+@_refusals_answered
+def health(app=None, **kwargs):
     """
     Ask the app's health URL through Nginx as a release does (``health_path``,
     the first server name as Host, redirects not followed), and apply the same

@@ -125,6 +125,10 @@ def released(name, version=None, version_policy=None, **kwargs):
         ret["comment"] = str(exc)
         return ret
 
+    if res.get("result") is False and not res.get("failed_step"):
+        # refused before anything started (a bad version or app name)
+        ret["comment"] = res.get("error") or "refused"
+        return ret
     if res.get("kept"):
         # a release or rollback by hand since the pillar's version last changed
         ret.update(result=True, comment=res["comment"])

@@ -78,6 +78,10 @@ def test_a_backup_that_is_no_dump_of_the_app_is_refused(
         "djangoapp.restore", name, "backup=../../../etc/passwd", timeout=TIMEOUT
     )
     assert result.returncode != 0
-    assert "backup '../../../etc/passwd' is not a dump of demo" in str(result.data)
+    assert set(result.data) == {"result", "error"}, result.data
+    assert result.data["error"].startswith(
+        "backup '../../../etc/passwd' is not a dump of demo in "
+        "/var/backups/djangoapp/demo (the newest: "
+    ), result.data
     assert notes(converged_host) == before
     assert salt_cli("djangoapp.maintenance", name)["on"] is False

@@ -332,11 +332,21 @@ def test_allowed_keys_are_listed_once():
 # the module's argument handling
 
 
-def test_release_rejects_bad_version_before_touching_disk(mods, make_app, tmp_path):
+def refused(loaders, call, *args, **kwargs) -> str:
+    """The error of a call the module refuses: one line in the return, and a
+    non-zero exit code (never an exception, whose docstring Salt prints)."""
+    loaders["context"].pop("retcode", None)
+    ret = call(*args, **kwargs)
+    assert set(ret) == {"result", "error"} and ret["result"] is False, ret
+    assert loaders["context"]["retcode"] == 1
+    return ret["error"]
+
+
+def test_release_rejects_bad_version_before_touching_disk(mods, loaders, make_app):
     cfg = make_app("demo")
     for bad in ["v1;id", "$(id)", "-x", "a..b", "a b"]:
-        with pytest.raises(SaltInvocationError, match="^version "):
-            mods["djangoapp.release"](version=bad, app="demo")
+        error = refused(loaders, mods["djangoapp.release"], version=bad, app="demo")
+        assert error.startswith(f"version {bad!r} "), error
     assert not os.path.exists(os.path.join(cfg["base_dir"], "repo.git"))
     assert not os.path.exists(os.path.join(cfg["base_dir"], "ledger.jsonl"))
 
@@ -350,24 +360,38 @@ def test_app_may_be_left_out_with_one_app(mods, make_app):
     }
 
 
-def test_app_required_with_two_apps(mods, make_app):
+def test_app_required_with_two_apps(mods, loaders, make_app):
     make_app("one")
     make_app("two")
-    with pytest.raises(
-        SaltInvocationError, match="app is required: this host has 2 apps: one, two"
-    ):
-        mods["djangoapp.status"]()
+    error = refused(loaders, mods["djangoapp.status"])
+    assert error == "app is required: this host has 2 apps: one, two"
 
 
-def test_app_required_with_no_app(mods, config_dir):
-    with pytest.raises(SaltInvocationError, match="app is required: no app"):
-        mods["djangoapp.releases"]()
+def test_app_required_with_no_app(mods, loaders, config_dir):
+    error = refused(loaders, mods["djangoapp.releases"])
+    assert error.startswith("app is required: no app is configured in ")
 
 
-def test_bad_app_name(mods, make_app):
+def test_bad_app_name(mods, loaders, make_app):
     make_app("demo")
-    with pytest.raises(SaltInvocationError, match="^app "):
-        mods["djangoapp.status"]("../etc")
+    assert refused(loaders, mods["djangoapp.status"], "../etc").startswith(
+        "app '../etc' is not a valid app name"
+    )
+
+
+def test_an_unknown_argument_is_named_not_ignored(mods, loaders, make_app):
+    """``verison=`` must not release the pillar's version."""
+    cfg = make_app("demo")
+    error = refused(loaders, mods["djangoapp.release"], verison="v2", app="demo")
+    assert error == (
+        "unknown argument 'verison': djangoapp.release takes version, app, test, "
+        "from_pillar, version_policy"
+    )
+    assert not os.path.exists(os.path.join(cfg["base_dir"], "ledger.jsonl"))
+    error = refused(loaders, mods["djangoapp.status"], "demo", apps="demo")
+    assert error == "unknown argument 'apps': djangoapp.status takes app"
+    # Salt's own keyword arguments pass
+    assert mods["djangoapp.releases"]("demo", __pub_jid="1")["current"] is None
 
 
 def test_unknown_app(mods, make_app):
@@ -378,10 +402,10 @@ def test_unknown_app(mods, make_app):
         mods["djangoapp.status"]("other")
 
 
-def test_rollback_rejects_bad_release_id(mods, make_app):
+def test_rollback_rejects_bad_release_id(mods, loaders, make_app):
     make_app("demo")
-    with pytest.raises(SaltInvocationError, match="^to "):
-        mods["djangoapp.rollback"]("demo", to="../../etc")
+    error = refused(loaders, mods["djangoapp.rollback"], "demo", to="../../etc")
+    assert error == "to '../../etc' is not a valid release id"
 
 
 def test_rollback_without_history_fails_with_retcode(mods, loaders, make_app):
