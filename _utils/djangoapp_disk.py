@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 
-from djangoapp_common import fsync_dir, read_json
+from djangoapp_common import fsync_dir, now_iso, read_json, write_json_atomic
 from djangoapp_procs import releases_in_use
 from salt.exceptions import CommandExecutionError
 
@@ -157,6 +157,13 @@ def last_deploy_of(entries, rid):
         if entry.get("id") == rid and entry.get("status") == "success":
             return entry
     return None
+
+
+def record_pillar_version(layout, version, jid=None):
+    """state.apply left the pillar's ``version`` live (see ``pillar_decision``)."""
+    write_json_atomic(
+        layout.pillar_record, {"version": version, "recorded": now_iso(), "jid": jid}
+    )
 
 
 class LockBusy(CommandExecutionError):

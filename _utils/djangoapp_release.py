@@ -159,12 +159,8 @@ def pillar_decision(cfg, version, policy):
 
 def record_pillar_version(cfg, version, jid=None):
     """state.apply left the pillar's ``version`` live."""
-    common = _engine["djangoapp_common"]
-    layout = _engine["djangoapp_disk"].Layout(cfg["base_dir"])
-    common.write_json_atomic(
-        layout.pillar_record,
-        {"version": version, "recorded": common.now_iso(), "jid": jid},
-    )
+    disk = _engine["djangoapp_disk"]
+    disk.record_pillar_version(disk.Layout(cfg["base_dir"]), version, jid)
 
 
 def restore(cfg, host, backup=None, user=None, jid=None):

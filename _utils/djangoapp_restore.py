@@ -83,7 +83,8 @@ def chosen_dump(cfg, backup=None):
     )
 
 
-def _load_postgresql(host, db, path, run_env):
+def _load_postgresql(db, path, run_env):
+    """pg_restore's argv; the password goes into ``run_env``."""
     if db.get("password"):
         run_env["PGPASSWORD"] = db["password"]
     argv = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges"]
@@ -93,7 +94,8 @@ def _load_postgresql(host, db, path, run_env):
     return argv
 
 
-def _load_mysql(host, db, path, run_env):
+def _load_mysql(db, path, run_env):
+    """mysql's argv; the password goes into ``run_env``."""
     if db.get("password"):
         run_env["MYSQL_PWD"] = db["password"]
     argv = ["mysql", f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
@@ -110,7 +112,7 @@ def load_dump(cfg, host, env, path, redact):
         raise StepFailed("restore", f"{path} is not in {cfg['backup_dir']}")
     db = database_of(cfg, env, "restore")
     run_env = {"PATH": SAFE_PATH, "LC_ALL": "C"}
-    argv = LOADERS[cfg["database"]["engine"]](host, db, path, run_env)
+    argv = LOADERS[cfg["database"]["engine"]](db, path, run_env)
     host.check(
         "restore",
         argv,

@@ -23,7 +23,7 @@ import yaml
 
 import testhost
 from nspawn_backend import nspawn_host
-from stack import HTTP_PROBE
+from stack import HTTP_PROBE, failed_states
 
 REPO = Path(__file__).resolve().parents[2]
 FORMULA_MOUNT = "/srv/formula"
@@ -119,6 +119,14 @@ class SecondHost:
             yield
         finally:
             self.pillar_file.write_text(yaml.safe_dump(self.pillar))
+
+    def converged(self) -> SecondHost:
+        """This host, once its first apply is known to have failed nowhere: the
+        tests that need the stack in place stop here otherwise."""
+        failures = failed_states(self.first_apply)
+        if failures:
+            pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
+        return self
 
     def get(self, url: str, host_header: str) -> dict:
         result = self.host.exec(["python3", "-c", HTTP_PROBE, url, host_header])

@@ -177,10 +177,7 @@ def combination(tmp_path_factory) -> SecondHost:
 
 @pytest.fixture(scope="module")
 def converged(combination) -> SecondHost:
-    failures = failed_states(combination.first_apply)
-    if failures:
-        pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
-    return combination
+    return combination.converged()
 
 
 def test_first_apply_has_no_failure(combination):

@@ -90,10 +90,7 @@ def trixie(tmp_path_factory) -> SecondHost:
 
 @pytest.fixture(scope="module")
 def converged(trixie) -> SecondHost:
-    failures = failed_states(trixie.first_apply)
-    if failures:
-        pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
-    return trixie
+    return trixie.converged()
 
 
 def test_the_host_is_debian_13(trixie):

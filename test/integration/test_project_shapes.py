@@ -172,10 +172,7 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converged(shapes):
-    failures = failed_states(shapes.first_apply)
-    if failures:
-        pytest.fail("state.apply failed:\n" + "\n".join(failures), pytrace=False)
-    return shapes
+    return shapes.converged()
 
 
 def page(host, app: str, path: str = "/") -> dict:
