@@ -318,6 +318,31 @@ def restore(app=None, backup=None, **kwargs):
     return _fail(ret)
 
 
+@_refusals_answered
+def backup(app=None, label="manual", **kwargs):
+    """
+    Dump the database of ``app`` as it is now, under the release lock, into
+    its backup directory as ``<label>-<UTC time>.dump`` (PostgreSQL) or
+    ``.sql`` (MariaDB), beside the dumps taken before migrations; ``restore``
+    takes it by that name. An app without a database answers ``result`` True
+    and ``backup`` None. A state.apply that takes an app away (``absent:
+    true``) takes one labelled ``removed`` first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.backup shop
+        salt '*' djangoapp.backup shop label=before-import
+    """
+    cfg = _app(app)
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.dump_now"](
+        cfg, _make_host(), label=label, user=user, jid=jid
+    )
+    return _fail(ret)
+
+
 MAINTENANCE_MODES = {"on": True, "off": False}
 
 

@@ -170,6 +170,13 @@ def restore(cfg, host, backup=None, user=None, jid=None):
     )
 
 
+def dump_now(cfg, host, label="manual", user=None, jid=None):
+    """Dump the app's database now; see ``djangoapp_restore``."""
+    return _engine["djangoapp_restore"].dump_now(
+        cfg, host, label=label, user=user, jid=jid
+    )
+
+
 def static_location(cfg):
     """Where Nginx finds the live release's static and media files."""
     return _engine["djangoapp_files"].static_location(cfg)

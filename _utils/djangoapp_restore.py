@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from djangoapp_common import SAFE_PATH, Redactor, StepFailed, inside, now_iso, os_user
 from djangoapp_config import load_env
-from djangoapp_disk import Layout, ReleaseLock
+from djangoapp_disk import Layout, LockBusy, ReleaseLock
 from djangoapp_django import DUMPS, backup_database, database_of
 from djangoapp_maintenance import maintenance_state, switch_maintenance
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -24,6 +24,8 @@ RESTORE_TIMEOUT = 7200
 # The engine's own names (release ids, nightly stamps): a path mysql's `source`
 # takes as it is.
 DUMP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+# What a dump taken by hand or before an app is taken down is named after.
+DUMP_LABEL_RE = re.compile(r"[a-z][a-z0-9-]{0,30}\Z")
 MAINTENANCE_MESSAGE = "This site is being restored and will be back shortly."
 
 
@@ -193,4 +195,51 @@ def restore(cfg, host, backup=None, user=None, jid=None):
             step("maintenance", switch_maintenance, cfg, False)
         lock.release()
         ret["seconds"] = round(time.monotonic() - started, 3)
+    return ret
+
+
+def dump_now(cfg, host, label="manual", user=None, jid=None):
+    """
+    Dump the app's database as it is now, under the release lock, into
+    ``<backup_dir>/<label>-<UTC stamp>.dump|.sql``; returns ``{"app",
+    "result", "backup", "steps", "seconds"}`` and, on failure,
+    ``failed_step`` and ``error``. An app without a database has nothing to
+    dump: ``result`` True, ``backup`` None.
+    """
+    if not DUMP_LABEL_RE.match(str(label)):
+        raise SaltInvocationError(
+            f"label {label!r} must be lowercase letters, digits and -, "
+            "starting with a letter (at most 31)"
+        )
+    ret = {"app": cfg["name"], "result": False, "backup": None, "steps": []}
+    if (cfg["database"] or {}).get("engine") not in DUMPS:
+        ret.update(result=True, comment=f"app {cfg['name']} has no database")
+        return ret
+    started = time.monotonic()
+    env = load_env(cfg)
+    redact = Redactor.from_env(env)
+    holder = {
+        "pid": os.getpid(),
+        "action": "backup",
+        "version": label,
+        "user": user or os_user(),
+        "jid": jid,
+        "started": now_iso(),
+    }
+    step = Steps(ret)
+    try:
+        lock = step("lock", ReleaseLock(Layout(cfg["base_dir"]).lock, holder).acquire)
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            ret["backup"] = step(
+                "backup", backup_database, cfg, host, env, f"{label}-{stamp}"
+            )
+            ret["result"] = True
+        finally:
+            lock.release()
+    except LockBusy as exc:
+        ret.update(failed_step="lock", error=str(exc))
+    except StepFailed as exc:
+        ret.update(failed_step=exc.step, error=redact(exc.message))
+    ret["seconds"] = round(time.monotonic() - started, 3)
     return ret

@@ -153,7 +153,8 @@ DATABASE = _section(
         "engine": {"choices": DB_ENGINES, "default": "postgresql", "nullable": False},
         "name": DB_IDENTIFIER,  # default: the app's name
         "user": DB_IDENTIFIER,  # default: the app's name
-        "password": {"when": ON_A_SERVER, "type": "str", "required": True},
+        # Required while the app is present (rule database_password).
+        "password": {"when": ON_A_SERVER, "type": "str"},
         "host": {
             "when": ON_A_SERVER,
             "type": "str",
@@ -188,17 +189,24 @@ TLS = _section(
     }
 )
 
+# What an app needs while it is deployed; an app marked absent needs none of it.
+WHILE_PRESENT = {"absent": (False,)}
+
 APP = {
     "type": "mapping",
     "unknown": "typo",
     "keys": {
+        # Checked first: the keys below are required only while it is false.
+        "absent": {**SWITCH, "default": False},
+        "purge": {**SWITCH, "rule": "purge_when_absent"},
         "repo": {
             "type": "str",
             "required": True,
+            "when": WHILE_PRESENT,
             "pattern": REPO_URL,
             "invalid": "{value!r} is not a repository URL",
         },
-        "version": {"required": True, "check": "ref"},
+        "version": {"required": True, "check": "ref", "when": WHILE_PRESENT},
         "version_policy": {"choices": VERSION_POLICIES},
         "deploy_key": {"type": "str"},
         "known_hosts": {"type": "str"},
@@ -218,6 +226,7 @@ APP = {
         "settings_module": {
             "type": "str",
             "required": True,
+            "when": WHILE_PRESENT,
             "pattern": DOTTED,
             "invalid": "{value!r} must be a dotted python path",
         },
@@ -250,7 +259,7 @@ APP = {
                 "invalid": "must not contain NUL",
             },
         },
-        "database": DATABASE,
+        "database": {**DATABASE, "rule": "database_password"},
         "cache": CACHE,
         "tls": TLS,
         "keep_releases": _int(1),
@@ -363,6 +372,9 @@ LOGROTATE = _section(
     }
 )
 
+# clean.sls: whether it removes the apps' databases, users and files too.
+CLEAN = _section({"purge": SWITCH})
+
 AGENT_SWITCH = {"type": "bool", "nullable": False, "default": False}
 SOURCES = {
     "type": "list",
@@ -414,6 +426,7 @@ SCHEMA = {
         "auto_updates": AUTO_UPDATES,
         "backups": BACKUPS,
         "logrotate": LOGROTATE,
+        "clean": CLEAN,
         "monitoring": MONITORING,
         # An egress proxy: read by the state tree as it is.
         "proxy": {

@@ -223,43 +223,67 @@ def app_json(app, config):
     }
 
 
+def app_names(name, paths):
+    """Where the formula puts an app's files and what it names its parts:
+    the same for an app deployed and for one being taken down."""
+    base_dir = f"{paths['base_root']}/{name}"
+    config_dir = f"{paths['config_root']}/{name}"
+    run_dir = f"{paths['run_root']}/{name}"
+    return {
+        "name": name,
+        "user": name,
+        "group": name,
+        "base_dir": base_dir,
+        "config_dir": config_dir,
+        "run_dir": run_dir,
+        "log_dir": f"{paths['log_root']}/{name}",
+        "backup_dir": f"{paths['backup_root']}/{name}",
+        "media_dir": f"{base_dir}/shared/media",
+        "env_file": f"{config_dir}/env.json",
+        "engine_config": f"{config_dir}/app.json",
+        "gunicorn_config": f"{config_dir}/gunicorn.conf.py",
+        "socket": f"{run_dir}/gunicorn.sock",
+        "control_socket": f"{run_dir}/gunicorn.ctl",
+        "service": f"djangoapp-{name}",
+        "manage_command": f"{paths['bin_dir']}/{name}-manage",
+        "tmpfiles_file": f"/etc/tmpfiles.d/djangoapp-{name}.conf",
+        "maintenance_page": f"{base_dir}/maintenance.html",
+        "maintenance_flag": f"{base_dir}/maintenance.on",
+    }
+
+
+def absent_app_settings(name, app, config):
+    """
+    An app the pillar marks ``absent``: its names and paths (``app_names``),
+    its database as the pillar and the defaults name it, and ``purge``.
+    """
+    database_settings(name, app["database"], config["database_defaults"])
+    return {
+        **app_names(name, config["paths"]),
+        "database": app["database"],
+        "purge": bool(app.get("purge")),
+    }
+
+
 def app_settings(name, app, config, redis_dbs, grains):
     """
     One app's pillar over ``app_defaults``, with everything derived from it:
     names, paths, TLS files, ``environment`` (env.json) and ``app_json``.
     """
-    paths = config["paths"]
-    base_dir = f"{paths['base_root']}/{name}"
-    config_dir = f"{paths['config_root']}/{name}"
-    run_dir = f"{paths['run_root']}/{name}"
+    names = app_names(name, config["paths"])
     server = "asgi" if app.get("asgi") else "wsgi"
     database_settings(name, app["database"], config["database_defaults"])
-    tls = tls_settings(name, app["tls"], config_dir)
+    tls = tls_settings(name, app["tls"], names["config_dir"])
     scheme = "https" if tls["enabled"] else "http"
+    app.update(names)
     app.update(
         {
-            "name": name,
-            "user": name,
-            "group": name,
-            "base_dir": base_dir,
-            "config_dir": config_dir,
-            "run_dir": run_dir,
-            "log_dir": f"{paths['log_root']}/{name}",
-            "backup_dir": f"{paths['backup_root']}/{name}",
-            "media_dir": f"{base_dir}/shared/media",
-            "env_file": f"{config_dir}/env.json",
-            "engine_config": f"{config_dir}/app.json",
-            "gunicorn_config": f"{config_dir}/gunicorn.conf.py",
             "deploy_key_file": (
-                f"{config_dir}/deploy_key" if app.get("deploy_key") else None
+                f"{names['config_dir']}/deploy_key" if app.get("deploy_key") else None
             ),
             "known_hosts_file": (
-                f"{config_dir}/known_hosts" if app.get("known_hosts") else None
+                f"{names['config_dir']}/known_hosts" if app.get("known_hosts") else None
             ),
-            "socket": f"{run_dir}/gunicorn.sock",
-            "control_socket": f"{run_dir}/gunicorn.ctl",
-            "service": f"djangoapp-{name}",
-            "manage_command": f"{paths['bin_dir']}/{name}-manage",
             "server": server,
             "app_path": app.get("asgi") or app.get("wsgi"),
             "install_packages": _unique(
@@ -270,8 +294,6 @@ def app_settings(name, app, config, redis_dbs, grains):
             ),
             "workers": app.get("workers") or (grains.get("num_cpus", 1) * 2 + 1),
             "health_url": f"{scheme}://127.0.0.1{app['health_path']}",
-            "maintenance_page": f"{base_dir}/maintenance.html",
-            "maintenance_flag": f"{base_dir}/maintenance.on",
         }
     )
     app["environment"] = app_environment(app, config, redis_dbs)
@@ -366,7 +388,9 @@ def derive(config, grains):
     """
     ``config`` (the merged ``djangoapp`` mapping, not changed) with the
     derived settings added: ``proxy_env``, ``redis:databases``, each app's
-    settings under ``apps`` (its ``app_json`` among them),
+    settings under ``apps`` (its ``app_json`` among them), the apps marked
+    ``absent`` apart under ``absent_apps`` (their Redis databases stay
+    reserved while the pillar names them),
     ``local_database_engines``, ``tls_apps``, ``monitoring_checks``,
     ``monitoring_ports`` and ``selinux_active``.
     """
@@ -376,12 +400,16 @@ def derive(config, grains):
     config["redis"]["databases"] = max(
         [REDIS_DEFAULT_DATABASES, *(db + 1 for db in redis_dbs.values())]
     )
-    apps = {}
+    apps, absent_apps = {}, {}
     for name, app_pillar in config["apps"].items():
         app = copy.deepcopy(config["app_defaults"])
         salt.utils.dictupdate.update(app, app_pillar, merge_lists=False)
-        apps[name] = app_settings(name, app, config, redis_dbs, grains)
+        if app.get("absent"):
+            absent_apps[name] = absent_app_settings(name, app, config)
+        else:
+            apps[name] = app_settings(name, app, config, redis_dbs, grains)
     config["apps"] = apps
+    config["absent_apps"] = absent_apps
     config["local_database_engines"] = _unique(
         app["database"]["engine"] for app in apps.values() if app["database"]["local"]
     )

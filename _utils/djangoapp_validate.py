@@ -20,7 +20,7 @@ import ipaddress
 import re
 import urllib.parse
 
-from djangoapp_schema import SCHEMA
+from djangoapp_schema import ON_A_SERVER, SCHEMA
 from salt.exceptions import SaltInvocationError
 
 __virtualname__ = "djangoapp_validate"
@@ -330,10 +330,30 @@ COERCIONS = {"yaml_false_off": _yaml_false_off, "yaml_false_no": _yaml_false_no}
 def _wsgi_or_asgi(app):
     """An app is served through WSGI or through ASGI: one of them, not both."""
     wsgi, asgi = app.get("wsgi"), app.get("asgi")
-    if wsgi is None and asgi is None:
+    if wsgi is None and asgi is None and app.get("absent") is not True:
         return [(["wsgi"], "is required unless asgi is set")]
     if wsgi is not None and asgi is not None:
         return [(["asgi"], "set either wsgi or asgi, not both")]
+    return []
+
+
+def _database_password(app):
+    """A database on a server needs the app's password, while the app is present."""
+    database = app.get("database")
+    if app.get("absent") is True or not isinstance(database, dict):
+        return []
+    if database.get("engine", "postgresql") not in ON_A_SERVER["engine"]:
+        return []
+    password = database.get("password")
+    if password is None or (isinstance(password, str) and not password.strip()):
+        return [(["database", "password"], "is required")]
+    return []
+
+
+def _purge_when_absent(app):
+    """Purging removes what an app taken down left: only an absent app has it."""
+    if app.get("purge") is True and app.get("absent") is not True:
+        return [(["purge"], "is taken with absent: true only")]
     return []
 
 
@@ -362,7 +382,8 @@ def _tls_files(tls):
 
 def _apps_apart(apps):
     """What two apps of one host must not share: a server name, a Redis database
-    number, a database or a database user on the same server."""
+    number, a database or a database user on the same server. An absent app's
+    server names are free for another; its database is not (purge drops it)."""
     seen = {}
     problems = []
 
@@ -375,7 +396,7 @@ def _apps_apart(apps):
         app = apps[name]
         if not isinstance(app, dict):
             continue
-        names = app.get("server_names")
+        names = app.get("server_names") if app.get("absent") is not True else []
         for index, server_name in enumerate(names if isinstance(names, list) else []):
             if isinstance(server_name, str):
                 path = [name, "server_names", index]
@@ -406,6 +427,8 @@ RULES = {
     "wsgi_or_asgi": _wsgi_or_asgi,
     "tls_files": _tls_files,
     "apps_apart": _apps_apart,
+    "purge_when_absent": _purge_when_absent,
+    "database_password": _database_password,
 }
 
 

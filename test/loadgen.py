@@ -79,12 +79,17 @@ class Load:
         tls: bool = False,
         rate: float | None = None,
         planned: tuple[int, ...] = (),
+        keep_alive: bool = True,
     ):
         """``rate``: requests per second for all clients together (each client
         waits for its turn); None: every client sends its next request as soon as
         the previous one is answered, which keeps a small host fully busy.
         ``planned``: statuses besides 2xx that count as answered, such as a
-        maintenance page's 503 (``classify`` sees their bodies too)."""
+        maintenance page's 503 (``classify`` sees their bodies too).
+        ``keep_alive`` False: a connection per request (``Connection: close``),
+        for load across a reload of Nginx, which closes idle kept-alive
+        connections; a client then sends its next request on a closed one,
+        which browsers retry (RFC 9112, 9.3.1) and this client would count."""
         self.address, self.port, self.path = address, port, path
         self.tls = tls
         self.host_header = host_header
@@ -92,6 +97,9 @@ class Load:
         self.timeout = timeout
         self.classify = classify
         self.planned = frozenset(planned)
+        self.headers = {"Host": host_header}
+        if not keep_alive:
+            self.headers["Connection"] = "close"
         self.interval = clients / rate if rate else 0.0
         self._labels: dict[str, list[float]] = {}  # label -> [first, last, count]
         self._stop = threading.Event()
@@ -191,7 +199,7 @@ class Load:
                 connection = self._connection()
             sent = time.monotonic()
             try:
-                connection.request("GET", self.path, headers={"Host": self.host_header})
+                connection.request("GET", self.path, headers=self.headers)
                 response = connection.getresponse()
                 body = response.read()
                 answered = 200 <= response.status < 300

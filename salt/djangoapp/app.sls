@@ -82,7 +82,7 @@ djangoapp-{{ name }}-directory-{{ path }}:
 
 djangoapp-{{ name }}-runtime-directory-at-boot-file-managed:
   file.managed:
-    - name: /etc/tmpfiles.d/djangoapp-{{ name }}.conf
+    - name: {{ app.tmpfiles_file }}
     - mode: "0644"
     - contents: |
         d {{ app.run_dir }} 0750 {{ app.user }} {{ djangoapp.nginx.group }} -

@@ -1,5 +1,6 @@
 # Everything, in order: host packages, the databases and caches, each app's release,
-# the process manager that runs Gunicorn, then certificates and Nginx in front of it.
+# the process manager that runs Gunicorn, then certificates and Nginx in front of it;
+# the apps the pillar marks absent are taken down.
 {#- The map checks the pillar: a bad one stops the render here, once, before any
     included file is rendered. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
@@ -16,5 +17,6 @@ include:
   - .selinux
   - .tls
   - .nginx
+  - .absent
   - .acme
   - .host

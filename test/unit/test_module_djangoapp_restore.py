@@ -5,6 +5,7 @@ databases by test/integration/test_restore.py)."""
 import os
 import pathlib
 
+import djangoapp_disk
 import djangoapp_restore
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -75,3 +76,31 @@ def test_no_dump_and_no_database_are_refused(mods, shop, make_app):
     with pytest.raises(CommandExecutionError) as raised:
         mods["djangoapp.restore"]("docs")
     assert str(raised.value) == "app 'docs' has no database to restore (engine 'none')"
+
+
+def test_a_dump_by_hand_is_refused_with_a_bad_label_or_while_locked(mods, shop):
+    ret = mods["djangoapp.backup"]("shop", label="Before Import")
+    assert ret == {
+        "result": False,
+        "error": "label 'Before Import' must be lowercase letters, digits and -, "
+        "starting with a letter (at most 31)",
+    }
+    os.makedirs(shop["base_dir"], exist_ok=True)
+    lock_path = os.path.join(shop["base_dir"], ".release.lock")
+    held = djangoapp_disk.ReleaseLock(lock_path, {"action": "release"}).acquire()
+    try:
+        ret = mods["djangoapp.backup"]("shop", label="removed")
+    finally:
+        held.release()
+    assert ret["result"] is False
+    assert ret["failed_step"] == "lock"
+    assert ret["backup"] is None
+    assert not os.path.exists(shop["backup_dir"])
+
+
+def test_an_app_without_a_database_has_nothing_to_dump(mods, make_app):
+    make_app("docs")
+    ret = mods["djangoapp.backup"]("docs")
+    assert ret["result"] is True
+    assert ret["backup"] is None
+    assert ret["comment"] == "app docs has no database"
