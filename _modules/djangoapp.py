@@ -226,7 +226,7 @@ def release(
 
 
 @_refusals_answered
-def rollback(app=None, to=None, **kwargs):
+def rollback(app=None, to=None, force=False, **kwargs):
     """
     Make the previous good release of ``app`` live again (or ``to``: a
     release id, or a version, for its newest good release on disk): switch
@@ -237,6 +237,11 @@ def rollback(app=None, to=None, **kwargs):
     the release now live does not have (``app.migration``), and ``warnings``
     says so, naming the dump taken before they ran when there is one.
 
+    A rollback over a release whose migrations broke the schema for older code
+    (run after its switch, or let through by ``migrations: allow``) is refused
+    before anything changes, naming them and the dump taken before them;
+    ``force=True`` rolls back anyway.
+
     CLI Example:
 
     .. code-block:: bash
@@ -244,14 +249,17 @@ def rollback(app=None, to=None, **kwargs):
         salt '*' djangoapp.rollback
         salt '*' djangoapp.rollback shop to=v1.1.0-3f2a9c1e
         salt '*' djangoapp.rollback shop to=v1.1.0
+        salt '*' djangoapp.rollback shop force=True
     """
+    if not isinstance(force, bool):
+        raise SaltInvocationError(f"force {force!r} must be True or False")
     cfg = _app(app)
     if to is not None:
         __utils__["djangoapp_validate.release_id"](str(to), "to")
         to = str(to)
     user, jid = _caller(kwargs)
     ret = __utils__["djangoapp_release.rollback"](
-        cfg, _make_host(), to=to, user=user, jid=jid
+        cfg, _make_host(), to=to, user=user, jid=jid, force=force
     )
     return _fail(_pillar_note(ret, cfg))
 

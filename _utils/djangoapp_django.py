@@ -157,6 +157,7 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
         "fail_level": cfg["check_deploy_fail_level"] or "ERROR",
         "collectstatic": bool(collect),
         "static_staging": _static_staging(cfg, rdir) if collect else None,
+        "migration_linter": cfg["migration_linter"],
     }
     run_as_app = as_app(cfg, env, rdir, version, timeout=900)
     join_gunicorn = None
@@ -187,19 +188,23 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     return result
 
 
-def migrate(cfg, host, rdir, env, redact, version):
-    """``manage.py migrate --noinput`` in the new release, as the app user."""
+def migrate(cfg, host, rdir, env, redact, version, targets=None):
+    """``manage.py migrate --noinput`` in the new release, as the app user; with
+    ``targets`` (``[(app_label, migration), ...]``), up to each of them only."""
     python = os.path.join(rdir, "venv", "bin", "python")
     if os.path.isfile(os.path.join(project_dir(cfg, rdir), "manage.py")):
-        argv = [python, "manage.py", "migrate", "--noinput"]
+        command = [python, "manage.py", "migrate", "--noinput"]
     else:
-        argv = [python, "-m", "django", "migrate", "--noinput"]
-    ret = host.run(argv, **as_app(cfg, env, rdir, version, timeout=MIGRATE_TIMEOUT))
-    if ret.get("retcode") != 0:
-        output = tail((ret.get("stderr") or "") + "\n" + (ret.get("stdout") or ""))
-        raise StepFailed(
-            "migrate", redact(f"migrate failed (exit {ret.get('retcode')}): {output}")
-        )
+        command = [python, "-m", "django", "migrate", "--noinput"]
+    run_as_app = as_app(cfg, env, rdir, version, timeout=MIGRATE_TIMEOUT)
+    for target in targets or [()]:
+        ret = host.run([*command, *target], **run_as_app)
+        if ret.get("retcode") != 0:
+            output = tail((ret.get("stderr") or "") + "\n" + (ret.get("stdout") or ""))
+            raise StepFailed(
+                "migrate",
+                redact(f"migrate failed (exit {ret.get('retcode')}): {output}"),
+            )
     return ret
 
 

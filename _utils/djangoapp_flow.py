@@ -5,7 +5,7 @@ named steps over one ``Run``, and the one failure handler that puts things back.
 ::
 
     release:  lock | fetch resolve build preflight backup migrate
-                   | switch reload verify health | prune
+                   | switch reload verify migrate_after_switch health | prune
     rollback: lock | select | switch reload verify health
 
 Like Capistrano's flow: starting (``lock``), updating (up to ``migrate``: the
@@ -49,14 +49,21 @@ from djangoapp_disk import (
 from djangoapp_django import (
     backup_database,
     gunicorn_checked,
-    migrate,
     needs_backup,
     run_hooks,
     run_preflight,
 )
 from djangoapp_files import place_static, prepare_media_root
 from djangoapp_gunicorn import Service, reload_workers
-from djangoapp_health import health_check
+from djangoapp_health import check_health
+from djangoapp_migration_policy import (
+    after_switch_due,
+    before_switch_due,
+    migrate_after_switch,
+    migrate_before_switch,
+    plan_in_preflight,
+    refuse_crossing_contracts,
+)
 from djangoapp_migrations import start_check
 from djangoapp_procs import children, master_birth_release, proc_cwd, releases_in_use
 from djangoapp_source import Git, release_id
@@ -85,14 +92,15 @@ class Run:
     returns (``ret``).
     """
 
-    def __init__(self, cfg, host, action, version=None, to=None, user=None, jid=None):
+    def __init__(self, cfg, host, action, version=None, **options):
         self.cfg = cfg
         self.host = host
         self.action = action
         self.version = version
-        self.to = to
-        self.user = user or os_user()
-        self.jid = jid
+        self.to = options.get("to")
+        self.force = options.get("force", False)
+        self.user = options.get("user") or os_user()
+        self.jid = options.get("jid")
         self.layout = Layout(cfg["base_dir"])
         self.service = Service(cfg, host)
         self.env = load_env(cfg) if action == "release" else {}
@@ -106,6 +114,7 @@ class Run:
         self.rid = self.rdir = self.sha = None
         self.built = self.reused = self.switched = False
         self.pending = []
+        self.migration_plan = None
         self.preflight_static = None
         self.master = 0
         self.entry = None
@@ -416,6 +425,7 @@ def preflight(run, info):
         for m in found.get("checks") or []
     ]
     run.pending = run.ret["pending_migrations"] = found.get("pending_migrations") or []
+    plan_in_preflight(run, found)
     if not run.reused:
         run.preflight_static = place_static(run.layout, run.rdir, found)
         prepare_media_root(run.cfg, run.layout, run.rdir, found.get("media_root"))
@@ -486,10 +496,6 @@ def after_switch(run, info):
     info["commands"] = run_app_hooks(run, "after_switch")
 
 
-def migrations_pending(run):
-    return bool(run.pending)
-
-
 def backup_due(run):
     return bool(run.pending) and needs_backup(run.cfg)
 
@@ -497,12 +503,6 @@ def backup_due(run):
 def backup(run, info):
     run.ret["backup"] = backup_database(run.cfg, run.host, run.env, run.rid)
     run.entry["backup"] = info["path"] = run.ret["backup"]
-
-
-def migrate_database(run, info):
-    run.entry["migrations_ran"] = run.ret["migrations_ran"] = True
-    info["migrations"] = len(run.pending)
-    migrate(run.cfg, run.host, run.rdir, run.env, run.redact, run.version)
 
 
 # --------------------------------------------------------------------------
@@ -547,19 +547,6 @@ def health(run, info):
         info["response"] = check_health(run.cfg)["response"]
     except CommandExecutionError as exc:
         raise StepFailed("health", str(exc)) from exc
-
-
-def check_health(cfg, tries=5):
-    """The app's health URL asked and judged as a release does; raises
-    CommandExecutionError naming the pillar keys that say where and what."""
-    try:
-        return {"result": True, "response": health_check(cfg["health"], tries=tries)}
-    except CommandExecutionError as exc:
-        pillar = f"djangoapp:apps:{cfg['name']}"
-        raise CommandExecutionError(
-            f"{exc} (the pillar's {pillar}:health_path and "
-            f"{pillar}:health_statuses say where and what)"
-        ) from exc
 
 
 # --------------------------------------------------------------------------
@@ -632,6 +619,7 @@ def select(run, info):
                 "select", "no previous good release on disk to roll back to"
             )
     run.rid = info["id"] = target
+    refuse_crossing_contracts(run, entries, target)
     if target == run.current:
         run.ret["id"] = target
         run.finish_early(f"{target} is already current")
@@ -675,9 +663,11 @@ RELEASE = (
     Step("preflight", preflight),
     Step("after_build", after_build, when=built_with_hooks),
     Step("backup", backup, when=backup_due),
-    Step("migrate", migrate_database, when=migrations_pending),
+    Step("migrate", migrate_before_switch, when=before_switch_due),
     Step("after_migrate", after_migrate, when=hooks_at("after_migrate")),
-    *PUBLISHING,
+    *PUBLISHING[:-1],
+    Step("migrate_after_switch", migrate_after_switch, when=after_switch_due),
+    PUBLISHING[-1],
 )
 RELEASE_FINISHING = (Step("prune", prune_releases),)
 
@@ -697,9 +687,9 @@ def release(cfg, version, host, user=None, jid=None):
     return ret
 
 
-def rollback(cfg, host, to=None, user=None, jid=None):
+def rollback(cfg, host, to=None, user=None, jid=None, force=False):
     """Make the previous good release (or ``to``) live again; no rebuild."""
-    run = Run(cfg, host, "rollback", to=to, user=user, jid=jid)
+    run = Run(cfg, host, "rollback", to=to, user=user, jid=jid, force=force)
     run.ret["event"] = "rollback"
     ret = execute(run, ROLLBACK)
     report(run)
@@ -717,7 +707,13 @@ def report(run):
         ahead = {"migrations_ahead": ret.get("migrations_ahead")}
         run.event("rollback", id=ret["id"], **{"from": run.current}, **ahead)
     elif ret["result"]:
-        run.event("success", id=ret["id"], sha=ret["sha"], seconds=ret["seconds"])
+        run.event(
+            "success",
+            id=ret["id"],
+            sha=ret["sha"],
+            seconds=ret["seconds"],
+            migrations=ret.get("migrations"),
+        )
     else:
         run.event(
             "failure",

@@ -101,3 +101,16 @@ def health_check(health, tries=5, delay=1.0):
         f"GET {path} (Host {health.get('host')}, {url.scheme} through Nginx) "
         f"answered {last}; healthy is {', '.join(str(a) for a in accept)}"
     )
+
+
+def check_health(cfg, tries=5):
+    """The app's health URL asked and judged as a release does; raises
+    CommandExecutionError naming the pillar keys that say where and what."""
+    try:
+        return {"result": True, "response": health_check(cfg["health"], tries=tries)}
+    except CommandExecutionError as exc:
+        pillar = f"djangoapp:apps:{cfg['name']}"
+        raise CommandExecutionError(
+            f"{exc} (the pillar's {pillar}:health_path and "
+            f"{pillar}:health_statuses say where and what)"
+        ) from exc

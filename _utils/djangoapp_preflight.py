@@ -15,6 +15,9 @@ Arguments: one JSON object (``argv[1]``) with
 - ``static_staging``: a directory writable by this user inside the release;
   the files are collected there and the engine (as root) puts them in place
   afterwards
+- ``migration_linter``: the directory holding django-migration-linter (the
+  formula installs it beside the tools); appended to ``sys.path``, after the
+  release's own packages, for this process only
 
 Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
 the project prints goes to stderr. Exit code 0 when every check passed.
@@ -106,15 +109,112 @@ def _pending_migrations():
     executor = MigrationExecutor(connection)
     targets = executor.loader.graph.leaf_nodes()
     plan = executor.migration_plan(targets)
-    pending = []
-    for migration, backwards in plan:
-        pending.append(
-            "{}.{}{}".format(
-                migration.app_label, migration.name, " (unapply)" if backwards else ""
-            )
-        )
     connection.close()
-    return pending
+    return plan
+
+
+def _marker(migration):
+    """django-safemigrate's ``safe`` of a migration: ``before_deploy``,
+    ``after_deploy``, ``always`` or None (the enum of older versions, the
+    ``Safe`` of newer ones)."""
+    safe = getattr(migration, "safe", None)
+    when = getattr(safe, "when", safe)
+    value = getattr(when, "value", when)
+    return value if value in ("before_deploy", "after_deploy", "always") else None
+
+
+def _unaccounted_code(operation):
+    """RunPython and RunSQL the engine cannot judge: neither reversible nor
+    elidable (an operation that says nothing about what it does)."""
+    from django.db.migrations import RunPython, RunSQL
+
+    if not isinstance(operation, (RunPython, RunSQL)):
+        return None
+    if operation.reversible or getattr(operation, "elidable", False):
+        return None
+    kind = type(operation).__name__
+    return {
+        "code": f"{kind.upper()}_REVERSIBLE",
+        "message": f"{kind} that is neither reversible nor elidable",
+        "table": None,
+        "column": None,
+    }
+
+
+def _incompatibilities(linter, migration):
+    """What the linter's rules find in the migration's SQL (``sqlmigrate``) that
+    the code still serving cannot run with, and its unaccounted code; None when
+    the linter leaves it out (Django's own apps, ``IgnoreMigration``)."""
+    from django_migration_linter.constants import DJANGO_APPS_WITH_MIGRATIONS
+    from django_migration_linter.sql_analyser import analyse_sql_statements
+
+    # Django's own apps are left out as the linter leaves them out: their
+    # migrations come with a Django upgrade, written for it.
+    if migration.app_label in DJANGO_APPS_WITH_MIGRATIONS or (
+        linter.should_ignore_migration(
+            migration.app_label, migration.name, migration.operations
+        )
+    ):
+        return None
+    sql = linter.get_sql(migration.app_label, migration.name)
+    errors, _ignored, _warnings = analyse_sql_statements(linter.sql_analyser_class, sql)
+    found = [
+        {
+            "code": issue.code,
+            "message": issue.message,
+            "table": issue.table,
+            "column": issue.column,
+        }
+        for issue in errors
+    ]
+    found.extend(filter(None, map(_unaccounted_code, migration.operations)))
+    return found
+
+
+def _linter(directory):
+    if not directory or not os.path.isdir(directory):
+        raise RuntimeError(f"django-migration-linter is not in {directory}")
+    if directory not in sys.path:
+        sys.path.append(directory)
+    from django_migration_linter import MigrationLinter
+
+    return MigrationLinter(no_cache=True, no_output=True)
+
+
+def _classified(plan, linter_dir):
+    """Each pending migration: ``name``, ``marker``, ``depends_on`` (the pending
+    ones it needs) and ``incompatible`` (None where the linter cannot say, with
+    ``lint_error`` in the first)."""
+    pending = {(m.app_label, m.name) for m, _ in plan}
+    found = []
+    try:
+        linter = _linter(linter_dir) if plan else None
+        lint_error = None
+    except Exception as exc:  # the release goes on; the policy decides
+        linter, lint_error = None, f"{type(exc).__name__}: {exc}"
+    for migration, backwards in plan:
+        entry = {
+            "name": f"{migration.app_label}.{migration.name}",
+            "backwards": backwards,
+            "marker": _marker(migration),
+            "depends_on": sorted(
+                f"{app}.{name}"
+                for app, name in migration.dependencies
+                if (app, name) in pending
+            ),
+            "incompatible": None,
+        }
+        if linter is not None:
+            try:
+                entry["incompatible"] = _incompatibilities(linter, migration)
+                entry["ignored"] = entry["incompatible"] is None
+                entry["incompatible"] = entry["incompatible"] or []
+            except Exception as exc:
+                entry["lint_error"] = f"{type(exc).__name__}: {exc}"
+        found.append(entry)
+    if lint_error and found:
+        found[0]["lint_error"] = lint_error
+    return found
 
 
 def _collectstatic(target):
@@ -143,6 +243,7 @@ def _new_result():
         "checks": [],
         "missing_migrations": None,
         "pending_migrations": [],
+        "migrations": [],
         "static_url": None,
         "static_root": None,
         "media_url": None,
@@ -191,7 +292,12 @@ def makemigrations(options, result):
 
 
 def migrate_plan(options, result):
-    result["pending_migrations"] = _pending_migrations()
+    plan = _pending_migrations()
+    result["pending_migrations"] = [
+        "{}.{}{}".format(m.app_label, m.name, " (unapply)" if backwards else "")
+        for m, backwards in plan
+    ]
+    result["migrations"] = _classified(plan, options.get("migration_linter"))
 
 
 def collectstatic(options, result):

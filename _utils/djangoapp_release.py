@@ -41,6 +41,7 @@ ENGINE_MODULES = (
     "djangoapp_files",
     "djangoapp_django",
     "djangoapp_migrations",
+    "djangoapp_migration_policy",
     "djangoapp_gunicorn",
     "djangoapp_health",
     "djangoapp_maintenance",
@@ -118,9 +119,9 @@ def plan_release(cfg, version, host):
     return _flow.plan_release(cfg, version, host)
 
 
-def rollback(cfg, host, to=None, user=None, jid=None):
+def rollback(cfg, host, to=None, user=None, jid=None, force=False):
     """Back to the previous good release, or ``to``."""
-    return _flow.rollback(cfg, host, to=to, user=user, jid=jid)
+    return _flow.rollback(cfg, host, to=to, user=user, jid=jid, force=force)
 
 
 def reload_service(cfg, host, user=None, jid=None):
@@ -140,7 +141,7 @@ def releases(cfg):
 
 def health(cfg):
     """The health check of a release, on the live one."""
-    return _flow.check_health(cfg)
+    return _engine["djangoapp_health"].check_health(cfg)
 
 
 def maintenance(cfg, on=None, message=None):

@@ -82,6 +82,7 @@ CACHE_ENGINES = ("none", "redis", "memcached")
 TLS_MODES = ("off", "selfsigned", "provided", "acme")
 PROCESS_MANAGERS = ("supervisor", "systemd")
 VERSION_POLICIES = ("changes", "pillar")
+MIGRATION_POLICIES = ("safe", "after_switch", "allow")
 CHECK_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEPENDENCY_FORMATS = ("auto", "requirements", "uv.lock", "pyproject")
 # The points of a release where the project's own commands run.
@@ -208,6 +209,7 @@ APP = {
         },
         "version": {"required": True, "check": "ref", "when": WHILE_PRESENT},
         "version_policy": {"choices": VERSION_POLICIES},
+        "migrations": {"choices": MIGRATION_POLICIES},
         "deploy_key": {"type": "str"},
         "known_hosts": {"type": "str"},
         "python": {"check": "python"},

@@ -167,6 +167,8 @@ def app_json(app, config):
         "repo": app["repo"],
         "version": app["version"],
         "version_policy": app["version_policy"],
+        "migrations": app["migrations"],
+        "migration_linter": f"{config['paths']['tools_dir']}/migration-linter",
         "base_dir": app["base_dir"],
         "env_file": app["env_file"],
         "deploy_key": app["deploy_key_file"],

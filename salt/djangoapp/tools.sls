@@ -1,7 +1,11 @@
-{#- uv, in a virtualenv of its own, builds each release's virtualenv. #}
+{#- uv, in a virtualenv of its own, builds each release's virtualenv; beside it,
+    django-migration-linter for the releases' preflight (djangoapp_migration_policy),
+    pure Python that each release's own interpreter imports. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set tools_dir = djangoapp.paths.tools_dir %}
 {%- set uv_requirement = "uv==" ~ djangoapp.tools.uv_version %}
+{%- set linter_dir = tools_dir ~ "/migration-linter" %}
+{%- set linter_version = djangoapp.tools.migration_linter[0].split("==")[1] %}
 
 include:
   - .packages
@@ -29,3 +33,13 @@ djangoapp-tools-uv-cache-directory:
     - name: {{ djangoapp.paths.uv_cache }}
     - mode: "0700"
     - makedirs: true
+
+djangoapp-tools-migration-linter-installed:
+  cmd.run:
+    - name: >-
+        {{ tools_dir }}/bin/python -m pip install --quiet --no-deps --upgrade
+        --target {{ linter_dir }} {{ djangoapp.tools.migration_linter | map("quote") | join(" ") }}
+    - unless: test -d {{ linter_dir }}/django_migration_linter-{{ linter_version }}.dist-info
+    - env: {{ djangoapp.proxy_env | json }}
+    - require:
+      - cmd: djangoapp-tools-virtualenv-created

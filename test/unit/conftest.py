@@ -18,6 +18,7 @@ import threading
 
 import pytest
 import standins
+import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FORMULA_FILES = REPO / "salt" / "djangoapp" / "files"
@@ -115,6 +116,8 @@ def write_app(config_dir, name, base_dir, **overrides):
         "repo": None,
         "version": "v1.0.0",
         "version_policy": "changes",
+        "migrations": "safe",
+        "migration_linter": None,
         "base_dir": str(base_dir),
         "env_file": str(etc / "env.json"),
         "python": "python3",
@@ -250,13 +253,13 @@ TINY_VERSIONS = [
         "v1.2.0",
         {
             "tinyapp/models.py": TINY_FILES["tinyapp/models.py"]
-            + "    note = models.CharField(max_length=20, default='')\n",
+            + "    note = models.CharField(max_length=20, null=True)\n",
             "tinyapp/migrations/0002_item_note.py": (
                 "from django.db import migrations, models\n"
                 "class Migration(migrations.Migration):\n"
                 "    dependencies = [('tinyapp', '0001_initial')]\n"
                 "    operations = [migrations.AddField(model_name='item', name='note',"
-                " field=models.CharField(default='', max_length=20))]\n"
+                " field=models.CharField(max_length=20, null=True))]\n"
             ),
         },
     ),
@@ -273,6 +276,38 @@ TINY_BROKEN = {
             "STATIC_ROOT = BASE_DIR / 'staticfiles'\n", ""
         )
     },
+}
+
+
+def _tiny_migration(name, operations, head=""):
+    return {
+        f"tinyapp/migrations/{name}.py": (
+            "from django.db import migrations, models\n"
+            f"{head}"
+            "def touch(apps, schema_editor):\n"
+            "    apps.get_model('tinyapp', 'Item').objects.update(name='x')\n"
+            "class Migration(migrations.Migration):\n"
+            "    dependencies = [('tinyapp', '0002_item_note')]\n"
+            f"    operations = [{operations}]\n"
+        )
+    }
+
+
+# Tags on top of v1.2.0, each with one migration of a kind.
+TINY_MIGRATIONS = {
+    "drop-note": {
+        "tinyapp/models.py": TINY_FILES["tinyapp/models.py"],
+        **_tiny_migration(
+            "0003_remove_item_note",
+            "migrations.RemoveField(model_name='item', name='note')",
+        ),
+    },
+    "code-unaccounted": _tiny_migration("0003_touch", "migrations.RunPython(touch)"),
+    "code-accounted": _tiny_migration(
+        "0003_touch",
+        "migrations.RunPython(touch, elidable=True), "
+        "migrations.RunPython(touch, migrations.RunPython.noop)",
+    ),
 }
 
 GIT_ENV = {
@@ -343,6 +378,10 @@ class TinyRepo:
             self.git("checkout", "-q", self.tags["v1.1.0"])
             self.write(files)
             self.commit(tag, tag=tag, branch=f"broken/{tag}")
+        for tag, files in TINY_MIGRATIONS.items():
+            self.git("checkout", "-q", self.tags["v1.2.0"])
+            self.write(files)
+            self.commit(tag, tag=tag, branch=f"migrations/{tag}")
         self.git("checkout", "-q", "main")
         self.git("reset", "-q", "--hard", head)
         return self
@@ -413,13 +452,32 @@ def tiny_env(base):
     }
 
 
+@pytest.fixture(scope="session")
+def migration_linter(tmp_path_factory):
+    """django-migration-linter as the formula installs it (tools.sls): its
+    pinned packages, apart from any release."""
+    defaults = yaml.safe_load(
+        (REPO / "salt" / "djangoapp" / "parameters" / "defaults.yaml").read_text()
+    )
+    target = tmp_path_factory.mktemp("migration-linter")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
+        + ["--target", str(target)]
+        + defaults["djangoapp"]["tools"]["migration_linter"],
+        check=True,
+        timeout=600,
+    )
+    return str(target)
+
+
 @pytest.fixture
-def tiny_app(config_dir, tiny_repo, uv_binary, uv_cache):
+def tiny_app(config_dir, tiny_repo, uv_binary, uv_cache, migration_linter):
     """Write app.json/env.json of a tiny app; returns a factory(name, base)."""
 
     def factory(name, base, **overrides):
         base = pathlib.Path(base)
         (base / "shared" / "media").mkdir(parents=True, exist_ok=True)
+        overrides.setdefault("migration_linter", migration_linter)
         values = tiny_app_config(tiny_repo, base, uv_binary, uv_cache, **overrides)
         values.pop("base_dir")
         cfg = write_app(config_dir, name, base, **values)

@@ -173,9 +173,19 @@ def test_static_files_without_a_static_root_fail_preflight(mods, app, base):
 
 def test_release_with_migration(mods, app, base):
     ret = mods["djangoapp.release"]("v1.2.0", app="tiny")
-    assert ret["result"] is True, ret
+    assert ret["result"] is True, (ret.get("failed_step"), ret.get("error"))
     assert ret["migrations_ran"] is True
     assert ret["pending_migrations"] == ["tinyapp.0002_item_note"]
+    # A column with a database default: the code still serving keeps working.
+    assert ret["migrations"] == {
+        "policy": "safe",
+        "before_switch": ["tinyapp.0002_item_note"],
+        "after_switch": [],
+        "incompatible": {},
+        "markers": {},
+    }
+    assert _step(ret, "migrate")["migrations"] == ["tinyapp.0002_item_note"]
+    assert _ledger(base)[-1]["migrations"] == ret["migrations"]
     # keep_releases=2: v1.0.0 goes, failed attempts never stayed
     assert _on_disk(base) == sorted([ret["id"], ret["previous"]["id"]])
     assert _step(ret, "prune")["removed"]

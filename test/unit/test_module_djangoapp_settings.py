@@ -175,6 +175,8 @@ def test_app_json_holds_every_key_of_the_engine_config(derive, repo_root):
         "repo": "https://git.example.com/shop.git",
         "version": "v1.0.0",
         "version_policy": "changes",
+        "migrations": "safe",
+        "migration_linter": "/opt/djangoapp/tools/migration-linter",
         "base_dir": "/srv/djangoapp/shop",
         "env_file": "/etc/djangoapp/shop/env.json",
         "deploy_key": "/etc/djangoapp/shop/deploy_key",

@@ -1,0 +1,241 @@
+"""
+When each pending migration of a release runs: before the switch, while the
+previous release still serves (the default), or after it, once the new code
+serves. A migration that the code still serving cannot run with (a column it
+reads removed or renamed, a NOT NULL column without a database default, a type
+changed, a table dropped, code that is neither reversible nor elidable) breaks
+its requests in the seconds between ``migrate`` and the hand-over.
+
+The preflight (``djangoapp_preflight``, in the release's own Python) finds
+them with django-migration-linter's rules and reads django-safemigrate's
+markers. The linter runs in the release's interpreter because it needs the
+project's Django, settings and database (it reads ``sqlmigrate``); it is not
+installed into the release's virtualenv, whose packages are the project's own:
+the formula installs it beside the tools and the preflight appends it to its
+own ``sys.path`` only.
+
+The app's policy (``migrations`` in the pillar) decides for an unmarked
+backward-incompatible migration: ``safe`` stops the release at preflight,
+``after_switch`` runs it after the switch, ``allow`` runs it before as any
+other. A marked migration runs as marked (``before_deploy`` and ``always``:
+before; ``after_deploy``: after), and a migration that needs one running after
+the switch runs after it too.
+
+Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
+"""
+
+from djangoapp_common import StepFailed
+from djangoapp_django import migrate
+
+POLICIES = ("safe", "after_switch", "allow")
+BEFORE_MARKERS = ("before_deploy", "always")
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def _operations(found):
+    return [
+        "{}{}".format(
+            issue["code"],
+            " ({})".format(
+                ".".join(filter(None, (issue.get("table"), issue.get("column"))))
+            )
+            if issue.get("table")
+            else "",
+        )
+        for issue in found
+    ]
+
+
+def _refusal(app, name, why):
+    return (
+        f"migration {name} {why}: the release is stopped before anything changed. "
+        "Two ways forward: release it in two steps (first code that no longer "
+        "uses what it changes, the schema kept; then this migration, marked "
+        "after_deploy with django-safemigrate), or set the pillar's "
+        f"djangoapp:apps:{app}:migrations to after_switch (it runs once the new "
+        "code serves) or allow (it runs before the switch, breaking the requests "
+        "of the code still serving that use what it changes)"
+    )
+
+
+def _unmarked_goes_after(app, policy, migration, serving):
+    """Where an unmarked migration that depends on nothing run after the switch
+    goes: True after, False before; StepFailed when the policy refuses it.
+    With no release ``serving``, there is no code for it to break."""
+    name, found = migration["name"], migration.get("incompatible")
+    if not serving:
+        return False
+    if found is None and not migration.get("ignored"):
+        if policy == "safe":
+            error = migration.get("lint_error") or "the linter gave no answer"
+            raise StepFailed(
+                "preflight",
+                _refusal(app, name, f"could not be checked ({error})"),
+            )
+        return policy == "after_switch"
+    if not found:
+        return False
+    if policy == "safe":
+        operations = ", ".join(_operations(found))
+        raise StepFailed(
+            "preflight",
+            _refusal(app, name, f"breaks the release still serving ({operations})"),
+        )
+    return policy == "after_switch"
+
+
+def decide(app, policy, migrations, serving=True):
+    """
+    ``migrations``: the preflight's classified pending migrations, in the order
+    Django applies them; ``serving``: whether a release is live. Returns
+    ``{"policy", "before_switch", "after_switch", "incompatible": {name:
+    [operations]}, "markers": {name: marker}}``; raises
+    StepFailed("preflight") when the policy or the markers refuse the release.
+    """
+    if policy not in POLICIES:
+        raise StepFailed(
+            "preflight", f"migrations policy {policy!r} is not one of {POLICIES}"
+        )
+    plan = {
+        "policy": policy,
+        "before_switch": [],
+        "after_switch": [],
+        "incompatible": {},
+        "markers": {},
+    }
+    for migration in migrations:
+        name, marker = migration["name"], migration.get("marker")
+        if migration.get("incompatible"):
+            plan["incompatible"][name] = _operations(migration["incompatible"])
+        if marker:
+            plan["markers"][name] = marker
+        waits_for = [
+            d for d in migration.get("depends_on") or () if d in plan["after_switch"]
+        ]
+        if marker in BEFORE_MARKERS and waits_for:
+            raise StepFailed(
+                "preflight",
+                f"migration {name} is marked {marker} but depends on "
+                f"{waits_for[0]}, which runs after the switch",
+            )
+        if marker == "after_deploy" or waits_for:
+            after = True
+        elif marker in BEFORE_MARKERS or migration.get("backwards"):
+            after = False
+        else:
+            after = _unmarked_goes_after(app, policy, migration, serving)
+        plan["after_switch" if after else "before_switch"].append(name)
+    return plan
+
+
+def targets_before(plan):
+    """``migrate``'s targets for the migrations before the switch, each app's
+    last one, or None when every pending migration runs before it."""
+    if not plan["after_switch"]:
+        return None
+    last = {}
+    for name in plan["before_switch"]:
+        app, _, migration = name.partition(".")
+        last[app] = migration
+    return sorted(last.items())
+
+
+# --------------------------------------------------------------------------
+# the steps of a release that concern the migrations
+
+
+def plan_in_preflight(run, found):
+    """Decide, from the preflight's findings, when each pending migration runs."""
+    plan = decide(
+        run.cfg["name"],
+        run.cfg["migrations"],
+        found.get("migrations") or [],
+        serving=bool(run.current),
+    )
+    run.migration_plan = run.ret["migrations"] = plan
+    if run.entry is not None:
+        run.entry["migrations"] = plan
+
+
+def before_switch_due(run):
+    return bool(run.migration_plan and run.migration_plan["before_switch"])
+
+
+def after_switch_due(run):
+    return bool(run.migration_plan and run.migration_plan["after_switch"])
+
+
+def migrate_before_switch(run, info):
+    run.entry["migrations_ran"] = run.ret["migrations_ran"] = True
+    info["migrations"] = list(run.migration_plan["before_switch"])
+    migrate(
+        run.cfg,
+        run.host,
+        run.rdir,
+        run.env,
+        run.redact,
+        run.version,
+        targets=targets_before(run.migration_plan),
+    )
+
+
+def migrate_after_switch(run, info):
+    run.entry["migrations_ran"] = run.ret["migrations_ran"] = True
+    info["migrations"] = list(run.migration_plan["after_switch"])
+    try:
+        migrate(run.cfg, run.host, run.rdir, run.env, run.redact, run.version)
+    except StepFailed as exc:
+        raise StepFailed("migrate_after_switch", exc.message) from exc
+
+
+def contracts_since(entries, target):
+    """The successful releases of the ledger ``entries`` since ``target`` was
+    last made live whose migrations old code cannot run with (those run after
+    the switch, and the backward-incompatible ones let through): ``[{"id",
+    "migrations", "backup"}]``."""
+    since = 0
+    for index, entry in enumerate(entries):
+        if entry.get("id") == target and entry.get("status") == "success":
+            since = index + 1
+    crossed = []
+    for entry in entries[since:]:
+        plan = entry.get("migrations") or {}
+        if entry.get("event") != "release" or entry.get("status") != "success":
+            continue
+        names = list(plan.get("after_switch") or [])
+        names += [n for n in plan.get("incompatible") or {} if n not in names]
+        if names and entry.get("migrations_ran"):
+            crossed.append(
+                {
+                    "id": entry.get("id"),
+                    "migrations": names,
+                    "backup": entry.get("backup"),
+                }
+            )
+    return crossed
+
+
+def refuse_crossing_contracts(run, entries, target):
+    """A rollback to ``target`` over such migrations is refused unless forced
+    (then it is noted)."""
+    crossed = contracts_since(entries, target)
+    if not crossed:
+        return
+    text = "; ".join(
+        "{} ran {} (the dump taken before: {})".format(
+            c["id"], ", ".join(c["migrations"]), c["backup"] or "none"
+        )
+        for c in crossed
+    )
+    run.ret["contract_migrations"] = crossed
+    if not run.force:
+        raise StepFailed(
+            "select",
+            f"rolling back to {target} crosses migrations its code cannot run "
+            f"with: {text}. Roll forward instead, restore the dump "
+            "(djangoapp.restore) and roll back, or roll back with force=True",
+        )
+    run.note(f"forced over migrations {target}'s code cannot run with: {text}")

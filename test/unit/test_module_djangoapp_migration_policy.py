@@ -1,0 +1,257 @@
+"""
+When a release's pending migrations run: the classification of real
+migrations of the tiny project (django-migration-linter's rules, in the
+release's own Python, through Salt's loader) and the policy's decision for
+each kind (``djangoapp_migration_policy.decide``).
+"""
+
+import json
+import os
+import pathlib
+
+import djangoapp_migration_policy as policy
+import pytest
+from djangoapp_common import StepFailed
+
+pytestmark = pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else []
+
+REMOVE_NOTE = "tinyapp.0003_remove_item_note"
+
+
+def migration(name, incompatible=(), marker=None, depends_on=(), **extra):
+    return {
+        "name": name,
+        "marker": marker,
+        "depends_on": list(depends_on),
+        "incompatible": list(incompatible),
+        **extra,
+    }
+
+
+DROP = {
+    "code": "DROP_COLUMN",
+    "message": "DROPPING columns",
+    "table": "t",
+    "column": "c",
+}
+
+
+# --------------------------------------------------------------------------
+# the decision
+
+
+def test_no_pending_migration_is_an_empty_plan():
+    assert policy.decide("shop", "safe", []) == {
+        "policy": "safe",
+        "before_switch": [],
+        "after_switch": [],
+        "incompatible": {},
+        "markers": {},
+    }
+
+
+def test_safe_refuses_an_unmarked_incompatible_migration_by_name():
+    with pytest.raises(StepFailed) as refused:
+        policy.decide(
+            "shop", "safe", [migration("a.0001"), migration("a.0002", [DROP])]
+        )
+    assert refused.value.step == "preflight"
+    assert refused.value.message.startswith(
+        "migration a.0002 breaks the release still serving (DROP_COLUMN (t.c)): "
+        "the release is stopped before anything changed. Two ways forward: "
+    )
+    assert "djangoapp:apps:shop:migrations to after_switch" in refused.value.message
+
+
+def test_after_switch_defers_it_and_what_depends_on_it():
+    plan = policy.decide(
+        "shop",
+        "after_switch",
+        [
+            migration("a.0001"),
+            migration("a.0002", [DROP], depends_on=["a.0001"]),
+            migration("a.0003", depends_on=["a.0002"]),
+            migration("b.0001"),
+        ],
+    )
+    assert plan["before_switch"] == ["a.0001", "b.0001"]
+    assert plan["after_switch"] == ["a.0002", "a.0003"]
+    assert plan["incompatible"] == {"a.0002": ["DROP_COLUMN (t.c)"]}
+    assert policy.targets_before(plan) == [("a", "0001"), ("b", "0001")]
+
+
+def test_allow_runs_it_before_the_switch_and_says_so():
+    plan = policy.decide("shop", "allow", [migration("a.0002", [DROP])])
+    assert plan["before_switch"] == ["a.0002"] and plan["after_switch"] == []
+    assert plan["incompatible"] == {"a.0002": ["DROP_COLUMN (t.c)"]}
+    assert policy.targets_before(plan) is None
+
+
+def test_markers_win_over_the_policy():
+    plan = policy.decide(
+        "shop",
+        "safe",
+        [
+            migration("a.0002", [DROP], marker="before_deploy"),
+            migration("a.0003", [DROP], marker="after_deploy"),
+            migration("b.0001", marker="always"),
+        ],
+    )
+    assert plan["before_switch"] == ["a.0002", "b.0001"]
+    assert plan["after_switch"] == ["a.0003"]
+    assert plan["markers"] == {
+        "a.0002": "before_deploy",
+        "a.0003": "after_deploy",
+        "b.0001": "always",
+    }
+
+
+def test_a_before_marker_that_needs_an_after_one_is_refused():
+    with pytest.raises(StepFailed) as refused:
+        policy.decide(
+            "shop",
+            "safe",
+            [
+                migration("a.0002", marker="after_deploy"),
+                migration("a.0003", marker="before_deploy", depends_on=["a.0002"]),
+            ],
+        )
+    assert refused.value.message == (
+        "migration a.0003 is marked before_deploy but depends on a.0002, which "
+        "runs after the switch"
+    )
+
+
+def test_a_migration_the_linter_could_not_read_is_refused_only_when_safe():
+    unread = migration("a.0002", lint_error="ImportError: no linter")
+    unread["incompatible"] = None
+    with pytest.raises(StepFailed) as refused:
+        policy.decide("shop", "safe", [unread])
+    assert refused.value.message.startswith(
+        "migration a.0002 could not be checked (ImportError: no linter): "
+    )
+    assert policy.decide("shop", "after_switch", [unread])["after_switch"] == ["a.0002"]
+    assert policy.decide("shop", "allow", [unread])["before_switch"] == ["a.0002"]
+
+
+def test_a_migration_the_linter_is_told_to_ignore_runs_before():
+    ignored = migration("a.0002", ignored=True)
+    ignored["incompatible"] = None
+    assert policy.decide("shop", "safe", [ignored])["before_switch"] == ["a.0002"]
+
+
+# --------------------------------------------------------------------------
+# real migrations of the tiny project, classified in its release
+
+
+@pytest.fixture
+def released(tiny_app, tmp_path, mods):
+    """A factory: the tiny app at v1.2.0, with ``settings`` in its app.json."""
+
+    def factory(**settings):
+        base = tmp_path / "srv"
+        cfg = tiny_app("tiny", base, **settings)
+        ret = mods["djangoapp.release"]("v1.2.0", app="tiny")
+        assert ret["result"] is True, json.dumps(ret, default=str)[:3000]
+        return cfg, base
+
+    return factory
+
+
+def _ledger(base):
+    path = pathlib.Path(base) / "ledger.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_removed_column_stops_the_release_at_preflight(mods, released):
+    _, base = released()
+    live = os.readlink(base / "current")
+    ret = mods["djangoapp.release"]("drop-note", app="tiny")
+    assert ret["result"] is False
+    assert ret["failed_step"] == "preflight"
+    assert ret["error"].startswith(
+        f"migration {REMOVE_NOTE} breaks the release still serving "
+        "(DROP_COLUMN (tinyapp_item.note)): "
+    )
+    assert ret["migrations_ran"] is False
+    assert os.readlink(base / "current") == live
+
+
+def test_after_switch_runs_it_once_the_new_code_is_live(mods, released):
+    _, base = released(migrations="after_switch")
+    ret = mods["djangoapp.release"]("drop-note", app="tiny")
+    assert ret["result"] is True, ret
+    assert ret["migrations"]["before_switch"] == []
+    assert ret["migrations"]["after_switch"] == [REMOVE_NOTE]
+    assert ret["migrations"]["incompatible"] == {
+        REMOVE_NOTE: ["DROP_COLUMN (tinyapp_item.note)"]
+    }
+    names = [step["name"] for step in ret["steps"]]
+    assert "migrate" not in names
+    assert names.index("switch") < names.index("migrate_after_switch")
+    assert _ledger(base)[-1]["migrations"]["after_switch"] == [REMOVE_NOTE]
+
+
+def test_runpython_that_says_nothing_of_itself_is_refused(mods, released):
+    released()
+    ret = mods["djangoapp.release"]("code-unaccounted", app="tiny")
+    assert ret["failed_step"] == "preflight"
+    assert ret["error"].startswith(
+        "migration tinyapp.0003_touch breaks the release still serving "
+        "(RUNPYTHON_REVERSIBLE): "
+    )
+
+
+def test_runpython_elidable_or_reversible_runs_before_the_switch(mods, released):
+    released()
+    ret = mods["djangoapp.release"]("code-accounted", app="tiny")
+    assert ret["result"] is True, ret
+    assert ret["migrations"]["before_switch"] == ["tinyapp.0003_touch"]
+    assert ret["migrations"]["incompatible"] == {}
+
+
+def test_no_pending_migration_needs_no_linter(mods, released):
+    released(migration_linter="/nonexistent")
+    ret = mods["djangoapp.release"]("v1.1.0", app="tiny")
+    assert ret["result"] is True, ret
+    assert ret["migrations"]["before_switch"] == []
+    assert ret["pending_migrations"] == []
+
+
+def test_with_nothing_live_an_incompatible_migration_breaks_nothing():
+    plan = policy.decide(
+        "shop",
+        "safe",
+        [migration("a.0002", [DROP]), migration("a.0003", marker="after_deploy")],
+        serving=False,
+    )
+    assert plan["before_switch"] == ["a.0002"]
+    assert plan["after_switch"] == ["a.0003"]
+
+
+def test_a_rollback_over_a_contract_migration_is_refused_unless_forced(
+    mods, released
+):
+    _, base = released(migrations="after_switch")
+    before = os.readlink(base / "current")
+    contract = mods["djangoapp.release"]("drop-note", app="tiny")
+    assert contract["result"] is True, contract
+    refused = mods["djangoapp.rollback"]("tiny")
+    assert refused["result"] is False
+    assert refused["failed_step"] == "select"
+    assert refused["error"] == (
+        f"rolling back to {before.split('/')[-1]} crosses migrations its code "
+        f"cannot run with: {contract['id']} ran {REMOVE_NOTE} (the dump taken "
+        "before: none). Roll forward instead, restore the dump (djangoapp.restore) "
+        "and roll back, or roll back with force=True"
+    )
+    assert os.readlink(base / "current") == f"releases/{contract['id']}"
+    assert mods["djangoapp.rollback"]("tiny", force="yes")["error"] == (
+        "force 'yes' must be True or False"
+    )
+    forced = mods["djangoapp.rollback"]("tiny", force=True)
+    assert forced["result"] is True, forced
+    assert forced["contract_migrations"] == [
+        {"id": contract["id"], "migrations": [REMOVE_NOTE], "backup": None}
+    ]
+    assert os.readlink(base / "current") == before
