@@ -229,9 +229,7 @@ def test_with_nothing_live_an_incompatible_migration_breaks_nothing():
     assert plan["after_switch"] == ["a.0003"]
 
 
-def test_a_rollback_over_a_contract_migration_is_refused_unless_forced(
-    mods, released
-):
+def test_a_rollback_over_a_contract_migration_is_refused_unless_forced(mods, released):
     _, base = released(migrations="after_switch")
     before = os.readlink(base / "current")
     contract = mods["djangoapp.release"]("drop-note", app="tiny")
