@@ -39,7 +39,8 @@ def _refusals_answered(function):
     A call refused before anything changes (a bad or unknown argument) returns
     ``{"result": False, "error": ...}`` with a non-zero exit code: one line
     that names the argument, and ``--out=json`` stays JSON (Salt prints the
-    whole docstring after a SaltInvocationError). Keyword arguments the
+    whole docstring after a SaltInvocationError, or a TypeError of too many
+    positional arguments). Keyword arguments the
     function does not take are refused by name (Salt hands them on to a
     function that takes ``**kwargs``: a misspelt ``version`` would otherwise
     release the pillar's).
@@ -60,6 +61,14 @@ def _refusals_answered(function):
                 raise SaltInvocationError(
                     "unknown argument {}: djangoapp.{} takes {}".format(
                         ", ".join(map(repr, unknown)),
+                        function.__name__,
+                        ", ".join(taken),
+                    )
+                )
+            if len(args) > len(taken):
+                raise SaltInvocationError(
+                    "too many arguments ({}): djangoapp.{} takes {}".format(
+                        ", ".join(map(repr, args[len(taken) :])),
                         function.__name__,
                         ", ".join(taken),
                     )

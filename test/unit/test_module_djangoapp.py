@@ -390,6 +390,8 @@ def test_an_unknown_argument_is_named_not_ignored(mods, loaders, make_app):
     assert not os.path.exists(os.path.join(cfg["base_dir"], "ledger.jsonl"))
     error = refused(loaders, mods["djangoapp.status"], "demo", apps="demo")
     assert error == "unknown argument 'apps': djangoapp.status takes app"
+    error = refused(loaders, mods["djangoapp.status"], "demo", "v2")
+    assert error == "too many arguments ('v2'): djangoapp.status takes app"
     # Salt's own keyword arguments pass
     assert mods["djangoapp.releases"]("demo", __pub_jid="1")["current"] is None
 
