@@ -83,6 +83,8 @@ def _planned(ret, res, previous):
     if res.get("changed"):
         ret["result"] = None
         ret["changes"] = {"release": {"old": previous, "new": res.get("id")}}
+        if res.get("migrations"):
+            ret["changes"]["migrations"] = res["migrations"]
     else:
         ret["result"] = True
     ret["comment"] = res.get("comment") or ""
@@ -144,6 +146,7 @@ def released(name, version=None, version_policy=None, **kwargs):
                 "release": {"old": previous, "new": res.get("id")},
                 "sha": res.get("sha"),
                 "migrations_ran": res.get("migrations_ran"),
+                "migrations": res.get("migrations"),
                 "backup": res.get("backup"),
                 "seconds": res.get("seconds"),
             }

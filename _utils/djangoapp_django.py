@@ -188,6 +188,26 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     return result
 
 
+def read_migrations(cfg, host, rdir, env, redact, version):
+    """The pending migrations of the code in ``rdir``, classified as the
+    preflight does (its ``setup`` and ``migrate_plan`` stages alone); raises
+    StepFailed."""
+    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
+        source = handle.read()
+    options = {
+        "stages": ["setup", "migrate_plan"],
+        "migration_linter": cfg["migration_linter"],
+    }
+    python = os.path.join(rdir, "venv", "bin", "python")
+    ret = host.run(
+        [python, "-", json.dumps(options)],
+        stdin=source,
+        stdin_raw_newlines=True,
+        **as_app(cfg, env, rdir, version, timeout=300),
+    )
+    return _preflight_result(ret, redact)
+
+
 def migrate(cfg, host, rdir, env, redact, version, targets=None):
     """``manage.py migrate --noinput`` in the new release, as the app user; with
     ``targets`` (``[(app_label, migration), ...]``), up to each of them only."""

@@ -62,6 +62,7 @@ from djangoapp_migration_policy import (
     migrate_after_switch,
     migrate_before_switch,
     plan_in_preflight,
+    preview,
     refuse_crossing_contracts,
 )
 from djangoapp_migrations import start_check
@@ -754,6 +755,10 @@ def plan_release(cfg, version, host):
     else:
         ret["changed"] = True
         ret["comment"] = "would release {} (current: {})".format(rid, current or "none")
+        ret["migrations"] = preview(cfg, host, layout, sha, version, current)
+        if "refused" in ret["migrations"]:
+            ret.update(result=False, failed_step="preflight")
+            ret["error"] = ret["migrations"]["refused"]
     return ret
 
 

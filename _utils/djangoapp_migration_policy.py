@@ -24,8 +24,13 @@ the switch runs after it too.
 Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
 """
 
-from djangoapp_common import StepFailed
-from djangoapp_django import migrate
+import os
+import shutil
+
+from djangoapp_common import Redactor, StepFailed
+from djangoapp_config import load_env
+from djangoapp_django import migrate, read_migrations
+from djangoapp_source import Git
 
 POLICIES = ("safe", "after_switch", "allow")
 BEFORE_MARKERS = ("before_deploy", "always")
@@ -239,3 +244,33 @@ def refuse_crossing_contracts(run, entries, target):
             "(djangoapp.restore) and roll back, or roll back with force=True",
         )
     run.note(f"forced over migrations {target}'s code cannot run with: {text}")
+
+
+def preview(cfg, host, layout, sha, version, current):
+    """
+    How the pending migrations of ``sha`` would run (test mode): its code,
+    exported beside the releases, read by the live release's Python and
+    packages as the app's user, then decided as a release would. Returns the
+    plan, ``{"refused": why}``, or ``{"error": why}`` when it cannot be read
+    this way (a new dependency the settings import, say).
+    """
+    live = layout.release(current) if current else None
+    if not live or not os.path.exists(os.path.join(live, "venv", "bin", "python")):
+        return {"error": "no live release to read them with: the release reads them"}
+    scratch = os.path.join(layout.releases, f".preview-{os.getpid()}")
+    env = load_env(cfg)
+    redact = Redactor.from_env(env)
+    try:
+        os.makedirs(scratch, mode=0o755)
+        git = Git(cfg, layout, host)
+        git.fetch()
+        git.export(sha, os.path.join(scratch, "src"))
+        os.symlink(os.path.join(live, "venv"), os.path.join(scratch, "venv"))
+        found = read_migrations(cfg, host, scratch, env, redact, version)
+        return decide(cfg["name"], cfg["migrations"], found["migrations"])
+    except StepFailed as exc:
+        if exc.step == "preflight" and exc.message.startswith("migration "):
+            return {"refused": exc.message}
+        return {"error": redact(exc.message)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

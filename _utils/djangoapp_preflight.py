@@ -15,6 +15,8 @@ Arguments: one JSON object (``argv[1]``) with
 - ``static_staging``: a directory writable by this user inside the release;
   the files are collected there and the engine (as root) puts them in place
   afterwards
+- ``stages``: the names of the stages to run (default: all), e.g. ``setup``
+  and ``migrate_plan`` alone to read the pending migrations
 - ``migration_linter``: the directory holding django-migration-linter (the
   formula installs it beside the tools); appended to ``sys.path``, after the
   release's own packages, for this process only
@@ -349,7 +351,10 @@ def main(argv):
         sys.path.insert(0, cwd)
     step = "setup"
     try:
+        chosen = options.get("stages")
         for step, stage in STAGES:
+            if chosen and step not in chosen:
+                continue
             started = time.monotonic()
             stage(options, result)
             result["timings"][step] = round(time.monotonic() - started, 3)

@@ -253,3 +253,20 @@ def test_a_rollback_over_a_contract_migration_is_refused_unless_forced(mods, rel
         {"id": contract["id"], "migrations": [REMOVE_NOTE], "backup": None}
     ]
     assert os.readlink(base / "current") == before
+
+
+def test_test_mode_says_how_each_pending_migration_would_run(mods, released):
+    _, base = released()
+    live = os.readlink(base / "current")
+    refused = mods["djangoapp.release"]("drop-note", app="tiny", test=True)
+    assert refused["result"] is False
+    assert refused["failed_step"] == "preflight"
+    assert refused["error"].startswith(
+        f"migration {REMOVE_NOTE} breaks the release still serving "
+    )
+    accounted = mods["djangoapp.release"]("code-accounted", app="tiny", test=True)
+    assert accounted["result"] is True, accounted
+    assert accounted["migrations"]["before_switch"] == ["tinyapp.0003_touch"]
+    assert accounted["migrations"]["after_switch"] == []
+    assert os.readlink(base / "current") == live
+    assert sorted(os.listdir(base / "releases")) == [live.split("/")[-1]]
