@@ -75,6 +75,20 @@ def _summary(res):
     return lines
 
 
+def _release_changes(res, previous):
+    changes = {
+        "release": {"old": previous, "new": res.get("id")},
+        "sha": res.get("sha"),
+        "migrations_ran": res.get("migrations_ran"),
+        "migrations": res.get("migrations"),
+        "backup": res.get("backup"),
+        "seconds": res.get("seconds"),
+    }
+    if res.get("check_warnings"):
+        changes["check_warnings"] = res["check_warnings"]
+    return changes
+
+
 def _planned(ret, res, previous):
     """The state's return in test mode, from the plan of the release."""
     if res.get("result") is False:
@@ -142,16 +156,7 @@ def released(name, version=None, version_policy=None, **kwargs):
     if res.get("result"):
         ret["result"] = True
         if res.get("changed"):
-            ret["changes"] = {
-                "release": {"old": previous, "new": res.get("id")},
-                "sha": res.get("sha"),
-                "migrations_ran": res.get("migrations_ran"),
-                "migrations": res.get("migrations"),
-                "backup": res.get("backup"),
-                "seconds": res.get("seconds"),
-            }
-            if res.get("check_warnings"):
-                ret["changes"]["check_warnings"] = res["check_warnings"]
+            ret["changes"] = _release_changes(res, previous)
             comment = ["Released {} in {}s".format(res.get("id"), res.get("seconds"))]
         else:
             comment = [res.get("comment") or "{} is already live".format(res.get("id"))]
