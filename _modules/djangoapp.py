@@ -45,9 +45,10 @@ def _refusals_answered(function):
     function that takes ``**kwargs``: a misspelt ``version`` would otherwise
     release the pillar's).
     """
+    signature = inspect.signature(function)
     taken = [
         name
-        for name, parameter in inspect.signature(function).parameters.items()
+        for name, parameter in signature.parameters.items()
         if parameter.kind is not parameter.VAR_KEYWORD
     ]
 
@@ -73,6 +74,12 @@ def _refusals_answered(function):
                         ", ".join(taken),
                     )
                 )
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise SaltInvocationError(
+                    f"{exc}: djangoapp.{function.__name__} takes {', '.join(taken)}"
+                ) from exc
             return function(*args, **kwargs)
         except SaltInvocationError as exc:
             __context__["retcode"] = 1

@@ -392,6 +392,11 @@ def test_an_unknown_argument_is_named_not_ignored(mods, loaders, make_app):
     assert error == "unknown argument 'apps': djangoapp.status takes app"
     error = refused(loaders, mods["djangoapp.status"], "demo", "v2")
     assert error == "too many arguments ('v2'): djangoapp.status takes app"
+    error = refused(loaders, mods["djangoapp.release"], "demo", version="v2")
+    assert error == (
+        "multiple values for argument 'version': djangoapp.release takes version, "
+        "app, test, from_pillar, version_policy"
+    )
     # Salt's own keyword arguments pass
     assert mods["djangoapp.releases"]("demo", __pub_jid="1")["current"] is None
 
