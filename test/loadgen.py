@@ -43,6 +43,8 @@ class LoadResult:
     longest_gap_at: float = 0.0
     # label -> {"first", "last": seconds since the start, "count"}
     labels: dict[str, dict] = field(default_factory=dict)
+    # when each failed request was answered or gave up, in seconds since the start
+    failed_at: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -108,6 +110,7 @@ class Load:
         self._successes: list[float] = []
         self._latencies: list[float] = []
         self._failures: list[str] = []
+        self._failed_at: list[float] = []
         self._failed = 0
         self._started = 0.0
         self.result: LoadResult | None = None
@@ -162,6 +165,7 @@ class Load:
             p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
             * 1000,
             failures=list(self._failures),
+            failed_at=sorted(done - self._started for done in self._failed_at),
             labels={
                 label: {
                     "first": round(first - self._started, 3),
@@ -227,6 +231,7 @@ class Load:
                         seen[2] += 1
                 else:
                     self._failed += 1
+                    self._failed_at.append(done)
                     if len(self._failures) < 20:
                         self._failures.append(outcome)
         if connection is not None:

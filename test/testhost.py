@@ -46,7 +46,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 SUITE = "bookworm"
@@ -249,9 +249,15 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
 
 
+# Called with the label of each timed phase as it starts (test/try prints them).
+PHASE_LISTENERS: list[Callable[[str], None]] = []
+
+
 @contextlib.contextmanager
 def timed(label: str, timings: dict[str, float]) -> Iterator[None]:
     started = time.monotonic()
+    for listener in PHASE_LISTENERS:
+        listener(label)
     yield
     timings[label] = round(time.monotonic() - started, 1)
     log(f"{label}: {timings[label]} s")
@@ -720,6 +726,15 @@ class TestHost:
             self._claimed = False
             self._pid1 = None
 
+    def power_cycle(self) -> None:
+        """Power the host off and boot the same root again: its disk is kept, its
+        /run and processes are not. The network, the proxy and the binds stay."""
+        # systemd-nspawn turns SIGTERM into an orderly poweroff of the host.
+        self.state.nspawn.stop(SHUTDOWN_TIMEOUT)
+        self._pid1 = None
+        with timed("power cycle", self.timings):
+            self._boot()
+
     def _claim(self) -> None:
         """Wait until no live run uses the host's name, then clean up what is left."""
         deadline = time.monotonic() + BUSY_WAIT_TIMEOUT
@@ -874,6 +889,24 @@ class TestHost:
         if check and result.rc != 0:
             raise HostCommandError(result)
         return result
+
+    def nsenter_command(
+        self,
+        argv: Sequence[str],
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The command of this machine that runs argv in the host the way ``exec``
+        does, for callers that stream its output or hand it the terminal."""
+        if self.pid1 is None:
+            raise TestHostError("the test host is not running")
+        variables = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        variables.update(env or {})
+        command = ["nsenter", "-t", str(self.pid1), "-a", "-r", "-w", "env", "-i"]
+        command += [f"{name}={value}" for name, value in variables.items()]
+        if user is not None:
+            command += ["runuser", "-u", user, "--"]
+        return command + list(argv)
 
     def path(self, guest_path: str) -> Path:
         """Where a path of the host lies on this machine (symlinks resolved inside).

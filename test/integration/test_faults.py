@@ -1,0 +1,295 @@
+"""Faults a server meets over months, on a host of its own with two apps on
+PostgreSQL (shop under Supervisor, blog under systemd), each under load: Gunicorn's
+master killed with SIGKILL, PostgreSQL restarted, the host powered off and booted
+again. After each, the site serves by itself and the next release has no failed
+request.
+
+The tests run in file order, each from where the one before left the host, and print
+their figures (docs/reliability.md). The slot is $DJANGOAPP_FAULTS_SLOT, by default
+the shared host's slot plus 64.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
+from test_combinations import app_pillar
+
+import demorepo
+from loadgen import Load
+from nspawn_backend import nspawn_host
+from stack import HTTP_PROBE, changed_states, failed_states
+
+pytestmark = pytest.mark.integration
+
+HOSTNAME = "djangoapp-test-faults"
+MANAGERS = {"shop": "supervisor", "blog": "systemd"}
+CLIENTS = 6
+# Load before a fault, so that requests are in flight when it strikes, and after
+# the site is back, so that a late failure would show.
+LOAD_BEFORE_FAULT = 2.0
+LOAD_AFTER_RECOVERY = 4.0
+RECOVERY_TIMEOUT = 60.0
+# A request that was sent before the service came back may be answered (as a
+# failure) a little after: Nginx's upstream connect and the app's own time.
+IN_FLIGHT_SECONDS = 1.0
+
+# The Gunicorn master of an app as its pidfile names it, if it runs, and those of
+# its workers that have loaded the app (their reports in workers/, written by the
+# hooks of gunicorn.conf.py).
+GUNICORN_STATE = r"""
+import json, os, sys
+run_dir = sys.argv[1]
+try:
+    with open(os.path.join(run_dir, "gunicorn.pid")) as pidfile:
+        master = int(pidfile.read())
+    os.kill(master, 0)
+except (OSError, ValueError):
+    master = None
+ready = []
+reports = os.path.join(run_dir, "workers")
+if master and os.path.isdir(reports):
+    for name in os.listdir(reports):
+        try:
+            with open(f"/proc/{name.split('.')[0]}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        if parent == master:
+            ready.append(int(name.split(".")[0]))
+print(json.dumps({"master": master, "ready": sorted(ready)}))
+"""
+
+
+def faults_pillar(module) -> dict:
+    return {
+        "djangoapp": {
+            "apps": {
+                name: app_pillar(
+                    name,
+                    wsgi="demosite.wsgi:application",
+                    process_manager=manager,
+                    database={"engine": "postgresql", "password": f"{name}-db-4c81"},
+                )
+                for name, manager in MANAGERS.items()
+            },
+            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
+            "firewall": {"enabled": True, "allow": [22, 80]},
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    module = bootable_testhost(slot_from("DJANGOAPP_FAULTS_SLOT", 64))
+    work = tmp_path_factory.mktemp("faults")
+    demorepo.build_repo(work / "git" / "demo.git")
+    with converged_second_host(module, work, HOSTNAME, faults_pillar(module)) as host:
+        yield host.converged()
+
+
+def load_on(host: SecondHost, app: str) -> Load:
+    return Load(host.ip, 80, "/", f"{app}.test", clients=CLIENTS)
+
+
+def gunicorn_state(host: SecondHost, app: str) -> dict:
+    result = host.host.exec(["python3", "-c", GUNICORN_STATE, f"/run/djangoapp/{app}"])
+    return json.loads(result.stdout)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> float:
+    """Seconds until ``condition()`` held, polled every 0.1 s."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > RECOVERY_TIMEOUT:
+            pytest.fail(f"not within {RECOVERY_TIMEOUT} s: {what}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def release_under_load(host: SecondHost, app: str, version: str) -> dict:
+    with load_on(host, app) as load:
+        rc, release, output = host.salt(
+            "djangoapp.release", f"version={version}", f"app={app}"
+        )
+    print(f"release of {app} {version}: {load.result}")
+    assert rc == 0, output
+    assert release["result"] is True, output
+    assert release["version"] == version
+    assert load.result.failed == 0, load.result.failures
+    assert load.result.succeeded > 0
+    return release
+
+
+def report(label: str, figures: dict) -> None:
+    print(f"FIGURES {label}: {json.dumps(figures)}")
+
+
+@pytest.mark.parametrize(
+    ("app", "next_version"), [("shop", "v1.0.1"), ("blog", "v1.0.1")]
+)
+def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(
+    faults, app, next_version
+):
+    before = gunicorn_state(faults, app)
+    assert before["master"] is not None and before["ready"], before
+
+    def back() -> bool:
+        now = gunicorn_state(faults, app)
+        replaced = now["master"] not in (None, before["master"])
+        return replaced and len(now["ready"]) == len(before["ready"])
+
+    with load_on(faults, app) as load:
+        time.sleep(LOAD_BEFORE_FAULT)
+        killed = time.monotonic() - load.started
+        faults.host.exec(["kill", "-KILL", str(before["master"])])
+        back_after = wait_until(back, f"a new master of {app} with its workers")
+        time.sleep(LOAD_AFTER_RECOVERY)
+    result = load.result
+    failed_after_kill = [round(at - killed, 3) for at in result.failed_at]
+    report(
+        f"killed master of {app} ({MANAGERS[app]})",
+        {
+            "sent": result.sent,
+            "failed": result.failed,
+            "new_master_ready_after_s": round(back_after, 2),
+            "first_failure_after_kill_s": min(failed_after_kill, default=None),
+            "last_failure_after_kill_s": max(failed_after_kill, default=None),
+            "longest_gap_s": round(result.longest_gap, 3),
+            "first_failures": result.failures[:3],
+        },
+    )
+    # Only requests around the kill fail: none before it, none once the new
+    # master's workers serve.
+    assert all(0 <= at <= back_after + IN_FLIGHT_SECONDS for at in failed_after_kill), (
+        failed_after_kill
+    )
+    assert result.succeeded > 0
+
+    release = release_under_load(faults, app, next_version)
+    reload = next(step for step in release["steps"] if step["name"] == "reload")
+    # The new master's own control socket, not a stale one: workers handed over.
+    assert reload["method"] == "rolling", reload
+    assert release["service_running"] is True
+
+
+def database_ready(host: SecondHost) -> bool:
+    return host.host.exec(["pg_isready", "--quiet"], check=False).rc == 0
+
+
+def test_workers_recover_by_themselves_from_a_database_restart(faults):
+    masters = {app: gunicorn_state(faults, app) for app in MANAGERS}
+    loads = {app: load_on(faults, app) for app in MANAGERS}
+    for load in loads.values():
+        load.start()
+    try:
+        time.sleep(LOAD_BEFORE_FAULT)
+        started = time.monotonic()
+        faults.host.exec(["systemctl", "restart", "postgresql"])
+        returned = time.monotonic()
+        ready_after = wait_until(lambda: database_ready(faults), "PostgreSQL ready")
+        time.sleep(LOAD_AFTER_RECOVERY)
+    finally:
+        for load in loads.values():
+            load.stop()
+    for app, load in loads.items():
+        result = load.result
+        began = started - load.started
+        failed_after_return = [
+            round(at - (returned - load.started), 3) for at in result.failed_at
+        ]
+        report(
+            f"PostgreSQL restarted, {app} ({MANAGERS[app]})",
+            {
+                "sent": result.sent,
+                "failed": result.failed,
+                "restart_s": round(returned - started, 2),
+                "ready_after_return_s": round(ready_after, 2),
+                "first_failure_after_start_s": min(
+                    (round(at - began, 3) for at in result.failed_at), default=None
+                ),
+                "last_failure_after_return_s": max(failed_after_return, default=None),
+                "longest_gap_s": round(result.longest_gap, 3),
+                "first_failures": result.failures[:3],
+            },
+        )
+        # Failures only while the database was away: none before the restart,
+        # none once it accepts connections again (each worker's persistent
+        # connection is checked before use and opened again).
+        assert all(at >= began for at in result.failed_at), result.failed_at
+        assert all(
+            at <= ready_after + IN_FLIGHT_SECONDS for at in failed_after_return
+        ), failed_after_return
+        assert result.succeeded > 0
+        # By themselves: the same master and workers, none restarted.
+        assert gunicorn_state(faults, app) == masters[app]
+    release_under_load(faults, "shop", "v1.1.0")
+
+
+def answers(host: SecondHost, app: str) -> bool:
+    probe = host.host.exec(
+        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", f"{app}.test"], check=False
+    )
+    return probe.rc == 0 and json.loads(probe.stdout)["status"] == 200
+
+
+def page_version(body: str) -> str | None:
+    shown = re.search(r'<span class="version">([^<]*)</span>', body)
+    return shown.group(1) if shown else None
+
+
+def run_dir_of(host: SecondHost, app: str) -> dict:
+    infra = host.infra
+    run_dir = infra.file(f"/run/djangoapp/{app}")
+    return {
+        "directory": run_dir.is_directory,
+        "owner": (run_dir.user, run_dir.group, run_dir.mode),
+        "socket": infra.file(f"/run/djangoapp/{app}/gunicorn.sock").is_socket,
+        "control_socket": infra.file(f"/run/djangoapp/{app}/gunicorn.ctl").is_socket,
+    }
+
+
+def test_after_a_power_cycle_the_same_releases_serve_with_no_manual_step(faults):
+    live = {app: faults.salt("djangoapp.status", app)[1] for app in MANAGERS}
+    assert all(status["current"] for status in live.values()), live
+    powered_off = time.monotonic()
+    faults.host.power_cycle()
+    off_and_booted = time.monotonic() - powered_off
+    faults.infra = nspawn_host(faults.host.pid1)
+    for app in MANAGERS:
+        serving = wait_until(
+            lambda app=app: answers(faults, app), f"{app} answering after the boot"
+        )
+        report(
+            f"power cycle, {app} ({MANAGERS[app]})",
+            {
+                "off_and_booted_s": round(off_and_booted, 1),
+                "serving_after_boot_s": round(serving, 2),
+            },
+        )
+        rc, status, output = faults.salt("djangoapp.status", app)
+        assert rc == 0, output
+        assert status["current"] == live[app]["current"], output
+        assert status["version"] == live[app]["version"], output
+        assert status["service"]["running"] is True, output
+        assert status["service"]["master_release"] == live[app]["current"], output
+        page = faults.get("http://127.0.0.1/", f"{app}.test")
+        assert page["status"] == 200
+        assert page_version(page["body"]) == live[app]["version"]
+        assert run_dir_of(faults, app) == {
+            "directory": True,
+            "owner": (app, "www-data", 0o750),
+            "socket": True,
+            "control_socket": True,
+        }
+    assert faults.infra.run("nft list table inet djangoapp").rc == 0
+
+    rc, again, output = faults.apply()
+    assert rc == 0 and not failed_states(again), output
+    assert changed_states(again) == []
+    release_under_load(faults, "blog", "v1.1.0")
