@@ -6,7 +6,11 @@ tree with the overlay directory ``test/demoapp/overlays/<tag>/`` copied over it
 (files replace or add; a top-level file named ``DELETE`` lists paths, one a line,
 to remove). The main line is v1.0.0 -> v1.0.1 -> v1.1.0 -> v1.2.0 (branch ``main``);
 each failure variant, and ``django6`` (the same site on Django 6, for Python 3.12
-and later), is a single commit on top of v1.0.0, reachable only by its tag.
+and later), is a single commit on top of v1.0.0, reachable only by its tag. The
+migration variants branch off v1.2.0: ``drop-author`` removes the author column that
+v1.2.0 reads on every page, in one plain migration; ``expand-author`` then
+``contract-author`` remove it in two releases (the second marked with
+django-safemigrate to run after the deploy); ``add-nullable`` only adds a column.
 
 Authors, committers, taggers and dates are fixed, so the commit and tag ids are the
 same on every run and every machine.
@@ -57,12 +61,30 @@ VERSIONS: dict[str, tuple[str | None, str]] = {
         "v1.0.0",
         "Move to Django 6, which needs Python 3.12 (requires-python in pyproject.toml)",
     ),
+    "drop-author": (
+        "v1.2.0",
+        "Stop showing authors and drop the column in one migration",
+    ),
+    "expand-author": (
+        "v1.2.0",
+        "Stop showing authors; the column stays for the release before",
+    ),
+    "contract-author": (
+        "expand-author",
+        "Drop the author column after the deploy (django-safemigrate)",
+    ),
+    "add-nullable": ("v1.2.0", "Add an optional mood to notes, not shown yet"),
 }
 
 # Versions that work, but only where the host's Python is recent enough.
 PLATFORM_VARIANTS = ("django6",)
+# Versions that work, each with a migration that the release before it (v1.2.0, or
+# expand-author for contract-author) may or may not survive while it still serves.
+MIGRATION_VARIANTS = ("drop-author", "expand-author", "contract-author", "add-nullable")
 FAILURE_VARIANTS = tuple(
-    tag for tag in VERSIONS if tag not in MAIN_LINE and tag not in PLATFORM_VARIANTS
+    tag
+    for tag in VERSIONS
+    if tag not in MAIN_LINE + PLATFORM_VARIANTS + MIGRATION_VARIANTS
 )
 
 AUTHOR_NAME = "Demo Developer"

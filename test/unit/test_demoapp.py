@@ -40,7 +40,8 @@ VARIANTS = [
 ]
 # Works only where the host's Python is 3.12 or later.
 PLATFORM_VARIANTS = ["django6"]
-ALL_TAGS = MAIN_LINE + VARIANTS + PLATFORM_VARIANTS
+MIGRATION_VARIANTS = ["drop-author", "expand-author", "contract-author", "add-nullable"]
+ALL_TAGS = MAIN_LINE + VARIANTS + PLATFORM_VARIANTS + MIGRATION_VARIANTS
 
 SECRET = "k3y-" + "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PRODUCTION_ENV = {
@@ -133,6 +134,16 @@ def test_variants_branch_off_v1_0_0(built, tag):
     for release in ("v1.0.1", "v1.1.0", "v1.2.0"):
         assert not is_ancestor(repo, tag, release)
         assert not is_ancestor(repo, release, tag)
+
+
+def test_migration_variants_branch_off_v1_2_0(built):
+    repo, shas = built
+    assert tuple(MIGRATION_VARIANTS) == demorepo.MIGRATION_VARIANTS
+    assert not set(MIGRATION_VARIANTS) & set(demorepo.FAILURE_VARIANTS)
+    for tag in ("drop-author", "expand-author", "add-nullable"):
+        assert git(repo, "rev-parse", f"{tag}^") == shas["v1.2.0"]
+    assert git(repo, "rev-parse", "contract-author^") == shas["expand-author"]
+    assert not is_ancestor(repo, "drop-author", "refs/heads/main")
 
 
 def test_build_is_deterministic_and_refreshes(built, tmp_path):
@@ -240,6 +251,23 @@ def test_contents(repo):
     }
     django6 = tomllib.loads(git(repo, "show", "django6:pyproject.toml"))
     assert django6["project"]["requires-python"] == ">=3.12"
+    assert changed(repo, "v1.2.0", "add-nullable") == {
+        "demosite/version.py",
+        "notes/models.py",
+        "notes/migrations/0004_note_mood.py",
+        "notes/tests.py",
+    }
+    assert "django-safemigrate==6.0" in git(
+        repo, "show", "contract-author:requirements.txt"
+    )
+    assert "safemigrate" not in git(repo, "show", "expand-author:requirements.txt")
+    for tag in ("drop-author", "expand-author"):
+        for name in (
+            "notes/models.py",
+            "notes/views.py",
+            "notes/templates/notes/index.html",
+        ):
+            assert "author" not in git(repo, "show", f"{tag}:{name}"), (tag, name)
     assert changed(repo, "v1.0.0", "broken-import") == {
         "demosite/version.py",
         "demosite/wsgi.py",
@@ -261,12 +289,13 @@ def _cache_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_python(tmp_path_factory) -> Path:
-    """A virtualenv with the requirements of v1.2.0 (a superset of the older ones)."""
+    """A virtualenv with the requirements of contract-author (v1.2.0's and
+    django-safemigrate, a superset of the older ones)."""
     dest = tmp_path_factory.mktemp("reqs") / "demo.git"
     demorepo.build_repo(dest)
-    requirements = git(dest, "show", "v1.2.0:requirements.txt") + "\n"
+    requirements = git(dest, "show", "contract-author:requirements.txt") + "\n"
     newest = set(requirements.split())
-    for tag in ("v1.0.0", "v1.1.0"):
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0"):
         assert set(git(dest, "show", f"{tag}:requirements.txt").split()) <= newest
 
     key = hashlib.sha256((sys.version + "\0" + requirements).encode()).hexdigest()[:16]
@@ -381,7 +410,7 @@ def checkout(repo: Path, tag: str, dest: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tag", ["v1.0.0", "v1.1.0", "v1.2.0"])
+@pytest.mark.parametrize("tag", ["v1.0.0", "v1.1.0", "v1.2.0", *MIGRATION_VARIANTS])
 def test_release_runs(repo, demo_python, tmp_path, tag):
     src = checkout(repo, tag, tmp_path / tag)
     manage(demo_python, src, "check")
@@ -470,6 +499,42 @@ def test_old_code_runs_on_migrated_schema(repo, demo_python, tmp_path):
     newest = fetch(demo_python, src["v1.2.0"], "/", env=env)["/"]["body"]
     assert 'written by v1.0.0 after 0002 <span class="author">by anonymous' in newest
     assert "by ann" in newest
+
+
+@pytest.mark.slow
+def test_v1_2_0_on_the_schema_of_each_migration_variant(repo, demo_python, tmp_path):
+    """What v1.2.0 meets when a migration variant migrates while it still serves."""
+    old = checkout(repo, "v1.2.0", tmp_path / "v1.2.0")
+    migrated = tmp_path / "v1.2.0.sqlite3"
+    env = app_env(DATABASE_URL=f"sqlite:///{migrated}")
+    manage(demo_python, old, "collectstatic", "--noinput", "-v0", env=env)
+    manage(demo_python, old, "migrate", "--noinput", "-v0", env=env)
+    expected = {
+        "drop-author": 500,
+        "expand-author": 200,
+        "contract-author": 500,
+        "add-nullable": 200,
+    }
+    for tag, status in expected.items():
+        db = tmp_path / f"{tag}.sqlite3"
+        shutil.copyfile(migrated, db)
+        env = app_env(DATABASE_URL=f"sqlite:///{db}")
+        new = checkout(repo, tag, tmp_path / tag)
+        manage(demo_python, new, "migrate", "--noinput", "-v0", env=env)
+        pages = fetch(demo_python, old, env=env)
+        assert pages["/"]["status"] == status, tag
+        assert pages["/healthz/"]["status"] == 200, tag
+        # writing fails where reading does: ok=False expects a failure
+        manage(demo_python, old, "add_note", "by v1.2.0", env=env, ok=status == 200)
+        manage(demo_python, new, "collectstatic", "--noinput", "-v0", env=env)
+        assert fetch(demo_python, new, "/", env=env)["/"]["status"] == 200, tag
+
+    # contract-author's migration goes back: the column returns with its default.
+    env = app_env(DATABASE_URL=f"sqlite:///{tmp_path / 'contract-author.sqlite3'}")
+    new = tmp_path / "contract-author"
+    manage(demo_python, new, "migrate", "notes", "0004", "--noinput", "-v0", env=env)
+    manage(demo_python, old, "add_note", "after the way back", env=env)
+    assert "after the way back" in fetch(demo_python, old, "/", env=env)["/"]["body"]
 
 
 @pytest.mark.slow
