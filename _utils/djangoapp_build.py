@@ -12,7 +12,14 @@ import shutil
 import sys
 import time
 
-from djangoapp_common import SAFE_PATH, StepFailed, read_json, tail, user_ids
+from djangoapp_common import (
+    SAFE_PATH,
+    StepFailed,
+    naming_a_full_disk,
+    read_json,
+    tail,
+    user_ids,
+)
 from djangoapp_config import proxy_env
 from djangoapp_deps import Dependencies, interpreter_version
 
@@ -247,6 +254,10 @@ class Builder:
     def build(self, git, sha):
         """Export ``sha``, install its dependencies, compile. Returns how it
         installed them (``uv`` or ``pip``, and the format)."""
+        with naming_a_full_disk("build", self.rdir):
+            return self.build_in_place(git, sha)
+
+    def build_in_place(self, git, sha):
         git.export(sha, self.src)
         self.lap("export")
         self.deps = Dependencies(self.cfg, self.src)

@@ -6,6 +6,8 @@ Not a Salt utility: ``djangoapp_release`` (the one the execution module calls)
 loads it with the engine's other modules.
 """
 
+import contextlib
+import errno
 import getpass
 import hashlib
 import json
@@ -132,6 +134,51 @@ class StepFailed(Exception):
         super().__init__(message)
         self.step = step
         self.message = message
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # what every tool says: "No space left on device"
+MIB = 1024 * 1024
+
+
+def mount_point(path):
+    """The mount point of the filesystem that holds ``path`` (or would hold it)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def no_space_on(path):
+    """Which filesystem ``path`` is on, and how much it has free now."""
+    mount = mount_point(path)
+    try:
+        fs = os.statvfs(mount)
+    except OSError:
+        return f"no space left on {mount} (the filesystem of {path})"
+    free = fs.f_bavail * fs.f_frsize / MIB
+    size = fs.f_blocks * fs.f_frsize / MIB
+    return (
+        f"no space left on {mount} (the filesystem of {path}: "
+        f"{free:.1f} MiB free of {size:.1f} MiB)"
+    )
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(step, path):
+    """
+    A failure of ``step`` for want of space (ENOSPC in this process, or a command
+    that says so) becomes one whose first line names the filesystem of ``path``:
+    the tools' own words ("could not write to output file") seldom say which.
+    """
+    try:
+        yield
+    except (StepFailed, OSError) as exc:
+        detail = exc.message if isinstance(exc, StepFailed) else str(exc)
+        if NO_SPACE not in detail:
+            raise
+        raise StepFailed(step, f"{no_space_on(path)}\n{tail(detail, 1000)}") from exc
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,14 @@ import time
 import urllib.parse
 
 from djangoapp_build import venv_package_version
-from djangoapp_common import SAFE_PATH, StepFailed, file_sha256, tail, user_ids
+from djangoapp_common import (
+    SAFE_PATH,
+    StepFailed,
+    file_sha256,
+    naming_a_full_disk,
+    tail,
+    user_ids,
+)
 from djangoapp_deps import requirements_digest
 from djangoapp_files import STATIC_STAGING
 from djangoapp_host import run_in_thread
@@ -346,6 +353,12 @@ def backup_database(cfg, host, env, rid):
     os.makedirs(cfg["backup_dir"], mode=0o700, exist_ok=True)
     suffix, dump = DUMPS[engine]
     path = os.path.join(cfg["backup_dir"], rid + suffix)
-    dump(host, db, path, {"PATH": SAFE_PATH, "LC_ALL": "C"})
+    try:
+        with naming_a_full_disk("backup", path):
+            dump(host, db, path, {"PATH": SAFE_PATH, "LC_ALL": "C"})
+    except StepFailed:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)  # a partial dump must never pass for one to restore
+        raise
     os.chmod(path, 0o600)
     return path

@@ -2,7 +2,10 @@
 where, what it rotates away and what it keeps when a dump fails. The dump tools are
 replaced by fakes; the integration tests run the real pg_dump."""
 
+import errno
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,55 @@ def test_a_failed_dump_is_removed_and_nothing_is_rotated(
 
     assert sorted(path.name for path in nightly.iterdir()) == old
     assert "shop: backup failed: disk full" in capsys.readouterr().out
+
+
+PG_DUMP_FULL = (
+    "runuser exited with 1: pg_dump: error: could not write to output file: "
+    "No space left on device"
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PG_DUMP_FULL,
+        # os.fsync of the dump, in the script itself
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    ],
+    ids=["pg_dump", "fsync"],
+)
+def test_a_full_disk_costs_no_good_dump_and_is_named(
+    backup, tmp_path, monkeypatch, capsys, error
+):
+    nightly = configure(tmp_path, "shop")
+    nightly.mkdir(parents=True)
+    good = [f"shop-2000010{day}T030000Z.dump" for day in range(1, 4)]
+    for name in good:
+        (nightly / name).write_text("good")
+
+    def dump_until_the_disk_is_full(database, path):
+        Path(path).write_text("half a dump")
+        raise backup.BackupError(error) if isinstance(error, str) else error
+
+    monkeypatch.setitem(
+        backup.DUMPERS, "postgresql", (dump_until_the_disk_is_full, "dump")
+    )
+
+    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "3"]) == 1
+
+    assert sorted(path.name for path in nightly.iterdir()) == good
+    listed = subprocess.run(
+        ["df", "--output=target", str(nightly)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    mount = listed.stdout.splitlines()[1].strip()
+    assert capsys.readouterr().out.splitlines() == [
+        f"shop: backup failed: no space left on {mount} ({error}); the new dump "
+        "removed, 3 earlier dumps kept (newest shop-20000103T030000Z.dump)",
+        "failed: shop",
+    ]
 
 
 def test_apps_without_a_database_are_skipped(backup, tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ each APP named, whose database is PostgreSQL or MySQL/MariaDB: dumps it into
 <backup_dir>/nightly/<app>-<UTC time>.dump (pg_dump custom format, checked with
 pg_restore --list) or .sql (mysqldump, checked for its completion trailer), then
 removes that app's oldest nightly dumps beyond --keep. A dump that fails is
-deleted and nothing of that app is rotated away; the exit status is 1 when any
-app failed.
+deleted and nothing of that app is rotated away (a full disk never costs a good
+dump); the log says why, naming the filesystem when it is full, and how many
+dumps are kept. The exit status is 1 when any app failed.
 
 A local PostgreSQL database is dumped as the postgres user over the local socket
 (peer authentication). Any other database is dumped with the app's own
@@ -18,6 +19,7 @@ its environment, never on its command line.
 """
 
 import argparse
+import errno
 import fcntl
 import json
 import os
@@ -33,6 +35,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 LOCK_FILE = "/run/djangoapp-backup.lock"
 DUMP_TIMEOUT = 6 * 3600
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+NO_SPACE = os.strerror(errno.ENOSPC)
 
 
 class BackupError(Exception):
@@ -134,6 +137,24 @@ def nightly_dumps(directory, name):
     return sorted(entry for entry in os.listdir(directory) if pattern.match(entry))
 
 
+def mount_point(path):
+    """The mount point of the filesystem that holds path."""
+    path = os.path.abspath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def failure(error, directory, name):
+    """What a failed dump says: the filesystem when it is full, and the dumps kept."""
+    reason = str(error)
+    if NO_SPACE in reason:
+        reason = f"no space left on {mount_point(directory)} ({reason})"
+    kept = nightly_dumps(directory, name)
+    newest = f" (newest {kept[-1]})" if kept else ""
+    return f"{reason}; the new dump removed, {len(kept)} earlier dumps kept{newest}"
+
+
 def back_up(app, keep):
     name = app["name"]
     engine = (app.get("database") or {}).get("engine", "none")
@@ -157,6 +178,8 @@ def back_up(app, keep):
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         dumper(database, partial)
         os.rename(partial, path)
+    except (BackupError, OSError, subprocess.TimeoutExpired) as error:
+        raise BackupError(failure(error, directory, name)) from error
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
