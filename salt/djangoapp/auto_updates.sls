@@ -60,6 +60,18 @@ djangoapp-auto-updates-dnf-automatic-config-options-present:
 {%-     for timer in updates.timers %}
       - service: djangoapp-auto-updates-{{ timer }}-running
 {%-     endfor %}
+
+{#-     dnf-automatic may have run before us: this record says that the formula
+        turned it on, for off/auto_updates.sls. #}
+
+djangoapp-auto-updates-record-file-managed:
+  file.managed:
+    - name: {{ djangoapp.paths.config_root }}/dnf-automatic-managed
+    - makedirs: true
+    - mode: "0644"
+    - contents: |
+        # Managed by Salt (djangoapp): dnf-automatic is on for djangoapp's
+        # automatic updates.
 {%-   endif %}
 {%-   for timer in updates.timers %}
 
@@ -70,4 +82,8 @@ djangoapp-auto-updates-{{ timer }}-running:
     - require:
       - pkg: djangoapp-auto-updates-packages-installed
 {%-   endfor %}
+{%- else %}
+
+include:
+  - .off.auto_updates
 {%- endif %}

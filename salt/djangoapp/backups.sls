@@ -76,4 +76,8 @@ djangoapp-backups-timer-running:
 {%-   endfor %}
     - watch:
       - file: djangoapp-backups-timer-unit-file-managed
+{%- else %}
+
+include:
+  - .off.backups
 {%- endif %}

@@ -36,4 +36,8 @@ djangoapp-fail2ban-service-running:
       - pkg: djangoapp-fail2ban-packages-installed
     - watch:
       - file: djangoapp-fail2ban-jail-file-managed
+{%- else %}
+
+include:
+  - .off.fail2ban
 {%- endif %}

@@ -99,6 +99,18 @@ djangoapp-firewall-service-running:
     - require:
       - pkg: djangoapp-firewall-packages-installed
 
+{#-     firewalld may have run before us (RHEL enables it): this record says that
+        the formula turned it on and what zone it manages, for off/firewall.sls. #}
+
+djangoapp-firewall-zone-record-file-managed:
+  file.managed:
+    - name: {{ djangoapp.paths.config_root }}/firewalld-managed
+    - makedirs: true
+    - mode: "0644"
+    - contents: |
+        # Managed by Salt (djangoapp): firewalld is on for djangoapp's firewall,
+        # zone {{ firewall.zone }}. Switching it off removes what was added there.
+
 djangoapp-firewall-zone-present:
   firewalld.present:
     - name: {{ firewall.zone }}
@@ -132,4 +144,8 @@ djangoapp-firewall-zone-present:
     - require:
       - service: djangoapp-firewall-service-running
 {%-   endif %}
+{%- else %}
+
+include:
+  - .off.firewall
 {%- endif %}

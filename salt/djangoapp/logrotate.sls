@@ -40,4 +40,8 @@ djangoapp-logrotate-timer-running:
     - enable: true
     - require:
       - pkg: djangoapp-logrotate-package-installed
+{%- else %}
+
+include:
+  - .off.logrotate
 {%- endif %}

@@ -52,4 +52,8 @@ djangoapp-monitoring-sudoers-file-managed:
     - require:
       - pkg: djangoapp-monitoring-checks-packages-installed
       - sls: {{ tpldir }}.app
+{%- else %}
+
+include:
+  - .off.monitoring_checks
 {%- endif %}

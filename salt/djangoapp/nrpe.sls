@@ -57,4 +57,8 @@ djangoapp-nrpe-service-running:
       - pkg: djangoapp-monitoring-checks-packages-installed
     - watch:
       - file: djangoapp-nrpe-config-file-managed
+{%- else %}
+
+include:
+  - .off.nrpe
 {%- endif %}

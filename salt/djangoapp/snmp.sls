@@ -40,4 +40,8 @@ djangoapp-snmp-service-running:
     - enable: true
     - watch:
       - file: djangoapp-snmp-config-file-managed
+{%- else %}
+
+include:
+  - .off.snmp
 {%- endif %}

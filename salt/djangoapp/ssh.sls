@@ -64,4 +64,8 @@ djangoapp-ssh-service-running:
       - cmd: djangoapp-ssh-config-tested
     - watch:
       - file: djangoapp-ssh-hardening-file-managed
+{%- else %}
+
+include:
+  - .off.ssh
 {%- endif %}

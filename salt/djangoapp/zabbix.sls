@@ -50,4 +50,8 @@ djangoapp-zabbix-service-running:
       - pkg: djangoapp-monitoring-checks-packages-installed
     - watch:
       - file: djangoapp-zabbix-config-file-managed
+{%- else %}
+
+include:
+  - .off.zabbix
 {%- endif %}

@@ -1,6 +1,6 @@
 """The host features of host.sls (firewall, sshd, fail2ban, automatic updates, nightly
 backups, log rotation) render for each supported OS with the names of its family,
-stay out of the way unless the pillar turns them on, and refuse bad values."""
+are switched off unless the pillar turns them on, and refuse bad values."""
 
 import copy
 
@@ -36,6 +36,16 @@ HOST_STATE_PREFIXES = (
 )
 
 
+def switched_on(states, prefixes):
+    """The states with one of ``prefixes`` but those of the off/ files."""
+    return [
+        state_id
+        for state_id, state in states.items()
+        if state_id.startswith(prefixes)
+        and not state["__sls__"].startswith("djangoapp.off.")
+    ]
+
+
 def pillar(**sections):
     return {"djangoapp": {"apps": {"shop": copy.deepcopy(APP)}, **sections}}
 
@@ -62,9 +72,8 @@ def hardened(request, renderer):
 @pytest.mark.parametrize("platform", sorted(PLATFORMS))
 def test_host_features_are_off_by_default(renderer, platform):
     states = renderer.show_sls(platform, pillar())
-    assert not [
-        state_id for state_id in states if state_id.startswith(HOST_STATE_PREFIXES)
-    ]
+    # Only the states that switch them off (off/, test_render_features_off.py).
+    assert not switched_on(states, HOST_STATE_PREFIXES)
     # Log rotation is the one feature that is on unless turned off.
     _, logrotate = state_args(states, "djangoapp-logrotate-config-file-managed")
     assert logrotate["name"] == "/etc/logrotate.d/djangoapp"
@@ -73,10 +82,7 @@ def test_host_features_are_off_by_default(renderer, platform):
 def test_host_features_can_be_turned_off_explicitly(renderer):
     off = {key: {next(iter(value)): False} for key, value in HARDENED.items()}
     states = renderer.show_sls("debian-12", pillar(**off, logrotate={"enabled": False}))
-    assert not [state_id for state_id in states if "logrotate" in state_id]
-    assert not [
-        state_id for state_id in states if state_id.startswith(HOST_STATE_PREFIXES)
-    ]
+    assert not switched_on(states, HOST_STATE_PREFIXES + ("djangoapp-logrotate-",))
 
 
 def test_firewall(hardened):

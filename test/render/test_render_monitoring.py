@@ -1,7 +1,7 @@
 """The monitoring agents of monitoring.sls (NRPE, the Zabbix agent, snmpd) render for
 each supported OS with the packages, services and paths of its family, share one
 definition of each check, open their ports in the firewall to their sources only,
-keep the SNMP community out of the rendered states, stay out of the way unless the
+keep the SNMP community out of the rendered states, are switched off unless the
 pillar turns them on, and refuse bad values naming the key."""
 
 import copy
@@ -86,6 +86,16 @@ MONITORING_PREFIXES = (
 )
 
 
+def switched_on(states, prefixes):
+    """The states with one of ``prefixes`` but those of the off/ files."""
+    return [
+        sid
+        for sid, state in states.items()
+        if sid.startswith(prefixes)
+        and not state["__sls__"].startswith("djangoapp.off.")
+    ]
+
+
 def family(platform):
     return PLATFORMS[platform]["os_family"]
 
@@ -117,7 +127,8 @@ def check_lines(platform):
 @pytest.mark.parametrize("platform", sorted(PLATFORMS))
 def test_monitoring_is_off_by_default(renderer, platform):
     states = renderer.show_sls(platform, pillar(monitoring={}))
-    assert not [sid for sid in states if sid.startswith(MONITORING_PREFIXES)]
+    # Only the states that switch them off (off/, test_render_features_off.py).
+    assert not switched_on(states, MONITORING_PREFIXES)
     # The firewall opens nothing for them.
     if family(platform) == "Debian":
         _, ruleset = state_args(states, "djangoapp-firewall-ruleset-file-managed")
@@ -132,13 +143,9 @@ def test_each_agent_can_be_on_alone(renderer):
     states = renderer.show_sls("debian-12", pillar(monitoring=only_snmp))
     assert "djangoapp-snmp-service-running" in states
     # The checks serve NRPE and Zabbix only.
-    assert not [
-        sid
-        for sid in states
-        if sid.startswith(
-            ("djangoapp-nrpe-", "djangoapp-zabbix-", "djangoapp-monitoring-")
-        )
-    ]
+    assert not switched_on(
+        states, ("djangoapp-nrpe-", "djangoapp-zabbix-", "djangoapp-monitoring-")
+    )
 
 
 def test_packages_services_and_paths(monitored):
