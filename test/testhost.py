@@ -862,15 +862,7 @@ class TestHost:
         env: Mapping[str, str] | None = None,
     ) -> ExecResult:
         """Run argv in the host as root, or as ``user``, with a clean environment."""
-        if self.pid1 is None:
-            raise TestHostError("the test host is not running")
-        variables = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
-        variables.update(env or {})
-        command = ["nsenter", "-t", str(self.pid1), "-a", "-r", "-w", "env", "-i"]
-        command += [f"{name}={value}" for name, value in variables.items()]
-        if user is not None:
-            command += ["runuser", "-u", user, "--"]
-        command += list(argv)
+        command = self.nsenter_command(argv, user=user, env=env)
         try:
             completed = subprocess.run(
                 command,
