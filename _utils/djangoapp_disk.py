@@ -242,6 +242,16 @@ class ReleaseLock:
         os.fsync(fd)
         return self
 
+    def update(self, **fields):
+        """Add ``fields`` to what the holder says of itself (its progress):
+        what a run that takes the lock over finds, if this one is killed."""
+        if self.fd is None:
+            return
+        self.holder.update(fields)
+        data = json.dumps(self.holder, sort_keys=True).encode("utf-8")
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
     def _busy(self):
         holder = self.read_holder(self.path) or {}
         details = ", ".join(

@@ -338,6 +338,8 @@ def _dump_mysql(host, db, path, run_env):
             raise StepFailed("backup", f"{path} has no '-- Dump completed' trailer")
 
 
+# What a dump is called until it is complete.
+PARTIAL_SUFFIX = ".partial"
 DUMPS = {"postgresql": (".dump", _dump_postgresql), "mysql": (".sql", _dump_mysql)}
 
 
@@ -353,12 +355,16 @@ def backup_database(cfg, host, env, rid):
     os.makedirs(cfg["backup_dir"], mode=0o700, exist_ok=True)
     suffix, dump = DUMPS[engine]
     path = os.path.join(cfg["backup_dir"], rid + suffix)
+    # Written under another name until complete: a partial dump, left by a
+    # failure or by a killed run, must never pass for one to restore.
+    partial = path + PARTIAL_SUFFIX
     try:
         with naming_a_full_disk("backup", path):
-            dump(host, db, path, {"PATH": SAFE_PATH, "LC_ALL": "C"})
+            dump(host, db, partial, {"PATH": SAFE_PATH, "LC_ALL": "C"})
     except StepFailed:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)  # a partial dump must never pass for one to restore
+            os.remove(partial)
         raise
-    os.chmod(path, 0o600)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
     return path

@@ -18,7 +18,6 @@ with a condition (``when``) is left out, unrecorded, when it does not apply.
 """
 
 import collections
-import contextlib
 import logging
 import os
 import time
@@ -67,6 +66,13 @@ from djangoapp_migration_policy import (
 )
 from djangoapp_migrations import start_check
 from djangoapp_procs import children, master_birth_release, proc_cwd, releases_in_use
+from djangoapp_recovery import (
+    Interrupted,
+    end_own_children,
+    recover,
+    restore,
+    stopping_on_signals,
+)
 from djangoapp_source import Git, release_id
 from salt.exceptions import CommandExecutionError
 
@@ -121,6 +127,7 @@ class Run:
         self.entry = None
         self.done = False
         self.ahead_check = None
+        self.step = None
 
     def note(self, text):
         if text not in self.notes:
@@ -171,6 +178,9 @@ def perform(run, step):
     info = {}
     started = time.monotonic()
     failure = None
+    run.step = step.name
+    if run.lock:
+        run.lock.update(step=step.name, rid=run.rid, previous=run.current)
     try:
         step.act(run, info)
     except StepFailed as exc:
@@ -202,15 +212,20 @@ def execute(run, steps, finishing=()):
     The lock, if taken, is released last.
     """
     try:
-        for step in steps:
-            if run.done:
-                break
-            if step.when is None or step.when(run):
-                perform(run, step)
-        if not run.done:
-            run.ret.update(result=True, changed=True)
+        with stopping_on_signals():
+            for step in steps:
+                if run.done:
+                    break
+                if step.when is None or step.when(run):
+                    perform(run, step)
+            if not run.done:
+                run.ret.update(result=True, changed=True)
     except StepFailed as exc:
         put_back(run, exc.step, exc.message)
+    except Interrupted as exc:
+        ended = end_own_children()
+        run.note(f"stopped by {exc}" + (f"; ended {ended}" if ended else ""))
+        put_back(run, run.step, f"stopped by {exc} during {run.step}")
     except Exception as exc:  # a bug or an unexpected system error: still recorded
         log.exception("djangoapp %s failed unexpectedly", run.action)
         put_back(run, "internal", f"{type(exc).__name__}: {exc}")
@@ -255,30 +270,6 @@ def put_back(run, step, message):
     if run.entry:
         switched_back = run.switched and run.action == "release"
         run.entry["status"] = "rolled_back" if switched_back else "failed"
-
-
-def restore(service, layout, previous):
-    """Put ``previous`` back live, workers included. Returns what was done."""
-    if not previous:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(layout.current)
-        return ["no previous release: removed current"]
-    switch_current(layout, previous)
-    restored = [f"current -> releases/{previous}"]
-    master = service.master_pid()
-    if not master:
-        return restored + ["service not running: nothing to reload"]
-    try:
-        how = reload_workers(service, layout, previous, master)
-        if how["method"] == "rolling":
-            restored.append("handed the workers over to it (rolling)")
-        else:
-            restored.append("sent HUP to gunicorn")
-        pids = service.verify_workers(layout, previous, master)
-        restored.append(f"workers back on {previous}: {pids}")
-    except CommandExecutionError as exc:
-        restored.append(f"restore incomplete: {exc}")
-    return restored
 
 
 def open_entry(run, **fields):
@@ -327,13 +318,15 @@ def lock(run, info):
     if stale:
         run.note(
             "took over from a {} that did not finish (pid {}, version {}, "
-            "started {})".format(
+            "started {}, in step {})".format(
                 stale.get("action") or "release",
                 stale.get("pid"),
                 stale.get("version"),
                 stale.get("started"),
+                stale.get("step"),
             )
         )
+        run.ret["recovered"] = recover(run.cfg, run.layout, run.service, stale)
     run.current = run.layout.current_id()
     if run.current and not os.path.isdir(run.layout.release(run.current)):
         run.note(f"current points at a missing release {run.current}")
@@ -613,6 +606,9 @@ def select(run, info):
             )
         if target not in successful_releases(entries):
             raise StepFailed("select", f"release {target} never released successfully")
+    elif (run.ret.get("recovered") or {}).get("put_back"):
+        run.finish_early(f"{run.current} is live again: the stopped run was undone")
+        return
     else:
         target = rollback_target(entries, run.current, on_disk)
         if not target:
@@ -785,6 +781,8 @@ def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
     }
     lock = ReleaseLock(layout.lock, holder).acquire(wait=wait)
     try:
+        if lock.stale:
+            recover(cfg, layout, service, lock.stale)
         master = service.master_pid()
         if not master:
             return {"result": False, "comment": f"{cfg['service']} is not running"}

@@ -353,7 +353,7 @@ RETIRING_NICENESS = 10
 BOOTING_NICENESS = -5
 
 
-def _renice(pids, niceness):
+def renice(pids, niceness):
     niceness = max(-20, min(19, niceness))
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -385,14 +385,14 @@ class HandOver:
         finishing their requests."""
         started = time.monotonic()
         self.look()
-        _renice(self.old, self.niceness + RETIRING_NICENESS)
-        _renice([self.master], self.niceness + BOOTING_NICENESS)
+        renice(self.old, self.niceness + RETIRING_NICENESS)
+        renice([self.master], self.niceness + BOOTING_NICENESS)
         try:
             self.control.set_workers(self.before + self.count)
             self.wait_ready(started + timeout, timeout)
         finally:
             # the master and every worker it has back at the master's niceness
-            _renice([self.master, *children(self.master)], self.niceness)
+            renice([self.master, *children(self.master)], self.niceness)
         return {
             "method": "rolling",
             "workers_added": self.count,
@@ -438,7 +438,7 @@ class HandOver:
                 raise CommandExecutionError(f"gunicorn master {self.master} is gone")
             new = [pid for pid in children(self.master) if pid not in self.old]
             if master_boosted and len(new) >= self.count:
-                _renice([self.master], self.niceness)
+                renice([self.master], self.niceness)
                 master_boosted = False
             ready = self.ready_among(new)
             due = (
@@ -449,7 +449,7 @@ class HandOver:
             if due > self.retired:
                 self.control.set_workers(self.before + self.count - due)
                 # told to stop: let them finish their request at full speed
-                _renice(self.retiring[self.retired : due], self.niceness)
+                renice(self.retiring[self.retired : due], self.niceness)
                 self.retired = due
             if len(ready) >= self.count:
                 return
@@ -469,7 +469,7 @@ class HandOver:
             for pid in new
             if pid in reports and self.layout.release_of(proc_cwd(pid)) == self.rid
         ]
-        _renice(set(ready) - self.settled, self.niceness)
+        renice(set(ready) - self.settled, self.niceness)
         self.settled.update(ready)
         return ready
 

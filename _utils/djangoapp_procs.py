@@ -52,30 +52,35 @@ def releases_in_use(layout):
     Release ids that some process uses: its working directory, executable or a
     mapped file lies inside ``releases/<id>/``.
     """
+    return set(release_users(layout))
+
+
+def release_users(layout):
+    """The pids that use each release (see ``releases_in_use``), by release id."""
     root = os.path.realpath(layout.releases) + "/"
-    used = set()
+    users = {}
     own = os.getpid()
 
-    def note(path):
+    def note(pid, path):
         if path and path.startswith(root):
-            used.add(path[len(root) :].split("/", 1)[0])
+            users.setdefault(path[len(root) :].split("/", 1)[0], set()).add(pid)
 
     for pid in _proc_pids():
         if pid == own:
             continue
         for link in ("cwd", "exe"):
             with contextlib.suppress(OSError):
-                note(os.readlink(f"/proc/{pid}/{link}"))
+                note(pid, os.readlink(f"/proc/{pid}/{link}"))
         try:
             with open(
                 f"/proc/{pid}/maps", encoding="utf-8", errors="replace"
             ) as handle:
                 for line in handle:
                     if root in line:
-                        note(line[line.index(root) :].strip().split(" ")[0])
+                        note(pid, line[line.index(root) :].strip().split(" ")[0])
         except OSError:
             pass
-    return used
+    return users
 
 
 def proc_start_time(pid):

@@ -47,6 +47,7 @@ ENGINE_MODULES = (
     "djangoapp_maintenance",
     "djangoapp_restore",
     "djangoapp_status",
+    "djangoapp_recovery",
     "djangoapp_flow",
 )
 

@@ -1,0 +1,227 @@
+"""
+A release, rollback or reload that was stopped before its end.
+
+Stopped by a signal (``saltutil.term_job``'s SIGTERM, Ctrl-C, a closed
+terminal): the run ends through its own failure handler, which puts back what
+was live (``stopping_on_signals``, ``Interrupted``).
+
+Killed (SIGKILL, ``saltutil.kill_job``, the power): the kernel frees the lock,
+and the run's last word is what it wrote into the lock file: the step it was
+in, the release it was making and the one live when it began. The next run of
+the app takes the lock over and, before anything else, puts that right
+(``recover``): the release that was live before the stopped run (or the one
+it had already recorded as released) is live again, workers included, in the
+number the config gives; what the stopped run left running or half-written is
+ended or removed; the ledger records the run as ``interrupted``.
+"""
+
+import contextlib
+import glob
+import os
+import signal
+import threading
+import time
+
+from djangoapp_common import now_iso
+from djangoapp_disk import ledger_append, ledger_read, remove_release, switch_current
+from djangoapp_django import PARTIAL_SUFFIX
+from djangoapp_gunicorn import GunicornControl, reload_workers, renice
+from djangoapp_procs import children, proc_ppid, release_users
+from salt.exceptions import CommandExecutionError
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How long the processes a run started get to end after SIGTERM.
+CHILD_GRACE = 5.0
+
+
+class Interrupted(BaseException):
+    """A signal stopped the run: raised where it was, caught by ``execute``."""
+
+
+@contextlib.contextmanager
+def stopping_on_signals():
+    """
+    While the body runs, a stopping signal raises ``Interrupted`` in it. The
+    first one also ignores the next ones: putting back what was live must not
+    be stopped in turn. Signals reach only the main thread; elsewhere (a
+    minion running its jobs in threads) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        for each in STOPPING_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    before = {each: signal.signal(each, stop) for each in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for each, handler in before.items():
+            signal.signal(each, handler)
+
+
+def running(pid):
+    """Alive and not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def end_processes(pids, grace=CHILD_GRACE):
+    """SIGTERM, then SIGKILL for those still there after ``grace`` seconds.
+    Returns the pids that were signalled."""
+    pids = [pid for pid in pids if running(pid)]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def end_own_children():
+    """The commands this process started and left running (a build, a
+    migration, a dump) end with the run that started them."""
+    return end_processes(children(os.getpid()))
+
+
+def restore(service, layout, previous):
+    """Put ``previous`` back live, workers included. Returns what was done."""
+    if not previous:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(layout.current)
+        return ["no previous release: removed current"]
+    switch_current(layout, previous)
+    restored = [f"current -> releases/{previous}"]
+    master = service.master_pid()
+    if not master:
+        return restored + ["service not running: nothing to reload"]
+    try:
+        how = reload_workers(service, layout, previous, master)
+        if how["method"] == "rolling":
+            restored.append("handed the workers over to it (rolling)")
+        else:
+            restored.append("sent HUP to gunicorn")
+        pids = service.verify_workers(layout, previous, master)
+        restored.append(f"workers back on {previous}: {pids}")
+    except CommandExecutionError as exc:
+        restored.append(f"restore incomplete: {exc}")
+    return restored
+
+
+def was_confirmed(entries, stopped):
+    """The stopped run had recorded its release or rollback as a success (it
+    was killed while pruning): what it made live stays."""
+    return any(
+        entry.get("status") == "success"
+        and entry.get("started") == stopped.get("started")
+        and entry.get("id") == stopped.get("rid")
+        for entry in entries
+    )
+
+
+def settle_workers(service, master):
+    """
+    A hand-over stopped midway leaves the master with more workers than its
+    config gives and priorities shifted: both back. The niceness the master
+    was started with is its process manager's, which the formula leaves at the
+    default.
+    """
+    done = []
+    if not os.path.exists(service.control_socket):
+        return done  # a Gunicorn without one: no hand-over could have been stopped
+    control = GunicornControl(service.control_socket, timeout=5.0)
+    try:
+        configured = int(control.command("show config").get("workers") or 0)
+        target = int(control.command("show stats").get("workers_target") or 0)
+        if configured and target != configured:
+            control.set_workers(configured)
+            done.append(f"workers back to {configured} (were {target})")
+    except CommandExecutionError as exc:
+        done.append(f"worker count not checked: {exc}")
+    manager = proc_ppid(master)
+    with contextlib.suppress(OSError, TypeError):
+        niceness = os.getpriority(os.PRIO_PROCESS, manager)
+        renice([master, *children(master)], niceness)
+    return done
+
+
+def orphans(layout, rid, master):
+    """Processes still using the stopped run's release that are not the app's
+    Gunicorn (a build or a migration whose parent was killed)."""
+    serving = {master, *children(master)} if master else set()
+    return sorted(release_users(layout).get(rid, set()) - serving)
+
+
+def recover(cfg, layout, service, stopped):
+    """
+    Put right what the run described by ``stopped`` (its lock file) left;
+    returns what was found and done, also recorded in the ledger. The caller
+    holds the lock.
+    """
+    rid = stopped.get("rid")
+    entries = ledger_read(layout.ledger)
+    done = []
+    put_back = None
+    master = service.master_pid()
+    if rid:
+        ended = end_processes(orphans(layout, rid, master))
+        if ended:
+            done.append(f"ended the processes it left running: {ended}")
+    if master:
+        done += settle_workers(service, master)
+    current = layout.current_id()
+    if "previous" in stopped and stopped.get("action") in ("release", "rollback"):
+        live = rid if was_confirmed(entries, stopped) else stopped["previous"]
+        if current != live:
+            done += restore(service, layout, live)
+            current = put_back = live
+    if master and current and service.workers(layout, master):
+        stray = {w["release"] for w in service.workers(layout, master)} - {current}
+        if stray:
+            done.append(f"workers of {sorted(stray)} handed over to {current}")
+            reload_workers(service, layout, current, master)
+            service.verify_workers(layout, current, master)
+    serving = {w["release"] for w in service.workers(layout)}
+    if rid and rid not in serving | {current} and os.path.isdir(layout.release(rid)):
+        remove_release(layout, rid)
+        done.append(f"removed its release {rid}")
+    for partial in glob.glob(os.path.join(cfg["backup_dir"], "*" + PARTIAL_SUFFIX)):
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+            done.append(f"removed the unfinished dump {partial}")
+    found = {
+        key: stopped.get(key)
+        for key in ("action", "version", "step", "pid", "user", "jid", "started")
+    }
+    ledger_append(
+        layout.ledger,
+        {
+            "event": stopped.get("action") or "release",
+            "status": "interrupted",
+            "started": stopped.get("started"),
+            "finished": now_iso(),
+            "failed_step": stopped.get("step"),
+            "id": rid,
+            "version": stopped.get("version"),
+            "user": stopped.get("user"),
+            "jid": stopped.get("jid"),
+            "recovered": done,
+        },
+    )
+    done = done or ["nothing was left to put right"]
+    return {**found, "put_back": put_back, "done": done}
