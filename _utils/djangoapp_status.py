@@ -32,9 +32,12 @@ def status(cfg, host):
     master = service.master_pid()
     workers = service.workers(layout, master) if master else []
     reports = service.worker_reports()
-    lock_holder = None
+    lock_holder = stopped = None
     if ReleaseLock.is_held(layout.lock):
         lock_holder = ReleaseLock.read_holder(layout.lock) or {}
+    else:
+        # a run killed before its end: the next one puts right what it left
+        stopped = ReleaseLock.read_holder(layout.lock)
     return {
         "app": cfg["name"],
         "current": current,
@@ -60,6 +63,7 @@ def status(cfg, host):
             for w in workers
         ],
         "release_running": lock_holder,
+        "release_stopped": stopped,
         "maintenance": maintenance_state(cfg),
         "previous_good": rollback_target(entries, current, layout.on_disk()),
     }
