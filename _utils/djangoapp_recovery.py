@@ -23,7 +23,13 @@ import threading
 import time
 
 from djangoapp_common import now_iso
-from djangoapp_disk import ledger_append, ledger_read, remove_release, switch_current
+from djangoapp_disk import (
+    ledger_append,
+    ledger_read,
+    remove_release,
+    successful_releases,
+    switch_current,
+)
 from djangoapp_django import PARTIAL_SUFFIX
 from djangoapp_gunicorn import GunicornControl, reload_workers, renice
 from djangoapp_procs import children, proc_ppid, release_users
@@ -196,8 +202,11 @@ def recover(cfg, layout, service, stopped):
             done.append(f"workers of {sorted(stray)} handed over to {current}")
             reload_workers(service, layout, current, master)
             service.verify_workers(layout, current, master)
-    serving = {w["release"] for w in service.workers(layout)}
-    if rid and rid not in serving | {current} and os.path.isdir(layout.release(rid)):
+    # kept: what serves or is live, and a release that succeeded before (the
+    # stopped run was taking it up again)
+    kept = {w["release"] for w in service.workers(layout)} | {current}
+    kept.update(successful_releases(entries))
+    if rid and rid not in kept and os.path.isdir(layout.release(rid)):
         remove_release(layout, rid)
         done.append(f"removed its release {rid}")
     for partial in glob.glob(os.path.join(cfg["backup_dir"], "*" + PARTIAL_SUFFIX)):

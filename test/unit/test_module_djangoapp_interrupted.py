@@ -221,3 +221,34 @@ def test_each_step_is_written_into_the_lock_file_while_it_runs(mods, tiny_app, b
     assert holder["previous"] is None
     assert holder["pid"] == os.getpid()
     assert _holder_free(base)
+
+
+def test_a_release_killed_after_recording_its_success_stays_live(mods, tiny_app, base):
+    tiny_app("tiny", base)
+    assert mods["djangoapp.release"]("v1.0.0", app="tiny")["result"] is True
+    first = os.path.basename(os.readlink(base / "current"))
+    done = mods["djangoapp.release"]("v1.1.0", app="tiny")
+    assert done["result"] is True
+    # as if killed in its prune: the ledger says it succeeded
+    success = _ledger(base)[-1]
+    stopped = {
+        "action": "release",
+        "pid": 999997,
+        "version": "v1.1.0",
+        "started": success["started"],
+        "step": "prune",
+        "rid": done["id"],
+        "previous": first,
+    }
+    (base / ".release.lock").write_text(json.dumps(stopped))
+
+    ret = mods["djangoapp.release"]("v1.1.0", app="tiny")
+
+    assert ret["result"] is True, ret
+    assert ret["changed"] is False
+    assert ret["recovered"]["put_back"] is None
+    assert ret["recovered"]["done"] == ["nothing was left to put right"]
+    assert os.path.basename(os.readlink(base / "current")) == done["id"]
+    assert (base / "releases" / done["id"]).is_dir()
+    assert _ledger(base)[-1]["status"] == "interrupted"
+    assert _ledger(base)[-1]["failed_step"] == "prune"
