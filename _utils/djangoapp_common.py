@@ -136,8 +136,15 @@ class StepFailed(Exception):
         self.message = message
 
 
-NO_SPACE = os.strerror(errno.ENOSPC)  # what every tool says: "No space left on device"
+NO_SPACE = os.strerror(errno.ENOSPC)  # what most tools say: "No space left on device"
+# mysqldump and mariadb-dump give the number only: "mysqldump: Got errno 28 on write".
+NO_SPACE_ERRNO = f"Got errno {errno.ENOSPC} on write"
 MIB = 1024 * 1024
+
+
+def says_no_space(text):
+    """Whether a tool's words say that a write found its filesystem full."""
+    return NO_SPACE in text or NO_SPACE_ERRNO in text
 
 
 def mount_point(path):
@@ -176,7 +183,7 @@ def naming_a_full_disk(step, path):
         yield
     except (StepFailed, OSError) as exc:
         detail = exc.message if isinstance(exc, StepFailed) else str(exc)
-        if NO_SPACE not in detail:
+        if not says_no_space(detail):
             raise
         raise StepFailed(step, f"{no_space_on(path)}\n{tail(detail, 1000)}") from exc
 

@@ -91,23 +91,27 @@ PG_DUMP_FULL = (
     "runuser exited with 1: pg_dump: error: could not write to output file: "
     "No space left on device"
 )
+# MariaDB's mysqldump names the errno by its number (seen with 10.11 on Debian 12).
+MYSQLDUMP_FULL = "mysqldump exited with 5: mysqldump: Got errno 28 on write"
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("engine", "error"),
     [
-        PG_DUMP_FULL,
+        ("postgresql", PG_DUMP_FULL),
+        ("mysql", MYSQLDUMP_FULL),
         # os.fsync of the dump, in the script itself
-        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        ("postgresql", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))),
     ],
-    ids=["pg_dump", "fsync"],
+    ids=["pg_dump", "mysqldump", "fsync"],
 )
 def test_a_full_disk_costs_no_good_dump_and_is_named(
-    backup, tmp_path, monkeypatch, capsys, error
+    backup, tmp_path, monkeypatch, capsys, engine, error
 ):
-    nightly = configure(tmp_path, "shop")
+    nightly = configure(tmp_path, "shop", engine=engine)
     nightly.mkdir(parents=True)
-    good = [f"shop-2000010{day}T030000Z.dump" for day in range(1, 4)]
+    suffix = backup.DUMPERS[engine][1]
+    good = [f"shop-2000010{day}T030000Z.{suffix}" for day in range(1, 4)]
     for name in good:
         (nightly / name).write_text("good")
 
@@ -115,9 +119,7 @@ def test_a_full_disk_costs_no_good_dump_and_is_named(
         Path(path).write_text("half a dump")
         raise backup.BackupError(error) if isinstance(error, str) else error
 
-    monkeypatch.setitem(
-        backup.DUMPERS, "postgresql", (dump_until_the_disk_is_full, "dump")
-    )
+    monkeypatch.setitem(backup.DUMPERS, engine, (dump_until_the_disk_is_full, suffix))
 
     assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "3"]) == 1
 
@@ -131,7 +133,7 @@ def test_a_full_disk_costs_no_good_dump_and_is_named(
     mount = listed.stdout.splitlines()[1].strip()
     assert capsys.readouterr().out.splitlines() == [
         f"shop: backup failed: no space left on {mount} ({error}); the new dump "
-        "removed, 3 earlier dumps kept (newest shop-20000103T030000Z.dump)",
+        f"removed, 3 earlier dumps kept (newest shop-20000103T030000Z.{suffix})",
         "failed: shop",
     ]
 

@@ -19,6 +19,9 @@ PG_DUMP_FULL = (
     "pg_dump failed (exit 1): pg_dump: error: could not write to output file: "
     "No space left on device"
 )
+# MariaDB 10.11's mysqldump (and mariadb-dump) on a full filesystem, as seen on a
+# Debian 12 host: the errno's number, not its words.
+MYSQLDUMP_FULL = "mysqldump failed (exit 5): mysqldump: Got errno 28 on write"
 
 
 def mount_of(path: Path) -> str:
@@ -41,44 +44,69 @@ def sixteen_mib_all_used(monkeypatch):
 
 
 class DumpCutShort:
-    """A host whose pg_dump writes part of the dump, then fails with ``message``."""
+    """A host whose dump tool writes part of the dump, then fails with ``message``."""
 
     def __init__(self, message):
         self.message = message
 
     def check(self, step, argv, **kwargs):
-        path = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--file="))
-        Path(path).write_bytes(b"PGDMP part")
+        path = next(
+            arg.split("=", 1)[1]
+            for arg in argv
+            if arg.startswith(("--file=", "--result-file="))
+        )
+        Path(path).write_bytes(b"part of a dump")
         raise StepFailed(step, self.message)
 
 
-def backup_of(tmp_path, host):
+ENGINES = {
+    "postgresql": ("postgres://shop:pw@localhost:5432/shop", ".dump"),
+    "mysql": ("mysql://shop:pw@localhost:3306/shop", ".sql"),
+}
+
+
+def backup_of(tmp_path, host, engine="postgresql"):
     cfg = {
-        "database": {"engine": "postgresql", "name": "shop", "user": "shop"},
+        "database": {"engine": engine, "name": "shop", "user": "shop"},
         "backup_dir": str(tmp_path / "backups" / "shop"),
     }
-    env = {"DATABASE_URL": "postgres://shop:pw@localhost:5432/shop"}
+    env = {"DATABASE_URL": ENGINES[engine][0]}
     return djangoapp_django.backup_database(cfg, host, env, "v1.1.0-0123abcd")
 
 
+@pytest.mark.parametrize(
+    ("engine", "tool_says"),
+    [("postgresql", PG_DUMP_FULL), ("mysql", MYSQLDUMP_FULL)],
+    ids=["pg_dump", "mysqldump"],
+)
 def test_a_backup_on_a_full_disk_names_it_and_leaves_no_partial_dump(
-    tmp_path, sixteen_mib_all_used
+    tmp_path, sixteen_mib_all_used, engine, tool_says
 ):
     with pytest.raises(StepFailed) as failed:
-        backup_of(tmp_path, DumpCutShort(PG_DUMP_FULL))
-    dump = tmp_path / "backups" / "shop" / "v1.1.0-0123abcd.dump"
+        backup_of(tmp_path, DumpCutShort(tool_says), engine)
+    dump = tmp_path / "backups" / "shop" / f"v1.1.0-0123abcd{ENGINES[engine][1]}"
     assert failed.value.step == "backup"
     assert failed.value.message == (
         f"no space left on {mount_of(dump)} (the filesystem of {dump}: "
-        f"0.0 MiB free of 16.0 MiB)\n{PG_DUMP_FULL}"
+        f"0.0 MiB free of 16.0 MiB)\n{tool_says}"
     )
     assert os.listdir(dump.parent) == []
 
 
-def test_a_backup_failing_for_another_reason_says_its_own_words(tmp_path):
-    refused = "pg_dump failed (exit 1): connection to server refused"
+@pytest.mark.parametrize(
+    ("engine", "refused"),
+    [
+        ("postgresql", "pg_dump failed (exit 1): connection to server refused"),
+        # Another errno of the same message is not a full disk (5: EIO).
+        ("mysql", "mysqldump failed (exit 5): mysqldump: Got errno 5 on write"),
+    ],
+    ids=["pg_dump", "mysqldump"],
+)
+def test_a_backup_failing_for_another_reason_says_its_own_words(
+    tmp_path, engine, refused
+):
     with pytest.raises(StepFailed) as failed:
-        backup_of(tmp_path, DumpCutShort(refused))
+        backup_of(tmp_path, DumpCutShort(refused), engine)
     assert (failed.value.step, failed.value.message) == ("backup", refused)
     assert os.listdir(tmp_path / "backups" / "shop") == []
 

@@ -35,7 +35,9 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 LOCK_FILE = "/run/djangoapp-backup.lock"
 DUMP_TIMEOUT = 6 * 3600
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-NO_SPACE = os.strerror(errno.ENOSPC)
+NO_SPACE = os.strerror(errno.ENOSPC)  # what most tools say: "No space left on device"
+# mysqldump and mariadb-dump give the number only: "mysqldump: Got errno 28 on write".
+NO_SPACE_ERRNO = f"Got errno {errno.ENOSPC} on write"
 
 
 class BackupError(Exception):
@@ -148,7 +150,7 @@ def mount_point(path):
 def failure(error, directory, name):
     """What a failed dump says: the filesystem when it is full, and the dumps kept."""
     reason = str(error)
-    if NO_SPACE in reason:
+    if NO_SPACE in reason or NO_SPACE_ERRNO in reason:
         reason = f"no space left on {mount_point(directory)} ({reason})"
     kept = nightly_dumps(directory, name)
     newest = f" (newest {kept[-1]})" if kept else ""
