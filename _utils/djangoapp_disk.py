@@ -249,7 +249,9 @@ class ReleaseLock:
             return
         self.holder.update(fields)
         data = json.dumps(self.holder, sort_keys=True).encode("utf-8")
-        os.pwrite(self.fd, data, 0)
+        # padded over what it replaces, so that a reader never finds half of it
+        size = os.fstat(self.fd).st_size
+        os.pwrite(self.fd, data.ljust(size), 0)
         os.ftruncate(self.fd, len(data))
 
     def _busy(self):

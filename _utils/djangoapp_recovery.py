@@ -116,6 +116,7 @@ def restore(service, layout, previous):
     master = service.master_pid()
     if not master:
         return restored + ["service not running: nothing to reload"]
+    restored += settle_workers(service, master)
     try:
         how = reload_workers(service, layout, previous, master)
         if how["method"] == "rolling":
@@ -157,6 +158,10 @@ def settle_workers(service, master):
         if configured and target != configured:
             control.set_workers(configured)
             done.append(f"workers back to {configured} (were {target})")
+            # the next hand-over counts the workers: the extra ones gone first
+            deadline = time.monotonic() + service.worker_timeout
+            while len(children(master)) > configured and time.monotonic() < deadline:
+                time.sleep(0.1)
     except CommandExecutionError as exc:
         done.append(f"worker count not checked: {exc}")
     manager = proc_ppid(master)
