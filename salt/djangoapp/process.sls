@@ -71,12 +71,44 @@ djangoapp-{{ name }}-systemd-unit-file-managed:
     - context:
         app: {{ app | json }}
 
+djangoapp-{{ name }}-systemd-socket-file-managed:
+  file.managed:
+    - name: /etc/systemd/system/{{ app.service }}.socket
+    - source: salt://{{ tpldir }}/files/systemd.socket.jinja
+    - template: jinja
+    - mode: "0644"
+    - context:
+        app: {{ app | json }}
+        web_group: {{ djangoapp.nginx.group | json }}
+
+djangoapp-{{ name }}-gunicorn-socket-taken-over:
+  cmd.run:
+    # systemd refuses to start a socket unit whose service already runs without
+    # it: the service stops (gracefully) first, then starts again on the socket.
+    - name: >-
+        systemctl daemon-reload
+        && systemctl stop {{ (app.service ~ ".service") | quote }}
+        && systemctl restart {{ (app.service ~ ".socket") | quote }}
+    - onchanges:
+      - file: djangoapp-{{ name }}-systemd-socket-file-managed
+    - require:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+      - file: djangoapp-{{ name }}-systemd-unit-file-managed
+
+djangoapp-{{ name }}-gunicorn-socket-listening:
+  service.running:
+    - name: {{ app.service }}.socket
+    - enable: true
+    - require:
+      - cmd: djangoapp-{{ name }}-gunicorn-socket-taken-over
+
 djangoapp-{{ name }}-gunicorn-running:
   service.running:
     - name: {{ app.service }}
     - enable: true
     - require:
       - djangoapp: djangoapp-{{ name }}-release-deployed
+      - service: djangoapp-{{ name }}-gunicorn-socket-listening
     - watch:
       - file: djangoapp-{{ name }}-systemd-unit-file-managed
 {%-   endif %}

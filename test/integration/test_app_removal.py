@@ -107,6 +107,8 @@ def test_an_absent_app_is_taken_down_while_the_other_serves(removal):
         "djangoapp-blog-nginx-site-absent-/etc/nginx/sites-enabled/djangoapp-blog.conf",
         "djangoapp-blog-systemd-reloaded-after-unit-removal",
         "djangoapp-blog-systemd-service-dead",
+        "djangoapp-blog-systemd-socket-dead",
+        "djangoapp-blog-systemd-socket-unit-absent",
         "djangoapp-blog-systemd-unit-absent",
     ]
     assert not [state_id for state_id in changed if "-shop-" in state_id]
@@ -116,6 +118,7 @@ def test_an_absent_app_is_taken_down_while_the_other_serves(removal):
         "unknown",
     )
     assert not exists(removal, "/etc/systemd/system/djangoapp-blog.service")
+    assert not exists(removal, "/etc/systemd/system/djangoapp-blog.socket")
     assert run(removal, "pgrep", "-f", "/etc/djangoapp/blog/gunicorn.conf.py").rc == 1
     nginx = run(removal, "nginx", "-T").stdout
     assert "blog.test" not in nginx and "shop.test" in nginx

@@ -176,6 +176,12 @@ def test_systemd_process_manager(renderer):
     assert unit["name"] == "/etc/systemd/system/djangoapp-shop.service"
     function, running = state_args(states, "djangoapp-shop-gunicorn-running")
     assert (function, running["name"]) == ("service.running", "djangoapp-shop")
+    assert {"service": "djangoapp-shop-gunicorn-socket-listening"} in running["require"]
+    _, socket_unit = state_args(states, "djangoapp-shop-systemd-socket-file-managed")
+    assert socket_unit["name"] == "/etc/systemd/system/djangoapp-shop.socket"
+    assert socket_unit["context"]["web_group"] == "www-data"
+    function, listening = state_args(states, "djangoapp-shop-gunicorn-socket-listening")
+    assert (function, listening["name"]) == ("service.running", "djangoapp-shop.socket")
     assert "djangoapp-supervisor-service-running" not in states
 
 
