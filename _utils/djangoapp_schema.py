@@ -363,7 +363,14 @@ AUTO_UPDATES = _section(
 )
 
 BACKUPS = _section(
-    {"enabled": SWITCH, "keep": _int(1), "hour": _int(0, 23), "minute": _int(0, 59)}
+    {
+        "enabled": SWITCH,
+        "keep": _int(1),
+        "hour": _int(0, 23),
+        "minute": _int(0, 59),
+        # The timer runs once a day: less would be CRITICAL every day.
+        "max_age_hours": _int(24),
+    }
 )
 
 LOGROTATE = _section(

@@ -210,6 +210,7 @@ def app_json(app, config):
             "user": database.get("user"),
         },
         "backup_dir": app["backup_dir"],
+        "backup_status": app["backup_status"],
         "log_dir": app["log_dir"],
         "maintenance_page": app["maintenance_page"],
         "maintenance_flag": app["maintenance_flag"],
@@ -240,6 +241,7 @@ def app_names(name, paths):
         "run_dir": run_dir,
         "log_dir": f"{paths['log_root']}/{name}",
         "backup_dir": f"{paths['backup_root']}/{name}",
+        "backup_status": f"{paths['backup_status_root']}/{name}.json",
         "media_dir": f"{base_dir}/shared/media",
         "env_file": f"{config_dir}/env.json",
         "engine_config": f"{config_dir}/app.json",
@@ -308,7 +310,8 @@ def monitoring_checks(config):
     The checks that NRPE and the Zabbix agent both run, each defined here
     only: disk and load with the monitoring plugins and, for each app in name
     order, its health URL through Nginx (``http``), its Gunicorn master and,
-    unless it has none, its database with the monitoring-check script, run as
+    unless it has none, its database and, with the nightly backups on, its
+    last nightly backup (``backup``) with the monitoring-check script, run as
     the app's user through sudo (the app's files are not the agents' to
     read). Each check: ``name`` (NRPE command ``check_djangoapp_<name>``,
     Zabbix keys ``djangoapp.status.<name>`` and ``djangoapp.output.<name>``),
@@ -334,18 +337,21 @@ def monitoring_checks(config):
         },
     ]
     script = f"{config['paths']['lib_dir']}/monitoring-check"
-    config_root = config["paths"]["config_root"]
+    script += f" --config-root {config['paths']['config_root']}"
+    backups = config["backups"]
     for name in sorted(config["apps"]):
         app = config["apps"][name]
-        kinds = ["http", "gunicorn"]
+        kinds = {"http": "", "gunicorn": ""}
         if app["database"]["engine"] != "none":
-            kinds.append("database")
-        for kind in kinds:
+            kinds["database"] = ""
+            if backups["enabled"]:
+                kinds["backup"] = f"--max-age-hours {backups['max_age_hours']} "
+        for kind, options in kinds.items():
             checks.append(
                 {
                     "name": f"{name}_{kind}",
                     "user": app["user"],
-                    "command": f"{script} --config-root {config_root} {kind} {name}",
+                    "command": f"{script} {options}{kind} {name}",
                 }
             )
     for check in checks:

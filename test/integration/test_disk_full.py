@@ -8,7 +8,8 @@ Under load: a release whose backup before migrating cannot be written stops at t
 backup, the schema untouched; a release whose build fills the disk stops at the
 build, its half-built release removed; once space is freed the same release goes
 through, its backup taken. Then the nightly backup on a full disk keeps the dumps it
-has. The tests run in file order, each from where the one before left the host, and
+has, and the monitoring check `backup`, asked through NRPE from this machine, says
+so. The tests run in file order, each from where the one before left the host, and
 print their figures (docs/reliability.md). The slot is $DJANGOAPP_DISK_SLOT, by
 default the shared host's slot plus 65.
 """
@@ -22,6 +23,7 @@ import time
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
 from test_combinations import app_pillar
+from test_monitoring_agents import check_nrpe
 
 import demorepo
 from loadgen import Load
@@ -43,6 +45,10 @@ FILLER = ".filler"
 CLIENTS = 6
 TRASH_TIMEOUT = 60.0
 MIB = 1024 * 1024
+STATUS = f"/var/lib/djangoapp/backup-status/{APP}.json"
+# The check's threshold: defaults.yaml's max_age_hours (26), in seconds.
+MAX_AGE_S = 26 * 3600
+OK, WARNING, CRITICAL = 0, 1, 2
 
 
 def disk_pillar(module) -> dict:
@@ -57,6 +63,10 @@ def disk_pillar(module) -> dict:
             },
             "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
             "backups": {"enabled": True, "keep": 3},
+            # The backup check, asked from this machine.
+            "monitoring": {
+                "nrpe": {"enabled": True, "allowed_hosts": [module.MASTER_IP]}
+            },
         }
     }
 
@@ -277,12 +287,46 @@ def run_nightly_backup(host: SecondHost) -> tuple[int, list[str]]:
     return started.rc, journal.stdout.splitlines()
 
 
+def backup_check(host: SecondHost) -> tuple[int, str]:
+    """The check `backup` of the app, as Nagios asks NRPE for it."""
+    return check_nrpe(host.ip, f"check_djangoapp_{APP}_backup")
+
+
+def ok_line(newest: str) -> re.Pattern:
+    """The check's line when ``newest`` is a good dump of the last minutes."""
+    return re.compile(
+        rf"BACKUP OK - newest good dump {re.escape(newest)}, ([0-9]+) min old"
+        rf" \| age=([0-9]+)s;;{MAX_AGE_S};0"
+    )
+
+
+def assert_minutes_old(minutes: str, seconds: str) -> None:
+    assert int(seconds) < 600 and int(minutes) == int(seconds) // 60
+
+
+def stamp_time(dump: str) -> str:
+    """The UTC time in a nightly dump's name, as the status writes it."""
+    day, clock = re.fullmatch(r".*-([0-9]{8})T([0-9]{6})Z\.dump", dump).groups()
+    return f"{day[:4]}-{day[4:6]}-{day[6:]}T{clock[:2]}:{clock[2:4]}:{clock[4:]}Z"
+
+
 def test_the_nightly_backup_on_a_full_disk_keeps_its_dumps(disk):
+    # Backups on, no run yet: the timer's first is to come.
+    assert backup_check(disk) == (
+        WARNING,
+        f"BACKUP WARNING - no nightly backup of {APP} has run yet "
+        "(djangoapp-backup.timer; one now: systemctl start djangoapp-backup.service)",
+    )
     for _ in range(2):
         rc, _ = run_nightly_backup(disk)
         assert rc == 0
     good = nightly_dumps(disk)
     assert len(good) == 2
+    rc, line = backup_check(disk)
+    print(f"backup check after two good runs: {rc} {line}")
+    shown = ok_line(good[-1]).fullmatch(line)
+    assert rc == OK and shown, line
+    assert_minutes_old(*shown.groups())
     fill(disk, BACKUPS)
     try:
         rc, journal = run_nightly_backup(disk)
@@ -296,14 +340,47 @@ def test_the_nightly_backup_on_a_full_disk_keeps_its_dumps(disk):
     )
     assert result.stdout.strip() == "exit-code"
     assert after == good
+    why = (
+        f"no space left on {BACKUPS} (runuser exited with 1: pg_dump: error: "
+        "could not write to output file: No space left on device)"
+    )
     assert journal == [
-        f"{APP}: backup failed: no space left on {BACKUPS} (runuser exited with 1: "
-        "pg_dump: error: could not write to output file: No space left on device); "
-        f"the new dump removed, 2 earlier dumps kept (newest {good[-1]})",
+        f"{APP}: backup failed: {why}; the new dump removed, 2 earlier dumps kept "
+        f"(newest {good[-1]})",
         f"failed: {APP}",
     ]
+    # What the run left for the check: root's, readable by the app's group only.
+    status = json.loads(run(disk, "cat", STATUS).stdout)
+    assert status == {
+        "app": APP,
+        "time": status["time"],
+        "result": "failed",
+        "error": why,
+        "newest": good[-1],
+        "newest_time": stamp_time(good[-1]),
+    }
+    assert run(disk, "stat", "-c", "%a %U %G", STATUS).stdout.split() == [
+        "640",
+        "root",
+        APP,
+    ]
+    rc, line = backup_check(disk)
+    print(f"backup check after the failed run: {rc} {line}")
+    shown = re.fullmatch(
+        rf"BACKUP CRITICAL - the nightly backup of {APP} failed at "
+        rf"{re.escape(status['time'])}: {re.escape(why)}; newest good dump "
+        rf"{re.escape(good[-1])}, ([0-9]+) min old \| age=([0-9]+)s;;{MAX_AGE_S};0",
+        line,
+    )
+    assert rc == CRITICAL and shown, line
+    assert_minutes_old(*shown.groups())
 
     rc, journal = run_nightly_backup(disk)
     assert rc == 0
     assert nightly_dumps(disk)[:2] == good
     assert len(nightly_dumps(disk)) == 3
+    rc, line = backup_check(disk)
+    print(f"backup check after the next good run: {rc} {line}")
+    shown = ok_line(nightly_dumps(disk)[-1]).fullmatch(line)
+    assert rc == OK and shown, line
+    assert_minutes_old(*shown.groups())

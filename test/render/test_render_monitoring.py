@@ -253,6 +253,36 @@ def test_sudo_rules_name_each_check_exactly(monitored):
     assert DB_PASSWORD not in sudoers["contents"]
 
 
+@pytest.mark.parametrize(
+    ("platform", "backups", "hours"),
+    [("debian-12", {"enabled": True}, 26), ("rocky-9", {"max_age_hours": 30}, 30)],
+)
+def test_the_backup_check_is_wired_with_the_nightly_backups(
+    renderer, platform, backups, hours
+):
+    data = pillar()
+    data["djangoapp"]["backups"] = {"enabled": True, **backups}
+    states = renderer.show_sls(platform, data)
+    # shop only: docs has no database to dump. Without backups (the other tests),
+    # no backup check at all.
+    backup_line = (
+        f"/usr/bin/sudo -n -u shop {CHECK_SCRIPT} --config-root /etc/djangoapp"
+        f" --max-age-hours {hours} backup shop"
+    )
+    lines = {**check_lines(platform), "shop_backup": backup_line}
+    _, nrpe = state_args(states, "djangoapp-nrpe-config-file-managed")
+    _, zabbix = state_args(states, "djangoapp-zabbix-config-file-managed")
+    for context in (nrpe["context"], zabbix["context"]):
+        assert {check["name"]: check["line"] for check in context["checks"]} == lines
+    _, sudoers = state_args(states, "djangoapp-monitoring-sudoers-file-managed")
+    prefix = f"{CHECK_SCRIPT} --config-root /etc/djangoapp"
+    assert (
+        f"Cmnd_Alias DJANGOAPP_SHOP_CHECKS = {prefix} http shop,"
+        f" {prefix} gunicorn shop, {prefix} database shop,"
+        f" {prefix} --max-age-hours {hours} backup shop"
+    ) in sudoers["contents"].splitlines()
+
+
 def test_firewall_opens_each_port_to_its_sources(monitored):
     platform, states = monitored
     if family(platform) == "Debian":
@@ -489,6 +519,15 @@ def test_bad_monitoring_pillar_names_the_key(renderer, case):
     monitoring, message = BAD_PILLARS[case]
     with pytest.raises(RenderError, match=re.escape(message)):
         renderer.show_sls("debian-12", pillar(monitoring=monitoring))
+
+
+@pytest.mark.parametrize("hours", [12, "26h"])
+def test_a_backup_age_under_a_day_or_not_in_hours_is_refused(renderer, hours):
+    data = pillar()
+    data["djangoapp"]["backups"] = {"enabled": True, "max_age_hours": hours}
+    message = "djangoapp:backups:max_age_hours must be an integer >= 24"
+    with pytest.raises(RenderError, match=re.escape(message)):
+        renderer.show_sls("debian-12", data)
 
 
 def test_sentry_dsn_and_environment_are_accepted(renderer):

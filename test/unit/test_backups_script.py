@@ -3,8 +3,10 @@ where, what it rotates away and what it keeps when a dump fails. The dump tools 
 replaced by fakes; the integration tests run the real pg_dump."""
 
 import errno
+import grp
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,6 +20,10 @@ def backup(tmp_path, monkeypatch, load_script):
     return module
 
 
+# The app's group, which may read its status: this process's own here.
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
 def configure(root, name, engine="postgresql", url=None):
     config_dir = root / "etc" / name
     config_dir.mkdir(parents=True)
@@ -25,8 +31,10 @@ def configure(root, name, engine="postgresql", url=None):
     env_file.write_text(json.dumps({"DATABASE_URL": url} if url else {}))
     app = {
         "name": name,
+        "group": GROUP,
         "env_file": str(env_file),
         "backup_dir": str(root / "backups" / name),
+        "backup_status": str(root / "lib" / "backup-status" / f"{name}.json"),
         "database": {"engine": engine, "host": "localhost", "name": name, "user": name},
     }
     (config_dir / "app.json").write_text(json.dumps(app))
@@ -175,3 +183,108 @@ def test_option_like_database_name_is_refused(backup, tmp_path):
     app = json.loads((tmp_path / "etc/shop/app.json").read_text())
     with pytest.raises(backup.BackupError, match="database name"):
         backup.database_settings(app)
+
+
+def status_of(root, name):
+    path = root / "lib" / "backup-status" / f"{name}.json"
+    return json.loads(path.read_text()), path
+
+
+TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def test_each_run_leaves_a_status_the_apps_group_may_read(
+    backup, tmp_path, monkeypatch
+):
+    nightly = configure(tmp_path, "shop")
+    configure(tmp_path, "static", engine="none")
+    monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper([]), "dump"))
+
+    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 0
+
+    status, path = status_of(tmp_path, "shop")
+    (newest,) = [entry.name for entry in nightly.iterdir()]
+    stamp = re.fullmatch(r"shop-([0-9]{8})T([0-9]{6})Z\.dump", newest)
+    day, clock = stamp.groups()
+    assert status == {
+        "app": "shop",
+        "time": status["time"],
+        "result": "ok",
+        "error": None,
+        "newest": newest,
+        "newest_time": f"{day[:4]}-{day[4:6]}-{day[6:]}T"
+        f"{clock[:2]}:{clock[2:4]}:{clock[4:]}Z",
+    }
+    assert TIME.fullmatch(status["time"]) and status["time"] >= status["newest_time"]
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.stat().st_gid == os.getgid()
+    # Made for it, each directory readable by the app's user.
+    for directory in (path.parent, path.parent.parent):
+        assert directory.stat().st_mode & 0o777 == 0o755
+    # Written whole under another name: nothing else left beside it.
+    assert sorted(entry.name for entry in path.parent.iterdir()) == ["shop.json"]
+    # An app without a database has no backup and no status.
+    assert not (path.parent / "static.json").exists()
+
+
+def test_a_failed_run_records_why_and_the_newest_good_dump(
+    backup, tmp_path, monkeypatch
+):
+    nightly = configure(tmp_path, "shop")
+    nightly.mkdir(parents=True)
+    for day in (1, 2):
+        (nightly / f"shop-2000010{day}T030000Z.dump").write_text("good")
+    monkeypatch.setitem(
+        backup.DUMPERS, "postgresql", (fake_dumper([], fail=True), "dump")
+    )
+    # The status of the run before, replaced whole.
+    status_dir = tmp_path / "lib" / "backup-status"
+    status_dir.mkdir(parents=True)
+    (status_dir / "shop.json").write_text('{"result": "ok"}')
+
+    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+
+    status, _ = status_of(tmp_path, "shop")
+    assert status == {
+        "app": "shop",
+        "time": status["time"],
+        "result": "failed",
+        # Why, without the log's account of the dumps kept.
+        "error": "disk full",
+        "newest": "shop-20000102T030000Z.dump",
+        "newest_time": "2000-01-02T03:00:00Z",
+    }
+
+
+def test_a_failure_before_any_dump_is_recorded_too(backup, tmp_path):
+    configure(tmp_path, "shop", url="postgres://shop:x@localhost:5432/--help")
+    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+    status, _ = status_of(tmp_path, "shop")
+    assert (status["result"], status["error"], status["newest"]) == (
+        "failed",
+        "database name unknown",
+        None,
+    )
+    assert status["newest_time"] is None
+
+
+def test_a_status_that_cannot_be_written_fails_the_run(
+    backup, tmp_path, monkeypatch, capsys
+):
+    configure(tmp_path, "shop")
+    monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper([]), "dump"))
+    app_json = tmp_path / "etc" / "shop" / "app.json"
+    app = json.loads(app_json.read_text())
+    app["group"] = "no-such-group-0f3a"
+    app_json.write_text(json.dumps(app))
+
+    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("shop: ") and lines[0].endswith("1 kept, 0 removed")
+    assert lines[1:] == [
+        'shop: its status for monitoring not written: KeyError("getgrnam(): name '
+        "not found: 'no-such-group-0f3a'\")",
+        "failed: shop",
+    ]
+    assert not (tmp_path / "lib" / "backup-status" / "shop.json").exists()

@@ -218,6 +218,7 @@ def test_app_json_holds_every_key_of_the_engine_config(derive, repo_root):
             "user": "shop",
         },
         "backup_dir": "/var/backups/djangoapp/shop",
+        "backup_status": "/var/lib/djangoapp/backup-status/shop.json",
         "log_dir": "/var/log/djangoapp/shop",
         "maintenance_page": "/srv/djangoapp/shop/maintenance.html",
         "maintenance_flag": "/srv/djangoapp/shop/maintenance.on",
@@ -311,6 +312,30 @@ def test_monitoring_checks_and_their_command_lines(derive, repo_root):
             "command": f"{script} database shop",
             "line": f"{sudo} shop {script} database shop",
         },
+    ]
+
+
+def test_the_backup_check_comes_with_the_nightly_backups(derive, repo_root):
+    apps = {"shop": app("shop"), "docs": app("docs", database={"engine": "none"})}
+    nrpe = {"nrpe": {"enabled": True, "allowed_hosts": ["192.0.2.10"]}}
+    script = "/usr/local/lib/djangoapp/monitoring-check --config-root /etc/djangoapp"
+
+    def backup_checks(**backups):
+        config = merged(repo_root, apps, monitoring=nrpe, backups=backups)
+        return [
+            (check["name"], check["user"], check["command"])
+            for check in derive(config)["monitoring_checks"]
+            if check["name"].endswith("_backup")
+        ]
+
+    assert backup_checks(enabled=False, max_age_hours=30) == []
+    # The apps with a database, the threshold from defaults.yaml (a day and two
+    # hours) or the pillar.
+    assert backup_checks(enabled=True) == [
+        ("shop_backup", "shop", f"{script} --max-age-hours 26 backup shop")
+    ]
+    assert backup_checks(enabled=True, max_age_hours=30) == [
+        ("shop_backup", "shop", f"{script} --max-age-hours 30 backup shop")
     ]
 
 

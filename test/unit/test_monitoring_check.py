@@ -3,6 +3,7 @@ the Zabbix agent run: its status and line for each outcome of the HTTP, Gunicorn
 database checks, and the database password kept off every command line. A local HTTP
 server and fake database clients stand in; the integration tests run the real ones."""
 
+import calendar
 import http.server
 import json
 import os
@@ -252,3 +253,162 @@ def test_unreadable_environment_is_unknown(check, tmp_path, capsys):
     (config_dir / "env.json").unlink()
     assert check.main(["--config-root", str(tmp_path), "database", "shop"]) == 3
     assert capsys.readouterr().out.startswith("DATABASE UNKNOWN - cannot read ")
+
+
+# The backup check reads the status the nightly script leaves (test_backups_script.py
+# writes it); these stand for it at 2026-12-05 05:00:41 UTC.
+NOW = calendar.timegm((2026, 12, 5, 5, 0, 41, 0, 0, 0))
+GOOD_RUN = {
+    "app": "shop",
+    "time": "2026-12-05T03:00:41Z",
+    "result": "ok",
+    "error": None,
+    "newest": "shop-20261205T030012Z.dump",
+    "newest_time": "2026-12-05T03:00:12Z",
+}
+DISK_FULL = (
+    "no space left on /var/backups/djangoapp/shop (runuser exited with 1: pg_dump: "
+    "error: could not write to output file: No space left on device)"
+)
+
+
+def backup_check(check, tmp_path, monkeypatch, status, *options):
+    """The backup check's exit status, with ``status`` as the last run's (None: no
+    run yet), at NOW."""
+    status_file = tmp_path / "backup-status" / "shop.json"
+    status_file.parent.mkdir()
+    if status is not None:
+        text = status if isinstance(status, str) else json.dumps(status)
+        status_file.write_text(text)
+    configure(tmp_path / "etc", {"name": "shop", "backup_status": str(status_file)})
+    monkeypatch.setattr(check.time, "time", lambda: NOW)
+    root = ["--config-root", str(tmp_path / "etc")]
+    return check.main([*root, *options, "backup", "shop"])
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "line"),
+    [
+        (
+            GOOD_RUN,
+            0,
+            "BACKUP OK - newest good dump shop-20261205T030012Z.dump, 2.0 h old"
+            " | age=7229s;;93600;0",
+        ),
+        (
+            {
+                **GOOD_RUN,
+                "newest": "shop-20261205T045512Z.dump",
+                "newest_time": "2026-12-05T04:55:12Z",
+            },
+            0,
+            "BACKUP OK - newest good dump shop-20261205T045512Z.dump, 5 min old"
+            " | age=329s;;93600;0",
+        ),
+        # The last run failed: why, in one line, and the newest good dump.
+        (
+            {
+                **GOOD_RUN,
+                "time": "2026-12-05T04:30:02Z",
+                "result": "failed",
+                "error": DISK_FULL.replace("pg_dump: error", "pg_dump:\n  error"),
+            },
+            2,
+            "BACKUP CRITICAL - the nightly backup of shop failed at "
+            f"2026-12-05T04:30:02Z: {DISK_FULL}; newest good dump "
+            "shop-20261205T030012Z.dump, 2.0 h old | age=7229s;;93600;0",
+        ),
+        (
+            {
+                **GOOD_RUN,
+                "result": "failed",
+                "error": "database name unknown",
+                "newest": None,
+                "newest_time": None,
+            },
+            2,
+            "BACKUP CRITICAL - the nightly backup of shop failed at "
+            "2026-12-05T03:00:41Z: database name unknown; no good dump",
+        ),
+        # Good runs that stopped: the newest good dump grows old.
+        (
+            {
+                **GOOD_RUN,
+                "time": "2026-12-04T03:00:40Z",
+                "newest": "shop-20261204T030011Z.dump",
+                "newest_time": "2026-12-04T03:00:11Z",
+            },
+            2,
+            "BACKUP CRITICAL - newest good dump shop-20261204T030011Z.dump, 26.0 h"
+            " old: more than 26 h (last run 2026-12-04T03:00:40Z)"
+            " | age=93630s;;93600;0",
+        ),
+        # No run yet: the timer's first is to come.
+        (
+            None,
+            1,
+            "BACKUP WARNING - no nightly backup of shop has run yet"
+            " (djangoapp-backup.timer; one now: systemctl start"
+            " djangoapp-backup.service)",
+        ),
+        ("{not json", 3, None),
+        ('["a list"]', 3, None),
+        ({**GOOD_RUN, "newest_time": "yesterday"}, 3, None),
+    ],
+    ids=[
+        "ok",
+        "ok, minutes",
+        "failed",
+        "failed, no dump",
+        "too old",
+        "no run yet",
+        "not json",
+        "not an object",
+        "bad time",
+    ],
+)
+def test_backup(check, tmp_path, monkeypatch, capsys, status, code, line):
+    options = ("--max-age-hours", "26")
+    assert backup_check(check, tmp_path, monkeypatch, status, *options) == code
+    out = capsys.readouterr().out
+    if line is None:
+        assert out.startswith("BACKUP UNKNOWN - "), out
+    else:
+        assert out == f"{line}\n"
+
+
+def test_backup_threshold_is_the_one_given(check, tmp_path, monkeypatch, capsys):
+    # 48 h old: CRITICAL over 26 h, OK up to 48 h.
+    old_run = {**GOOD_RUN, "newest_time": "2026-12-03T05:00:41Z"}
+    options = ("--max-age-hours", "48")
+    assert backup_check(check, tmp_path, monkeypatch, old_run, *options) == 0
+    assert capsys.readouterr().out == (
+        "BACKUP OK - newest good dump shop-20261205T030012Z.dump, 48.0 h old"
+        " | age=172800s;;172800;0\n"
+    )
+
+
+def test_backup_without_a_threshold_is_unknown(check, tmp_path, monkeypatch, capsys):
+    assert backup_check(check, tmp_path, monkeypatch, GOOD_RUN) == 3
+    assert capsys.readouterr().out == (
+        "BACKUP UNKNOWN - the backup check needs --max-age-hours\n"
+    )
+
+
+def test_backup_status_out_of_reach_is_unknown(check, tmp_path, monkeypatch, capsys):
+    """Not "no run yet": the status is there, the app's user cannot reach it."""
+    denied = PermissionError(13, "Permission denied")
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith("backup-status/shop.json"):
+            raise denied
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(check.os, "stat", stat)
+    options = ("--max-age-hours", "26")
+    assert backup_check(check, tmp_path, monkeypatch, GOOD_RUN, *options) == 3
+    status_file = tmp_path / "backup-status" / "shop.json"
+    assert capsys.readouterr().out == (
+        f"BACKUP UNKNOWN - cannot read {status_file}: [Errno 13] Permission denied\n"
+    )

@@ -12,6 +12,10 @@ deleted and nothing of that app is rotated away (a full disk never costs a good
 dump); the log says why, naming the filesystem when it is full, and how many
 dumps are kept. The exit status is 1 when any app failed.
 
+Each app's run is recorded in app.json's `backup_status` (JSON: when the run
+ended, `ok` or `failed`, why, the newest good dump and its time), readable by the
+app's group: the monitoring check `backup` reads it as the app's user.
+
 A local PostgreSQL database is dumped as the postgres user over the local socket
 (peer authentication). Any other database is dumped with the app's own
 credentials, read from its env.json (DATABASE_URL) and passed to the dump tool in
@@ -19,13 +23,16 @@ its environment, never on its command line.
 """
 
 import argparse
+import contextlib
 import errno
 import fcntl
+import grp
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import djangoapp_database  # installed beside this script
@@ -35,6 +42,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 LOCK_FILE = "/run/djangoapp-backup.lock"
 DUMP_TIMEOUT = 6 * 3600
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 NO_SPACE = os.strerror(errno.ENOSPC)  # what most tools say: "No space left on device"
 # mysqldump and mariadb-dump give the number only: "mysqldump: Got errno 28 on write".
 NO_SPACE_ERRNO = f"Got errno {errno.ENOSPC} on write"
@@ -42,6 +50,17 @@ NO_SPACE_ERRNO = f"Got errno {errno.ENOSPC} on write"
 
 class BackupError(Exception):
     pass
+
+
+class DumpFailed(BackupError):
+    """A dump that failed: why (``reason``), and the good dumps kept."""
+
+    def __init__(self, reason, kept):
+        newest = f" (newest {kept[-1]})" if kept else ""
+        super().__init__(
+            f"{reason}; the new dump removed, {len(kept)} earlier dumps kept{newest}"
+        )
+        self.reason = reason
 
 
 def log(message):
@@ -147,25 +166,27 @@ def mount_point(path):
     return path
 
 
-def failure(error, directory, name):
-    """What a failed dump says: the filesystem when it is full, and the dumps kept."""
+def why(error, directory):
+    """Why a dump failed: the filesystem first when it is full."""
     reason = str(error)
     if NO_SPACE in reason or NO_SPACE_ERRNO in reason:
         reason = f"no space left on {mount_point(directory)} ({reason})"
-    kept = nightly_dumps(directory, name)
-    newest = f" (newest {kept[-1]})" if kept else ""
-    return f"{reason}; the new dump removed, {len(kept)} earlier dumps kept{newest}"
+    return reason
+
+
+def engine_of(app):
+    return (app.get("database") or {}).get("engine", "none")
+
+
+def nightly_dir(app):
+    return os.path.join(app["backup_dir"], "nightly")
 
 
 def back_up(app, keep):
     name = app["name"]
-    engine = (app.get("database") or {}).get("engine", "none")
-    if engine not in DUMPERS:
-        log(f"{name}: no database to dump (engine {engine})")
-        return
-    dumper, suffix = DUMPERS[engine]
+    dumper, suffix = DUMPERS[engine_of(app)]
     database = database_settings(app)
-    directory = os.path.join(app["backup_dir"], "nightly")
+    directory = nightly_dir(app)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     while True:
@@ -181,7 +202,8 @@ def back_up(app, keep):
         dumper(database, partial)
         os.rename(partial, path)
     except (BackupError, OSError, subprocess.TimeoutExpired) as error:
-        raise BackupError(failure(error, directory, name)) from error
+        kept = nightly_dumps(directory, name)
+        raise DumpFailed(why(error, directory), kept) from error
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -194,6 +216,60 @@ def back_up(app, keep):
         f"{time.monotonic() - started:.1f} s); {len(dumps) - len(removed)} kept, "
         f"{len(removed)} removed"
     )
+
+
+def dump_time(name):
+    """The UTC time in a nightly dump's name, as TIME_FORMAT."""
+    stamp = re.search(r"([0-9]{8}T[0-9]{6}Z)\.[a-z]+$", name).group(1)
+    return time.strftime(TIME_FORMAT, time.strptime(stamp, STAMP_FORMAT))
+
+
+def readable_directory(path):
+    """``path`` made if missing, it and each directory made for it mode 0755 (the
+    app's user goes through them), whatever this process's umask."""
+    umask = os.umask(0o022)
+    try:
+        os.makedirs(path, exist_ok=True)
+    finally:
+        os.umask(umask)
+
+
+def write_status(app, error):
+    """
+    The app's last run, for the monitoring check `backup`: when it ended, its
+    result, why it failed (None if it did not) and the newest good dump with its
+    time. Written whole under another name, then renamed over the last one;
+    mode 0640, group the app's.
+    """
+    path = app["backup_status"]
+    directory = nightly_dir(app)
+    dumps = nightly_dumps(directory, app["name"]) if os.path.isdir(directory) else []
+    newest = dumps[-1] if dumps else None
+    status = {
+        "app": app["name"],
+        "time": time.strftime(TIME_FORMAT, time.gmtime()),
+        "result": "failed" if error else "ok",
+        "error": error,
+        "newest": newest,
+        "newest_time": dump_time(newest) if newest else None,
+    }
+    gid = grp.getgrnam(app["group"]).gr_gid
+    readable_directory(os.path.dirname(path))
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{app['name']}.", dir=os.path.dirname(path)
+    )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as output:
+            json.dump(status, output, indent=2, sort_keys=True)
+            output.write("\n")
+            output.flush()
+            os.fsync(output.fileno())
+        os.chown(temporary, -1, gid)
+        os.chmod(temporary, 0o640)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def main(argv=None):
@@ -214,11 +290,23 @@ def main(argv=None):
             return 1
         failed = []
         for app in apps:
+            name = app["name"]
+            if engine_of(app) not in DUMPERS:
+                log(f"{name}: no database to dump (engine {engine_of(app)})")
+                continue
+            error = None
             try:
                 back_up(app, args.keep)
-            except (BackupError, OSError, subprocess.TimeoutExpired) as error:
-                log(f"{app['name']}: backup failed: {error}")
-                failed.append(app["name"])
+            except (BackupError, OSError, subprocess.TimeoutExpired) as exc:
+                log(f"{name}: backup failed: {exc}")
+                failed.append(name)
+                error = getattr(exc, "reason", str(exc))
+            try:
+                write_status(app, error)
+            except (KeyError, OSError) as exc:
+                log(f"{name}: its status for monitoring not written: {exc!r}")
+                if name not in failed:
+                    failed.append(name)
     if failed:
         log(f"failed: {', '.join(failed)}")
         return 1

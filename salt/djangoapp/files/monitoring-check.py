@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Checks of one djangoapp app, for Nagios (NRPE) and Zabbix alike.
 
-    monitoring-check [--config-root /etc/djangoapp] [--timeout 8] CHECK APP
+    monitoring-check [--config-root /etc/djangoapp] [--timeout 8]
+                     [--max-age-hours H] CHECK APP
 
 CHECK is one of:
   http      a GET of the app's health URL through Nginx, as the release engine
@@ -12,6 +13,11 @@ CHECK is one of:
   database  `SELECT 1` over a connection to the app's database with the app's own
             credentials (env.json's DATABASE_URL; the password goes to psql or mysql
             in their environment, never on their command line)
+  backup    the last nightly backup, as the backup script recorded it (app.json's
+            `backup_status`): CRITICAL when that run failed (why, and the newest
+            good dump) or when the newest good dump is older than --max-age-hours,
+            WARNING when no run is recorded yet, else OK with the newest dump's
+            name and age
 
 The Nagios plugin convention: one line on stdout, exit status 0 OK, 1 WARNING,
 2 CRITICAL, 3 UNKNOWN. Run it as the app's user (the monitoring agents do so through
@@ -19,6 +25,7 @@ sudo): it reads the app's files in /etc/djangoapp/<app>/.
 """
 
 import argparse
+import calendar
 import http.client
 import json
 import os
@@ -190,16 +197,76 @@ def check_database(app, env_file, timeout):
     return OK, f"{where} answers in {seconds:.3f} s | time={seconds:.6f}s;;;0"
 
 
-CHECKS = ("http", "gunicorn", "database")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the backup script's
 
 
-def run_check(check, config_dir, timeout):
+def age_of(stamp, now):
+    """Seconds from ``stamp`` (TIME_FORMAT, UTC) to ``now``, never below 0."""
+    try:
+        then = calendar.timegm(time.strptime(stamp, TIME_FORMAT))
+    except (TypeError, ValueError) as error:
+        raise CheckError(f"the backup status has a bad time {stamp!r}") from error
+    return max(0, int(now - then))
+
+
+def for_people(seconds):
+    return f"{seconds // 60} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def check_backup(app, max_age_hours):
+    if not max_age_hours:
+        raise CheckError("the backup check needs --max-age-hours")
+    path = app.get("backup_status")
+    if not path:
+        raise CheckError("app.json has no backup_status")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return WARNING, (
+            f"no nightly backup of {app['name']} has run yet (djangoapp-backup.timer;"
+            " one now: systemctl start djangoapp-backup.service)"
+        )
+    except OSError as error:
+        raise CheckError(f"cannot read {path}: {error}") from error
+    status = read_json(path)
+    if not isinstance(status, dict):
+        raise CheckError(f"{path} holds no JSON object")
+    newest, limit = status.get("newest"), max_age_hours * 3600
+    if newest:
+        age = age_of(status.get("newest_time"), time.time())
+        perfdata = f" | age={age}s;;{limit};0"
+        newest_text = f"newest good dump {newest}, {for_people(age)} old"
+    else:
+        age, perfdata, newest_text = None, "", "no good dump"
+    if status.get("result") != "ok":
+        # The tools' own words may hold line breaks: Nagios shows the first line.
+        error = " ".join(str(status.get("error") or "no reason recorded").split())
+        return CRITICAL, (
+            f"the nightly backup of {app['name']} failed at {status.get('time')}: "
+            f"{error}; {newest_text}{perfdata}"
+        )
+    if age is None:
+        return CRITICAL, f"the nightly backup of {app['name']} left {newest_text}"
+    if age > limit:
+        return CRITICAL, (
+            f"{newest_text}: more than {max_age_hours} h (last run "
+            f"{status.get('time')}){perfdata}"
+        )
+    return OK, f"{newest_text}{perfdata}"
+
+
+CHECKS = ("http", "gunicorn", "database", "backup")
+
+
+def run_check(check, config_dir, timeout, max_age_hours=None):
     """(status, text) of ``check`` for the app configured in ``config_dir``."""
     app = read_json(os.path.join(config_dir, "app.json"))
     if check == "http":
         return check_http(app, timeout)
     if check == "gunicorn":
         return check_gunicorn(app)
+    if check == "backup":
+        return check_backup(app, max_age_hours)
     return check_database(app, os.path.join(config_dir, "env.json"), timeout)
 
 
@@ -207,12 +274,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-root", default="/etc/djangoapp")
     parser.add_argument("--timeout", type=int, default=8, help="seconds")
+    parser.add_argument(
+        "--max-age-hours", type=int, help="backup: the newest good dump's at most"
+    )
     parser.add_argument("check", choices=CHECKS)
     parser.add_argument("app")
     args = parser.parse_args(argv)
     config_dir = os.path.join(args.config_root, os.path.basename(args.app))
     try:
-        status, text = run_check(args.check, config_dir, args.timeout)
+        status, text = run_check(
+            args.check, config_dir, args.timeout, args.max_age_hours
+        )
     except CheckError as error:
         status, text = UNKNOWN, str(error)
     print(f"{args.check.upper()} {STATUS_NAMES[status]} - {text}")
