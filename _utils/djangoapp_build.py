@@ -156,6 +156,31 @@ def venv_bytecode(old_venv, new_venv):
     return linked, missing
 
 
+def naming_files(venv):
+    """The files of a virtualenv that may hold its own path: ``bin/`` scripts,
+    ``pyvenv.cfg``, and in site-packages ``.pth`` and ``.egg-link`` files,
+    editable finders and ``direct_url.json``."""
+    bin_dir = os.path.join(venv, "bin")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(bin_dir):
+            if entry.is_file(follow_symlinks=False):
+                yield entry.path
+    yield os.path.join(venv, "pyvenv.cfg")
+    _tag, lib = pyc_tag(venv)
+    if not lib:
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(os.path.join(lib, "site-packages")):
+            name = entry.name
+            if name.endswith((".pth", ".egg-link")) or name.startswith("__editable__"):
+                if entry.is_file(follow_symlinks=False):
+                    yield entry.path
+            elif name.endswith(".dist-info"):
+                direct_url = os.path.join(entry.path, "direct_url.json")
+                if os.path.isfile(direct_url):
+                    yield direct_url
+
+
 def link_project_bytecode(old_src, new_src, tag):
     """
     For each Python file of the project that did not change since the live
@@ -249,6 +274,7 @@ class Builder:
         self.timings = {}
         self.linked = 0
         self.compiled = 0
+        self.cloned = False
         self._lap = time.monotonic()
 
     def build(self, git, sha):
@@ -262,7 +288,9 @@ class Builder:
         self.lap("export")
         self.deps = Dependencies(self.cfg, self.src)
         uv = self.uv()
-        if uv:
+        if self.can_clone():
+            self.clone_venv()
+        elif uv:
             self.install_with_uv(uv)
         elif self.deps.format == "requirements":
             self.install_with_pip()
@@ -274,7 +302,9 @@ class Builder:
             )
         self.compile()
         self.lap("compile")
-        self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", self.rdir])
+        # a cloned virtualenv has the modes of the live one already
+        tree = self.src if self.cloned else self.rdir
+        self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", tree])
         self.lap("permissions")
         return {"tool": "uv" if uv else "pip", "dependencies": self.deps.format}
 
@@ -324,6 +354,51 @@ class Builder:
             return False
         info = read_json(os.path.join(self.previous, "release.json"), default={})
         return (info or {}).get("requirements") == self.deps.digest()
+
+    def can_clone(self):
+        """
+        The live release's virtualenv can be taken over: the same dependencies,
+        installed without the project itself (a ``uv.lock`` project is installed
+        into its environment, so its virtualenv holds code of its release).
+        """
+        return (
+            self.deps.format in ("requirements", "pyproject")
+            and self.same_requirements()
+            and os.path.isfile(os.path.join(self.previous, "venv", "bin", "python"))
+        )
+
+    def clone_venv(self):
+        """
+        The live release's virtualenv for this one, its files hard-linked (no
+        byte is copied, byte-code included); the few files that name the old
+        release's path (scripts' ``#!`` lines, ``.pth`` files, a package's
+        ``direct_url.json``) are written anew for this one.
+        """
+        old_venv = os.path.join(self.previous, "venv")
+        self.host.check("build", ["cp", "-a", "--link", "--", old_venv, self.venv])
+        self.deps.check_python(interpreter_version(self.venv))
+        moves = {
+            os.fsencode(old): os.fsencode(new)
+            for old, new in (
+                (self.previous, self.rdir),
+                (os.path.realpath(self.previous), os.path.realpath(self.rdir)),
+            )
+        }
+        for path in naming_files(self.venv):
+            with open(path, "rb") as handle:
+                content = handle.read()
+            if not any(old in content for old in moves):
+                continue
+            for old, new in moves.items():
+                content = content.replace(old, new)
+            fresh = path + ".djangoapp-new"
+            with open(fresh, "wb") as handle:
+                handle.write(content)
+            shutil.copymode(path, fresh)
+            os.replace(fresh, path)
+        self.cloned = True
+        self.notes.append("requirements unchanged: took over the live virtualenv")
+        self.lap("install")
 
     def install_commands(self, uv):
         """The uv commands that install the release's dependencies."""
@@ -433,7 +508,10 @@ class Builder:
         """
         tag, _lib = pyc_tag(self.venv)
         old_venv = os.path.join(self.previous, "venv") if self.previous else None
-        linked, sources = venv_bytecode(old_venv, self.venv)
+        if self.cloned:
+            linked, sources = 0, []  # its byte-code came with it
+        else:
+            linked, sources = venv_bytecode(old_venv, self.venv)
         unchanged = set()
         if old_venv and tag and tag == pyc_tag(old_venv)[0]:
             old_src = os.path.join(self.previous, "src")
