@@ -84,11 +84,13 @@ djangoapp-{{ name }}-systemd-socket-file-managed:
 djangoapp-{{ name }}-gunicorn-socket-taken-over:
   cmd.run:
     # systemd refuses to start a socket unit whose service already runs without
-    # it: the service stops (gracefully) first, then starts again on the socket.
+    # it: the service stops (gracefully) first, then starts again on the socket,
+    # at once (requests fail only while no socket is there).
     - name: >-
         systemctl daemon-reload
         && systemctl stop {{ (app.service ~ ".service") | quote }}
         && systemctl restart {{ (app.service ~ ".socket") | quote }}
+        && systemctl start {{ (app.service ~ ".service") | quote }}
     - onchanges:
       - file: djangoapp-{{ name }}-systemd-socket-file-managed
     - require:
