@@ -2,7 +2,8 @@
 PostgreSQL (shop under Supervisor, blog under systemd), each under load: Gunicorn's
 master killed with SIGKILL, PostgreSQL restarted, the host powered off and booted
 again. After each, the site serves by itself and the next release has no failed
-request.
+request. The host runs with the firewall, fail2ban and the monitoring agents (NRPE,
+the Zabbix agent, snmpd) on, which a power cycle must bring back too.
 
 The tests run in file order, each from where the one before left the host, and print
 their figures (docs/reliability.md). The slot is $DJANGOAPP_FAULTS_SLOT, by default
@@ -19,11 +20,12 @@ from collections.abc import Callable
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
 from test_combinations import app_pillar
+from test_monitoring_agents import SYS_DESCR, check_nrpe, snmpget, zabbix_get
 
 import demorepo
 from loadgen import Load
 from nspawn_backend import nspawn_host
-from stack import HTTP_PROBE, changed_states, failed_states
+from stack import HTTP_PROBE, SNMP_COMMUNITY, changed_states, failed_states
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,13 @@ RECOVERY_TIMEOUT = 60.0
 # A request that was sent before the service came back may be answered (as a
 # failure) a little after: Nginx's upstream connect and the app's own time.
 IN_FLIGHT_SECONDS = 1.0
+# The host features that run a service of their own, besides the firewall's table,
+# and the beginnings of their states' IDs.
+HOST_SERVICES = ("fail2ban", "nagios-nrpe-server", "zabbix-agent", "snmpd")
+HOST_SERVICE_STATES = tuple(
+    f"djangoapp-{feature}-"
+    for feature in ("fail2ban", "monitoring", "nrpe", "zabbix", "snmp")
+)
 
 # The Gunicorn master of an app as its pidfile names it, if it runs, and those of
 # its workers that have loaded the app (their reports in workers/, written by the
@@ -67,6 +76,7 @@ print(json.dumps({"master": master, "ready": sorted(ready)}))
 
 
 def faults_pillar(module) -> dict:
+    master = module.MASTER_IP
     return {
         "djangoapp": {
             "apps": {
@@ -80,6 +90,17 @@ def faults_pillar(module) -> dict:
             },
             "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
             "firewall": {"enabled": True, "allow": [22, 80]},
+            "fail2ban": {"enabled": True},
+            # Each agent answers this machine only.
+            "monitoring": {
+                "nrpe": {"enabled": True, "allowed_hosts": [master]},
+                "zabbix": {"enabled": True, "server": master},
+                "snmp": {
+                    "enabled": True,
+                    "community": SNMP_COMMUNITY,
+                    "allowed": [master],
+                },
+            },
         }
     }
 
@@ -90,7 +111,27 @@ def faults(tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
     demorepo.build_repo(work / "git" / "demo.git")
     with converged_second_host(module, work, HOSTNAME, faults_pillar(module)) as host:
-        yield host.converged()
+        host.converged()
+        report(
+            "first converge",
+            {
+                "states_s": state_seconds(host.first_apply),
+                "fail2ban_and_agents_s": state_seconds(
+                    host.first_apply, HOST_SERVICE_STATES
+                ),
+            },
+        )
+        yield host
+
+
+def state_seconds(state_return: dict, prefixes: tuple[str, ...] = ("",)) -> float:
+    """The seconds the states whose ID begins with one of ``prefixes`` took."""
+    milliseconds = sum(
+        state["duration"]
+        for state in state_return.values()
+        if state["__id__"].startswith(prefixes)
+    )
+    return round(milliseconds / 1000, 1)
 
 
 def load_on(host: SecondHost, app: str) -> Load:
@@ -254,6 +295,12 @@ def run_dir_of(host: SecondHost, app: str) -> dict:
     }
 
 
+def jails(host: SecondHost) -> list[str] | None:
+    """``fail2ban-client status``'s lines, None while its server does not answer."""
+    status = host.host.exec(["fail2ban-client", "status"], check=False)
+    return status.stdout.splitlines() if status.rc == 0 else None
+
+
 def test_after_a_power_cycle_the_same_releases_serve_with_no_manual_step(faults):
     live = {app: faults.salt("djangoapp.status", app)[1] for app in MANAGERS}
     assert all(status["current"] for status in live.values()), live
@@ -288,6 +335,31 @@ def test_after_a_power_cycle_the_same_releases_serve_with_no_manual_step(faults)
             "control_socket": True,
         }
     assert faults.infra.run("nft list table inet djangoapp").rc == 0
+    services = faults.host.exec(["systemctl", "is-active", *HOST_SERVICES], check=False)
+    assert services.stdout.split() == ["active"] * len(HOST_SERVICES), services.stdout
+    jails_after = wait_until(lambda: jails(faults) is not None, "fail2ban answering")
+    # The formula's jail, and no other.
+    assert jails(faults) == ["Status", "|- Number of jail:\t1", "`- Jail list:\tsshd"]
+    report(
+        "power cycle, host services", {"fail2ban_jails_after_s": round(jails_after, 2)}
+    )
+    # Each agent answers this machine through the firewall: NRPE and the Zabbix agent
+    # run an app's check as its user, snmpd reads the system.
+    rc, line = check_nrpe(faults.ip, "check_djangoapp_shop_database")
+    assert rc == 0, line
+    assert re.fullmatch(
+        r"DATABASE OK - postgresql shop@localhost/shop answers in [0-9.]+ s"
+        r" \| time=[0-9.]+s;;;0",
+        line,
+    ), line
+    assert zabbix_get(faults.ip, "djangoapp.status.blog_gunicorn") == "0"
+    gunicorn = zabbix_get(faults.ip, "djangoapp.output.blog_gunicorn")
+    assert re.fullmatch(
+        r"GUNICORN OK - master pid [0-9]+ with 5 workers \| workers=5;;;0", gunicorn
+    ), gunicorn
+    system = snmpget(faults.ip, SNMP_COMMUNITY, SYS_DESCR)
+    assert system.returncode == 0, system.stderr
+    assert system.stdout.startswith(f'{SYS_DESCR} = STRING: "Linux '), system.stdout
 
     rc, again, output = faults.apply()
     assert rc == 0 and not failed_states(again), output
