@@ -205,9 +205,11 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(
             "first_failures": result.failures[:3],
         },
     )
-    # Only requests around the kill fail: none before it, none once the new
-    # master's workers serve.
-    assert all(0 <= at <= back_after + IN_FLIGHT_SECONDS for at in failed_after_kill), (
+    # Only the requests in flight fail (a client has one at a time): under systemd
+    # the socket unit holds the socket, so later ones wait for the new master;
+    # under Supervisor the old workers answer until it binds again.
+    assert result.failed <= CLIENTS, result.failures
+    assert all(0 <= at <= IN_FLIGHT_SECONDS for at in failed_after_kill), (
         failed_after_kill
     )
     assert result.succeeded > 0
