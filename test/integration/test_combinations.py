@@ -120,6 +120,25 @@ def app_pillar(name: str, env: dict | None = None, **settings) -> dict:
     }
 
 
+def postgresql_app_pillar(module, name: str, password: str, **host) -> dict:
+    """The whole pillar of a host with one demo app on PostgreSQL (WSGI, under
+    Supervisor) fetching through ``module``'s proxy; ``host``: more host keys."""
+    return {
+        "djangoapp": {
+            "apps": {
+                name: app_pillar(
+                    name,
+                    wsgi="demosite.wsgi:application",
+                    database={"engine": "postgresql", "password": password},
+                    **host.pop("app", {}),
+                )
+            },
+            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
+            **host,
+        }
+    }
+
+
 @pytest.fixture(scope="module")
 def combination(tmp_path_factory) -> SecondHost:
     module = bootable_testhost(combination_slot())

@@ -22,7 +22,7 @@ import time
 
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
-from test_combinations import app_pillar
+from test_combinations import postgresql_app_pillar
 from test_monitoring_agents import check_nrpe
 
 import demorepo
@@ -52,23 +52,14 @@ OK, WARNING, CRITICAL = 0, 1, 2
 
 
 def disk_pillar(module) -> dict:
-    return {
-        "djangoapp": {
-            "apps": {
-                APP: app_pillar(
-                    APP,
-                    wsgi="demosite.wsgi:application",
-                    database={"engine": "postgresql", "password": "shop-db-91d3"},
-                )
-            },
-            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
-            "backups": {"enabled": True, "keep": 3},
-            # The backup check, asked from this machine.
-            "monitoring": {
-                "nrpe": {"enabled": True, "allowed_hosts": [module.MASTER_IP]}
-            },
-        }
-    }
+    return postgresql_app_pillar(
+        module,
+        APP,
+        "shop-db-91d3",
+        backups={"enabled": True, "keep": 3},
+        # The backup check, asked from this machine.
+        monitoring={"nrpe": {"enabled": True, "allowed_hosts": [module.MASTER_IP]}},
+    )
 
 
 def mount_small_filesystems(host) -> None:

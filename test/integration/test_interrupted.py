@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
-from test_combinations import app_pillar
+from test_combinations import postgresql_app_pillar
 
 import demorepo
 from loadgen import Load
@@ -97,18 +97,7 @@ def stopped_host(tmp_path_factory):
     module = bootable_testhost(slot_from("DJANGOAPP_INTERRUPTED_SLOT", 66))
     work = tmp_path_factory.mktemp("interrupted")
     demorepo.build_repo(work / "git" / "demo.git")
-    pillar = {
-        "djangoapp": {
-            "apps": {
-                APP: app_pillar(
-                    APP,
-                    wsgi="demosite.wsgi:application",
-                    database={"engine": "postgresql", "password": "shop-db-9e41"},
-                )
-            },
-            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
-        }
-    }
+    pillar = postgresql_app_pillar(module, APP, "shop-db-9e41")
     with converged_second_host(module, work, HOSTNAME, pillar) as host:
         yield host.converged()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
-from test_combinations import app_pillar
+from test_combinations import postgresql_app_pillar
 
 import demorepo
 from loadgen import Load
@@ -38,19 +38,9 @@ def migrations_host(tmp_path_factory):
     module = bootable_testhost(slot_from("DJANGOAPP_MIGRATIONS_SLOT", 50))
     work = tmp_path_factory.mktemp("migrations")
     demorepo.build_repo(work / "git" / "demo.git")
-    pillar = {
-        "djangoapp": {
-            "apps": {
-                "demo": app_pillar(
-                    "demo",
-                    version="v1.2.0",
-                    wsgi="demosite.wsgi:application",
-                    database={"engine": "postgresql", "password": "demo-db-81f3"},
-                )
-            },
-            "proxy": {"http": module.PROXY_URL, "https": module.PROXY_URL},
-        }
-    }
+    pillar = postgresql_app_pillar(
+        module, "demo", "demo-db-81f3", app={"version": "v1.2.0"}
+    )
     with converged_second_host(module, work, HOSTNAME, pillar) as host:
         yield host.converged()
 
