@@ -361,6 +361,8 @@ class Builder:
         installed without the project itself (a ``uv.lock`` project is installed
         into its environment, so its virtualenv holds code of its release).
         """
+        # isfile follows the venv's link to its interpreter, which an upgrade of
+        # the distribution's Python takes away
         return (
             self.deps.format in ("requirements", "pyproject")
             and self.same_requirements()
