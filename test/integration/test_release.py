@@ -480,9 +480,11 @@ def test_a_killed_release_does_not_block_the_next(
     assert result.data["result"] is True, result.data
     takeover = (
         f"took over from a release that did not finish (pid {holder['pid']}, "
-        f"version v1.1.0, started {holder['started']})"
+        f"version v1.1.0, started {holder['started']}, in step {holder['step']})"
     )
     assert takeover in result.data["notes"], result.data["notes"]
+    recovered = result.data["recovered"]
+    assert (recovered["pid"], recovered["step"]) == (holder["pid"], holder["step"])
     assert result.data["previous"]["id"] == live, result.data
     assert current_release(salt_cli) == result.data["id"]
     assert page_load.result.failed == 0, page_load.result.failures
