@@ -65,6 +65,7 @@ INCLUDE_PACKAGES = (
 SALT_VERSION = "3008.4"
 PYTHON_CACHE_TAG = "cpython-311"
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements-test.txt"
+MINION_CONFIG_EXAMPLE = Path(__file__).resolve().parents[1] / "minion.conf.example"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +573,12 @@ def trust_machine_ca_bundle(root: Path) -> None:
     )
 
 
+def configure_minion(root: Path) -> None:
+    """The minion configuration the README recommends (minion.conf.example)."""
+    target = root / "etc/salt/minion.d/djangoapp-loader.conf"
+    target.write_text(MINION_CONFIG_EXAMPLE.read_text())
+
+
 def set_hostname(root: Path, hostname: str) -> None:
     (root / "etc/hostname").write_text(hostname + "\n")
     (root / "etc/hosts").write_text(
@@ -714,6 +721,7 @@ class TestHost:
             run(tar_command("-xpf", tarball) + ["-C", str(self.root)])
         trust_machine_ca_bundle(self.root)
         set_hostname(self.root, self.hostname)
+        configure_minion(self.root)
         create_network()
         self._start_proxy()
         with timed("boot", self.timings):
