@@ -69,6 +69,7 @@ from djangoapp_procs import children, master_birth_release, proc_cwd, releases_i
 from djangoapp_recovery import (
     Interrupted,
     end_own_children,
+    own_children,
     recover,
     restore,
     stopping_on_signals,
@@ -211,6 +212,7 @@ def execute(run, steps, finishing=()):
     steps of a successful run (a failure there is noted: the run stays good).
     The lock, if taken, is released last.
     """
+    already = own_children()
     try:
         with stopping_on_signals():
             for step in steps:
@@ -223,7 +225,7 @@ def execute(run, steps, finishing=()):
     except StepFailed as exc:
         put_back(run, exc.step, exc.message)
     except Interrupted as exc:
-        ended = end_own_children()
+        ended = end_own_children(already)
         run.note(f"stopped by {exc}" + (f"; ended {ended}" if ended else ""))
         put_back(run, run.step, f"stopped by {exc} during {run.step}")
     except Exception as exc:  # a bug or an unexpected system error: still recorded

@@ -32,7 +32,7 @@ from djangoapp_disk import (
 )
 from djangoapp_django import PARTIAL_SUFFIX
 from djangoapp_gunicorn import GunicornControl, reload_workers, renice
-from djangoapp_procs import children, proc_ppid, release_users
+from djangoapp_procs import children, proc_ppid, proc_start_time, release_users
 from salt.exceptions import CommandExecutionError
 
 
@@ -99,10 +99,18 @@ def end_processes(pids, grace=CHILD_GRACE):
     return pids
 
 
-def end_own_children():
-    """The commands this process started and left running (a build, a
-    migration, a dump) end with the run that started them."""
-    return end_processes(children(os.getpid()))
+def own_children():
+    """This process's children now, each with its start time (a pid can be
+    taken again by a later process)."""
+    return {(pid, proc_start_time(pid)) for pid in children(os.getpid())}
+
+
+def end_own_children(already):
+    """The commands the run started and left running (a build, a migration, a
+    dump) end with it; children the process had before the run (``already``,
+    from ``own_children``), which are not the run's, are left alone."""
+    started = own_children() - already
+    return end_processes(sorted(pid for pid, _start in started))
 
 
 def restore(service, layout, previous):

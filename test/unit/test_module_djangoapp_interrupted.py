@@ -58,9 +58,17 @@ def test_a_release_stopped_by_sigterm_puts_back_what_was_live(mods, tiny_app, ba
     )
     handler_before = signal.getsignal(signal.SIGTERM)
     sender = _signal_when(started, signal.SIGTERM)
+    # a child this process had before the release (as a minion or a test run has
+    # its own): not the release's to end
+    bystander = subprocess.Popen(["sleep", "60"])
 
-    ret = mods["djangoapp.release"]("v1.1.0", app="tiny")
-    sender.join()
+    try:
+        ret = mods["djangoapp.release"]("v1.1.0", app="tiny")
+        sender.join()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
     assert ret["result"] is False
     assert ret["failed_step"] == "after_build"
