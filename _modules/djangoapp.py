@@ -19,8 +19,10 @@ option ``djangoapp.config_dir`` (default ``/etc/djangoapp``).
     pg_dump/pg_restore or mysqldump when the app has a database.
 """
 
+import copy
 import functools
 import inspect
+import json
 import logging
 
 import salt.utils.args
@@ -489,6 +491,44 @@ def validate_pillar(djangoapp=None, **kwargs):
     return __utils__["djangoapp_validate.pillar"](djangoapp)
 
 
+# What map.jinja made of the parameters and the pillar, kept for the rest of the
+# state run: Salt renders map.jinja again for each SLS file that imports it.
+MAP_CONTEXT_KEY = "djangoapp.map"
+MAP_GRAINS = ("os_family", "os", "osfinger")
+
+
+def _map_inputs():
+    """
+    The state run and what map.jinja reads; None outside a state run. A state
+    run gives the loader a context of its own (a copy of the minion's), where
+    it puts its file client: what is kept there ends with the run.
+    """
+    run = __context__.get("fileclient")
+    if run is None:
+        return None
+    pillar = json.dumps(__pillar__.get("djangoapp"), sort_keys=True, default=str)
+    return (id(run), pillar, tuple(__grains__.get(grain) for grain in MAP_GRAINS))
+
+
+def cached_map():
+    """
+    The configuration that ``derive_settings`` returned earlier in this state
+    run for the same pillar and grains, or None (the first SLS file of a run,
+    or outside a state run). ``map.jinja`` asks it first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call djangoapp.cached_map
+    """
+    inputs = _map_inputs()
+    kept = __context__.get(MAP_CONTEXT_KEY)
+    if inputs is None or not kept or kept[0] != inputs:
+        return None
+    return copy.deepcopy(kept[1])
+
+
 def derive_settings(djangoapp):
     """
     The ``djangoapp`` configuration as merged by the formula's ``map.jinja``
@@ -510,4 +550,8 @@ def derive_settings(djangoapp):
     """
     if not isinstance(djangoapp, dict):
         raise SaltInvocationError("djangoapp must be a mapping")
-    return __utils__["djangoapp_settings.derive"](djangoapp, __grains__)
+    derived = __utils__["djangoapp_settings.derive"](djangoapp, __grains__)
+    inputs = _map_inputs()
+    if inputs is not None:
+        __context__[MAP_CONTEXT_KEY] = (inputs, copy.deepcopy(derived))
+    return derived

@@ -361,3 +361,51 @@ def test_monitoring_ports_of_the_agents_that_are_on(derive, repo_root):
         },
     ]
     assert derive(merged(repo_root, {}))["monitoring_ports"] == []
+
+
+@pytest.fixture
+def run_loader(minion_opts):
+    """The execution modules with a context and a pillar of their own, as a state
+    run has them (the run puts its file client in its context)."""
+    import salt.loader
+
+    def make(pillar, context):
+        opts = dict(minion_opts, pillar=pillar)
+        utils = salt.loader.utils(opts, context=context)
+        return salt.loader.minion_mods(opts, context=context, utils=utils)
+
+    return make
+
+
+def test_the_merge_is_kept_for_the_rest_of_its_state_run(run_loader, repo_root):
+    config = merged(repo_root, {"shop": app("shop")})
+    pillar = {"djangoapp": {"apps": {"shop": app("shop")}}}
+    context = {"fileclient": object()}
+    mods = run_loader(pillar, context)
+    assert mods["djangoapp.cached_map"]() is None  # the first SLS file of the run
+    derived = mods["djangoapp.derive_settings"](config)
+    kept = mods["djangoapp.cached_map"]()
+    assert kept == derived and kept is not derived
+    kept["apps"].clear()  # an SLS file that changes its copy changes no other's
+    assert mods["djangoapp.cached_map"]() == derived
+    # the next run: a context copied from the minion's, with its own file client
+    context["fileclient"] = object()
+    assert mods["djangoapp.cached_map"]() is None
+
+
+def test_nothing_is_kept_outside_a_state_run_or_for_another_pillar(
+    run_loader, repo_root
+):
+    config = merged(repo_root, {"shop": app("shop")})
+    outside = {}
+    mods = run_loader({"djangoapp": {"apps": {"shop": app("shop")}}}, outside)
+    mods["djangoapp.derive_settings"](config)
+    assert mods["djangoapp.cached_map"]() is None
+    assert "djangoapp.map" not in outside
+
+    run = {"fileclient": object()}
+    run_loader({"djangoapp": {"apps": {"shop": app("shop")}}}, run)[
+        "djangoapp.derive_settings"
+    ](config)
+    other_pillar = {"djangoapp": {"apps": {"shop": app("shop", version="v2.0.0")}}}
+    assert run_loader(other_pillar, run)["djangoapp.cached_map"]() is None
