@@ -97,7 +97,6 @@ ROLLBACK_TARGET_S = 1.5
 APPLY_TARGET_S = 2.5
 SCALE_RATIO_TARGET = 2.5
 MINION_ID = "djangoapp-bench"
-MINION_LOADER_CONFIG = "/etc/salt/minion.d/djangoapp-loader.conf"
 VERSION_RE = re.compile(rb'<span class="version">([^<]*)<')
 
 
@@ -267,7 +266,7 @@ class Bench:
         try:
             self.host.start()
             if not self.args.strict_loader:
-                self.exec(["rm", "-f", MINION_LOADER_CONFIG])
+                self.exec(["rm", "-f", self.testhost.MINION_CONFIG_FILE])
         except BaseException:
             self.host.stop()
             raise
@@ -444,14 +443,11 @@ class Bench:
 
     # --- our commands ---------------------------------------------------------------
 
-    def release(self, version: str) -> dict:
-        rc, data = self.salt("djangoapp.release", f"version={version}", f"app={APP}")
-        return engine_detail(rc, data)
-
-    def release_through_master(self, version: str) -> dict:
-        rc, data = self.salt_through_master(
-            "djangoapp.release", f"version={version}", f"app={APP}"
-        )
+    def release(self, version: str, salt: Callable | None = None) -> dict:
+        """``djangoapp.release`` by ``salt-call`` in the host, or by ``salt``
+        (``salt_through_master``)."""
+        salt = salt or self.salt
+        rc, data = salt("djangoapp.release", f"version={version}", f"app={APP}")
         return engine_detail(rc, data)
 
     def release_on_apps(self, version: str, apps: list[str]) -> dict:
@@ -798,7 +794,7 @@ class Bench:
                 self.measure(
                     "release_code_master",
                     f"{previous} -> {tag}",
-                    lambda tag=tag: self.release_through_master(tag),
+                    lambda tag=tag: self.release(tag, self.salt_through_master),
                     tag,
                 )
                 previous = tag

@@ -66,6 +66,7 @@ SALT_VERSION = "3008.4"
 PYTHON_CACHE_TAG = "cpython-311"
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements-test.txt"
 MINION_CONFIG_EXAMPLE = Path(__file__).resolve().parents[1] / "minion.conf.example"
+MINION_CONFIG_FILE = "/etc/salt/minion.d/djangoapp-loader.conf"  # in the host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -575,7 +576,7 @@ def trust_machine_ca_bundle(root: Path) -> None:
 
 def configure_minion(root: Path) -> None:
     """The minion configuration the README recommends (minion.conf.example)."""
-    target = root / "etc/salt/minion.d/djangoapp-loader.conf"
+    target = root / MINION_CONFIG_FILE.lstrip("/")
     target.write_text(MINION_CONFIG_EXAMPLE.read_text())
 
 

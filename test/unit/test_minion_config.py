@@ -83,11 +83,14 @@ def test_the_example_sets_strict_matching_and_nothing_else():
     assert yaml.safe_load(EXAMPLE.read_text()) == {"lazy_loader_strict_matching": True}
 
 
-def test_kitchen_and_the_test_hosts_use_the_example():
+def test_kitchen_and_the_test_hosts_use_the_example(tmp_path):
     kitchen = yaml.safe_load((REPO / "kitchen.yml").read_text())
     extra = kitchen["provisioner"]["salt_minion_extra_config"]
     assert yaml.safe_load(EXAMPLE.read_text()).items() <= extra.items()
-    assert testhost.MINION_CONFIG_EXAMPLE == EXAMPLE
+    (tmp_path / "etc/salt/minion.d").mkdir(parents=True)
+    testhost.configure_minion(tmp_path)
+    written = tmp_path / testhost.MINION_CONFIG_FILE.lstrip("/")
+    assert written.read_text() == EXAMPLE.read_text()
 
 
 @pytest.mark.parametrize("kind", LOADER_DIRECTORIES)
