@@ -469,6 +469,106 @@ def health(app=None, **kwargs):
     return __utils__["djangoapp_release.health"](cfg)
 
 
+def fleet_member(**kwargs):
+    """
+    This minion in a fleet, as the Salt mine keeps it for the others:
+    ``{"roles": [...], "address": ...}``, its roles (the pillar's
+    ``djangoapp:roles``, by default web, db and cache) and its address in the
+    pillar's ``djangoapp:fleet:network`` (None without one). The pillar's
+    ``mine_functions`` name it (see the README's "A fleet").
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' djangoapp.fleet_member
+    """
+    # Outside a render (the mine's own call) Salt masks what pillar.get returns.
+    network = __salt__["pillar.get"]("djangoapp:fleet:network", "", unmask=True)
+    family = "ip_addrs6" if ":" in network else "ip_addrs"
+    return __utils__["djangoapp_fleet.member"](
+        __salt__["pillar.get"]("djangoapp:roles", None, unmask=True),
+        network,
+        __salt__[f"network.{family}"]() if network else [],
+    )
+
+
+def lb_status(**kwargs):
+    """
+    On a minion with the lb role: each app's web minions as HAProxy sees them
+    now (``{app: {minion: {"status": "UP"|"DOWN"|"DRAIN"|"MAINT"..., "sessions",
+    "check"}}}``), read from its runtime API.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 djangoapp.lb_status
+    """
+    return __utils__["djangoapp_lb.status"](
+        __utils__["djangoapp_lb.settings"](_config_dir())
+    )
+
+
+@_refusals_answered
+def lb_server(server, state, app=None, wait=True, timeout=None, **kwargs):
+    """
+    On a minion with the lb role: put the web minion ``server`` in ``state`` in
+    HAProxy, through its runtime API, for every app (or ``app``).
+
+    server
+        The web minion's id (HAProxy's server name).
+
+    state
+        ``drain``: HAProxy sends it no new request; returns once no session to
+        it is left (or ``timeout`` ran out). ``ready``: back in rotation;
+        returns once HAProxy's health check, through the minion's Nginx, says
+        it is up. ``maint``: out of rotation at once.
+
+    wait
+        False: return without waiting.
+
+    timeout
+        Seconds to wait; default: the pillar's ``djangoapp:fleet:drain_timeout``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb1 djangoapp.lb_server web2 drain
+        salt lb1 djangoapp.lb_server web2 ready app=shop
+    """
+    lb = __utils__["djangoapp_lb.settings"](_config_dir())
+    ret = __utils__["djangoapp_lb.set_server"](
+        lb, server, state, app=app, wait=wait, timeout=timeout
+    )
+    return _fail(ret)
+
+
+@_refusals_answered
+def database_ready(app=None, timeout=300, **kwargs):
+    """
+    Wait until ``app``'s database accepts the app's own credentials (``SELECT
+    1`` with DATABASE_URL's user and password), up to ``timeout`` seconds. On a
+    web minion of a fleet, whose first ``state.apply`` may run before the db
+    minion's has made the app's role, the release waits for it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web1 djangoapp.database_ready shop timeout=60
+    """
+    cfg = _app(app)
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"timeout: {timeout!r} is not a number") from None
+    return _fail(
+        __utils__["djangoapp_release.database_ready"](cfg, _make_host(), timeout)
+    )
+
+
 def validate_pillar(djangoapp=None, **kwargs):
     """
     Validate the ``djangoapp`` pillar (the apps and the host sections).
@@ -550,7 +650,11 @@ def derive_settings(djangoapp):
     """
     if not isinstance(djangoapp, dict):
         raise SaltInvocationError("djangoapp must be a mapping")
-    derived = __utils__["djangoapp_settings.derive"](djangoapp, __grains__)
+    mine = None
+    wanted = __utils__["djangoapp_fleet.mine_wanted"](djangoapp)
+    if wanted:
+        mine = __salt__["mine.get"]("*", wanted)
+    derived = __utils__["djangoapp_settings.derive"](djangoapp, __grains__, mine)
     inputs = _map_inputs()
     if inputs is not None:
         __context__[MAP_CONTEXT_KEY] = (inputs, copy.deepcopy(derived))

@@ -177,3 +177,29 @@ def released(name, version=None, version_policy=None, **kwargs):
     comment.extend(_summary(res))
     ret["comment"] = "\n".join(comment)
     return ret
+
+
+def database_ready(name, timeout=300, **kwargs):
+    """
+    Wait until the database of app ``name`` accepts the app's credentials
+    (``djangoapp.database_ready``); changes nothing.
+
+    .. code-block:: yaml
+
+        djangoapp-shop-database-answering:
+          djangoapp.database_ready:
+            - name: shop
+            - timeout: 300
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    if __opts__["test"]:
+        ret["comment"] = f"would wait for the database of {name}"
+        return ret
+    res = __salt__["djangoapp.database_ready"](name, timeout=timeout)
+    ret["result"] = bool(res.get("result"))
+    ret["comment"] = (
+        f"the database of {name} answered after {res.get('seconds')} s"
+        if ret["result"]
+        else res.get("comment") or res.get("error") or str(res)
+    )
+    return ret

@@ -301,6 +301,28 @@ def database_of(cfg, env, step="backup"):
     return db
 
 
+def database_answers(cfg, env, host):
+    """None when the app's database server accepts the app's own credentials
+    (``SELECT 1``), else what the client said: the first release on a web
+    minion of a fleet waits for the db minion with it."""
+    db = database_of(cfg, env, step="database")
+    port = db.get("port")
+    if db.get("engine") == "mysql":
+        run_env = {"MYSQL_PWD": db["password"]} if db.get("password") else {}
+        argv = ["mysql", "--batch", f"--host={db['host']}", f"--user={db['user']}"]
+        argv += [f"--port={port or 3306}", "--execute=SELECT 1", db["name"]]
+    else:
+        run_env = {"PGPASSWORD": db["password"]} if db.get("password") else {}
+        argv = ["psql", "--no-psqlrc", "--no-password", "--quiet"]
+        argv += [f"--host={db['host']}", f"--port={port or 5432}"]
+        argv += [f"--username={db['user']}", f"--dbname={db['name']}"]
+        argv += ["--command=SELECT 1"]
+    result = host.run(argv, env=run_env, clean_env=True, timeout=15)
+    if result.get("retcode") == 0:
+        return None
+    return (result.get("stderr") or result.get("stdout") or "no answer").strip()
+
+
 def _dump(host, argv, run_env):
     """Run a dump command: credentials in the environment, the file private."""
     host.check(

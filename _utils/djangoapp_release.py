@@ -25,6 +25,7 @@ host (``djangoapp_host``), what they share (``djangoapp_common``), the procedure
 import importlib.util
 import os
 import sys
+import time
 
 __virtualname__ = "djangoapp_release"
 
@@ -143,6 +144,25 @@ def releases(cfg):
 def health(cfg):
     """The health check of a release, on the live one."""
     return _engine["djangoapp_health"].check_health(cfg)
+
+
+def database_ready(cfg, host, timeout, poll=2.0):
+    """Wait until the app's database accepts its credentials: ``{"result",
+    "seconds", "comment"}``."""
+    started = time.monotonic()
+    env = _config.load_env(cfg)
+    while True:
+        problem = _engine["djangoapp_django"].database_answers(cfg, env, host)
+        waited = round(time.monotonic() - started, 1)
+        if problem is None:
+            return {"result": True, "seconds": waited}
+        if waited >= timeout:
+            return {
+                "result": False,
+                "seconds": waited,
+                "comment": f"the database did not answer in {timeout} s: {problem}",
+            }
+        time.sleep(poll)
 
 
 def maintenance(cfg, on=None, message=None):

@@ -85,6 +85,8 @@ VERSION_POLICIES = ("changes", "pillar")
 MIGRATION_POLICIES = ("safe", "after_switch", "allow")
 CHECK_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEPENDENCY_FORMATS = ("auto", "requirements", "uv.lock", "pyproject")
+# What a minion runs (djangoapp_fleet.ROLES).
+ROLES = ("web", "db", "cache", "lb")
 # The points of a release where the project's own commands run.
 HOOKS = ("after_build", "after_migrate", "after_switch")
 
@@ -424,11 +426,35 @@ MONITORING = _section(
 )
 
 
+ROLE_LIST = {
+    "type": "list",
+    "message": "must be a list of roles: " + ", ".join(ROLES),
+    "check": "roles",
+    "items": {"choices": ROLES},
+}
+FLEET = _section(
+    {
+        "network": {"type": "str", "empty_ok": True, "check": "ip_network"},
+        "drain_timeout": _int(1, 3600),
+    }
+)
+LB = _section(
+    {
+        "socket": RESERVED,
+        "config_file": RESERVED,
+        "check_interval": RESERVED,
+    }
+)
+
+
 # djangoapp
 SCHEMA = {
     "type": "mapping",
     "unknown": "typo",
     "keys": {
+        "roles": ROLE_LIST,
+        "fleet": FLEET,
+        "lb": LB,
         "firewall": FIREWALL,
         "ssh": SSH,
         "fail2ban": FAIL2BAN,
@@ -462,7 +488,20 @@ SCHEMA = {
         },
         "postgresql": RESERVED,
         "mariadb": RESERVED,
-        "redis": {**RESERVED, "keys": {"port": RESERVED}},
+        "redis": {
+            "type": "mapping",
+            "unknown": "accept",
+            "keys": {
+                "port": RESERVED,
+                "bind": RESERVED,
+                # In redis.conf and in each app's REDIS_URL.
+                "password": {
+                    "type": "str",
+                    "pattern": r"[A-Za-z0-9._~+=-]*\Z",
+                    "invalid": "must be letters, digits and ._~+=- only",
+                },
+            },
+        },
         "memcached": {
             **RESERVED,
             "keys": {

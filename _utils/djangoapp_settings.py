@@ -14,10 +14,14 @@ import copy
 import urllib.parse
 
 import salt.utils.dictupdate
+from djangoapp_fleet import the_one, view
+from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "djangoapp_settings"
 
 REDIS_DEFAULT_DATABASES = 16
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+LOOPBACK = "127.0.0.1"
 
 
 def __virtual__():
@@ -81,7 +85,7 @@ def database_settings(name, database, database_defaults):
     database["name"] = database.get("name") or name
     database["user"] = database.get("user") or name
     database["port"] = database.get("port") or engine_defaults["port"]
-    database["local"] = database.get("host") in ("localhost", "127.0.0.1", "::1")
+    database["local"] = database.get("host") in LOCAL_HOSTS
     database["url"] = "{}://{}:{}@{}:{}/{}".format(
         engine_defaults["url_scheme"],
         _quote(database["user"]),
@@ -135,13 +139,16 @@ def app_environment(app, config, redis_dbs):
     if app["database"].get("url"):
         environment["DATABASE_URL"] = app["database"]["url"]
     cache = app["cache"]
+    cache_host = config["cache_address"]
     if cache.get("engine") == "redis":
         cache["db"] = redis_dbs[app["name"]]
+        password = config["redis"].get("password")
+        credentials = f":{_quote(password)}@" if password else ""
         environment["REDIS_URL"] = (
-            f"redis://127.0.0.1:{config['redis']['port']}/{cache['db']}"
+            f"redis://{credentials}{cache_host}:{config['redis']['port']}/{cache['db']}"
         )
     elif cache.get("engine") == "memcached":
-        environment["MEMCACHED_URL"] = f"127.0.0.1:{config['memcached']['port']}"
+        environment["MEMCACHED_URL"] = f"{cache_host}:{config['memcached']['port']}"
     monitoring = config.get("monitoring") or {}
     if monitoring.get("sentry_dsn"):
         environment["SENTRY_DSN"] = monitoring["sentry_dsn"]
@@ -392,7 +399,165 @@ def monitoring_ports(monitoring):
     return ports
 
 
-def derive(config, grains):
+def in_fleet(config, place, apps):
+    """
+    What this minion's roles (``djangoapp_fleet.view``) make of the apps: on
+    a web minion of a fleet, each app's database and cache are found on the
+    db and cache minions; ``database_apps`` and ``cache_engines`` are the
+    servers this minion runs for them; the db and cache servers listen on the
+    private address too, the web minions' Nginx believes the load balancers'
+    X-Forwarded-For, and ``fleet_ports`` opens each port to the minions that
+    use it only. ``lb_backends``: the apps the load balancer sends to the web
+    minions.
+    """
+    roles, peers = place["roles"], place["peers"]
+    web_addresses = [member["address"] for member in peers["web"]]
+    lb_addresses = [member["address"] for member in peers["lb"]]
+    ports = []
+    config["database_apps"] = (
+        [app for app in apps.values() if app["database"]["local"]]
+        if "db" in roles
+        else []
+    )
+    config["cache_engines"] = (
+        _unique(
+            app["cache"]["engine"]
+            for app in apps.values()
+            if app["cache"]["engine"] != "none"
+        )
+        if "cache" in roles
+        else []
+    )
+    config["database_listen"] = ["localhost"]
+    config["memcached"]["listen"] = [LOOPBACK]
+    if place["fleet"] and "db" in roles:
+        config["database_listen"].append(place["address"])
+        for engine in _unique(
+            app["database"]["engine"] for app in config["database_apps"]
+        ):
+            port = config["database_defaults"][engine]["port"]
+            ports.append(_fleet_port(f"database_{engine}", port, web_addresses))
+    if place["fleet"] and "cache" in roles:
+        config["redis"]["bind"] = f"{config['redis']['bind']} {place['address']}"
+        config["memcached"]["listen"].append(place["address"])
+        for engine in config["cache_engines"]:
+            port = config[engine]["port"]
+            ports.append(_fleet_port(f"cache_{engine}", port, web_addresses))
+    if place["fleet"] and "web" in roles and lb_addresses:
+        proxies = config["nginx"].get("trusted_proxies") or []
+        config["nginx"]["trusted_proxies"] = _unique([*proxies, *lb_addresses])
+        ports.append(_fleet_port("web_http", 80, lb_addresses))
+    config["fleet_ports"] = [port for port in ports if port["sources"]]
+    config["lb_backends"] = (
+        [lb_backend(app, place["members"]["web"]) for app in apps.values()]
+        if "lb" in roles
+        else []
+    )
+
+
+def _fleet_port(name, port, sources):
+    return {"name": name, "protocol": "tcp", "port": int(port), "sources": sources}
+
+
+def health_status_pattern(statuses):
+    """The health statuses of an app (``2xx``, ``301``) as one regular
+    expression, for the load balancer's check."""
+    parts = [status.replace("x", "[0-9]") for status in map(str, statuses)]
+    return "^({})$".format("|".join(parts))
+
+
+def lb_backend(app, web_members):
+    """One app's backend on the load balancer: its server names, its health
+    path and statuses, and the web minions that serve it."""
+    return {
+        "app": app["name"],
+        "name": f"djangoapp_{app['name']}",
+        "server_names": app["server_names"],
+        "health_path": app["health_path"],
+        "health_host": app["server_names"][0],
+        "health_statuses": health_status_pattern(app["health_statuses"]),
+        "timeout": int(app["timeout"]),
+        "servers": web_members,
+    }
+
+
+def fleet_apps_checked(config, place):
+    """In a fleet every minion must agree on an app's host names (the load
+    balancer routes by them, each web minion's Django allows them): they
+    cannot default to each minion's own name."""
+    if not place["fleet"]:
+        return
+    for name, app in sorted(config["apps"].items()):
+        if app.get("absent"):
+            continue
+        if not app.get("server_names"):
+            raise CommandExecutionError(
+                f"djangoapp:apps:{name}:server_names is required in a fleet: the "
+                "load balancer and every web minion serve the app by these names"
+            )
+        if (app.get("tls") or {}).get("mode") not in (None, False, "", "off"):
+            raise CommandExecutionError(
+                f"djangoapp:apps:{name}:tls:mode: a fleet serves plain HTTP for now "
+                "(off): TLS at the load balancer is not built yet"
+            )
+
+
+def remote_services(config, place, name, app):
+    """On a web minion of a fleet without the db role, the app's database is
+    on the db minion (unless the pillar names another host)."""
+    database = app["database"]
+    if place["fleet"] and database.get("engine") == "mysql":
+        raise CommandExecutionError(
+            f"djangoapp:apps:{name}:database:engine: a fleet serves PostgreSQL "
+            "databases to its web minions; MariaDB (mysql) is served on one host "
+            "only for now"
+        )
+    if (
+        place["fleet"]
+        and "db" not in place["roles"]
+        and database.get("engine") in config["database_defaults"]
+        and database.get("host") in LOCAL_HOSTS
+    ):
+        database["host"] = the_one(place, "db", f"djangoapp:apps:{name}:database")
+
+
+def cache_address(config, place):
+    """Where the web minion's apps find their cache server: loopback, or the
+    cache minion of the fleet (whose Redis then wants the pillar's password)."""
+    cache_apps = sorted(
+        name
+        for name, app in config["apps"].items()
+        if not app.get("absent")
+        and (app.get("cache") or {}).get("engine", "none") != "none"
+    )
+    roles = place["roles"]
+    if not (place["fleet"] and cache_apps and "web" in roles and "cache" not in roles):
+        return LOOPBACK
+    return the_one(place, "cache", f"djangoapp:apps:{cache_apps[0]}:cache")
+
+
+def redis_password_checked(config, place):
+    """Redis across the network answers only with a password."""
+    redis_apps = [
+        name
+        for name, app in config["apps"].items()
+        if (app.get("cache") or {}).get("engine") == "redis"
+    ]
+    reachable_from_others = "cache" in place["roles"] and place["peers"]["web"]
+    remote = "web" in place["roles"] and "cache" not in place["roles"]
+    if (
+        place["fleet"]
+        and redis_apps
+        and (reachable_from_others or remote)
+        and not config["redis"].get("password")
+    ):
+        raise CommandExecutionError(
+            "djangoapp:redis:password is required when Redis serves the web "
+            f"minions of a fleet (apps {', '.join(sorted(redis_apps))})"
+        )
+
+
+def derive(config, grains, mine=None):
     """
     ``config`` (the merged ``djangoapp`` mapping, not changed) with the
     derived settings added: ``proxy_env``, ``redis:databases``, each app's
@@ -400,10 +565,18 @@ def derive(config, grains):
     ``absent`` apart under ``absent_apps`` (their Redis databases stay
     reserved while the pillar names them),
     ``local_database_engines``, ``tls_apps``, ``monitoring_checks``,
-    ``monitoring_ports`` and ``selinux_active``.
+    ``monitoring_ports`` and ``selinux_active``; and what the minion's roles
+    make of them (``in_fleet``), with ``fleet`` holding the roles and the
+    fleet's members as ``mine`` (the Salt mine's ``djangoapp.fleet_member``
+    of every minion) gives them. Without the web role, ``apps`` is empty.
     """
     config = copy.deepcopy(config)
+    place = view(config, mine, grains["id"])
+    config["fleet"] = {**config["fleet"], **place}
+    fleet_apps_checked(config, place)
+    redis_password_checked(config, place)
     config["proxy_env"] = proxy_environment(config["proxy"])
+    config["cache_address"] = cache_address(config, place)
     redis_dbs = redis_databases(config["apps"])
     config["redis"]["databases"] = max(
         [REDIS_DEFAULT_DATABASES, *(db + 1 for db in redis_dbs.values())]
@@ -415,11 +588,15 @@ def derive(config, grains):
         if app.get("absent"):
             absent_apps[name] = absent_app_settings(name, app, config)
         else:
+            remote_services(config, place, name, app)
             apps[name] = app_settings(name, app, config, redis_dbs, grains)
+    in_fleet(config, place, apps)
+    if "web" not in place["roles"]:
+        apps, absent_apps = {}, {}
     config["apps"] = apps
     config["absent_apps"] = absent_apps
     config["local_database_engines"] = _unique(
-        app["database"]["engine"] for app in apps.values() if app["database"]["local"]
+        app["database"]["engine"] for app in config["database_apps"]
     )
     config["tls_apps"] = [name for name, app in apps.items() if app["tls"]["enabled"]]
     config["monitoring_checks"] = monitoring_checks(config)

@@ -288,7 +288,16 @@ def _sentry_dsn_problem(value):
     return None
 
 
+def _roles_problem(value):
+    if not value:
+        return "must name at least one role (leave it out for one host: web, db, cache)"
+    if len(set(value)) != len(value):
+        return "names a role twice"
+    return None
+
+
 CHECKS = {
+    "roles": _roles_problem,
     "app_name": app_name_problem,
     "ref": ref_problem,
     "python": python_problem,

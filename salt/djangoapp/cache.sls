@@ -1,11 +1,13 @@
-{#- The cache servers the apps ask for (`cache.engine`), shared by the apps of this
-    host and listening on loopback only: Redis (each app has a database number of its
-    own, in its REDIS_URL) and memcached (MEMCACHED_URL; apps share it, so each app
-    should give its cache a key prefix). #}
+{#- The cache servers the apps ask for (`cache.engine`), on a minion with the cache
+    role (`djangoapp.cache_engines`), shared by the apps and listening on loopback
+    only: Redis (each app has a database number of its own, in its REDIS_URL) and
+    memcached (MEMCACHED_URL; apps share it, so each app should give its cache a key
+    prefix). On the cache minion of a fleet they listen on its private address too,
+    Redis with the pillar's password. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set redis = djangoapp.redis %}
 {%- set memcached = djangoapp.memcached %}
-{%- set engines = djangoapp.apps.values() | map(attribute="cache.engine") | list %}
+{%- set engines = djangoapp.cache_engines %}
 
 include:
   - .packages
@@ -31,6 +33,9 @@ djangoapp-redis-settings-file-managed:
         protected-mode yes
         port {{ redis.port }}
         databases {{ redis.databases }}
+{%-   if redis.password %}
+        requirepass {{ redis.password }}
+{%-   endif %}
     - require:
       - pkg: djangoapp-redis-package-installed
 
@@ -66,20 +71,20 @@ djangoapp-memcached-settings-file-managed:
     - mode: "0644"
     - contents: |
 {%-   if memcached.conf_style == "sysconfig" %}
-        # Managed by Salt (djangoapp): loopback only, no UDP.
+        # Managed by Salt (djangoapp): loopback (and the fleet's network), no UDP.
         PORT="{{ memcached.port }}"
         USER="{{ memcached.user }}"
         MAXCONN="{{ memcached.max_connections }}"
         CACHESIZE="{{ memcached.memory_mb }}"
-        OPTIONS="-l 127.0.0.1 -U 0"
+        OPTIONS="-l {{ memcached.listen | join(",") }} -U 0"
 {%-   else %}
-        # Managed by Salt (djangoapp): loopback only, no UDP.
+        # Managed by Salt (djangoapp): loopback (and the fleet's network), no UDP.
         -d
         logfile /var/log/memcached.log
         -m {{ memcached.memory_mb }}
         -p {{ memcached.port }}
         -u {{ memcached.user }}
-        -l 127.0.0.1
+        -l {{ memcached.listen | join(",") }}
         -U 0
         -c {{ memcached.max_connections }}
         -P /var/run/memcached/memcached.pid

@@ -6,8 +6,10 @@
     RedHat: firewalld, with the `allow` ports and nothing else open in `zone`; both
     let the Salt master's packets in (below). The ports of the monitoring agents
     that are on (`djangoapp.monitoring_ports`, derived by djangoapp.derive_settings)
-    are open to their allowed sources only: rules matching the source address
-    (nftables), rich rules (firewalld). #}
+    and, in a fleet, the database and cache ports (to the web minions) and the web
+    minions' HTTP port (to the load balancers) (`djangoapp.fleet_ports`) are open to
+    their allowed sources only: rules matching the source address (nftables), rich
+    rules (firewalld). #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set firewall = djangoapp.firewall %}
 
@@ -18,7 +20,7 @@
 {%-     do ports[protocol or "tcp"].append(port | int) %}
 {%-   endfor %}
 {%-   set restricted_ports = [] %}
-{%-   for entry in djangoapp.monitoring_ports %}
+{%-   for entry in djangoapp.monitoring_ports + djangoapp.fleet_ports %}
 {%-     set rule = {"protocol": entry.protocol, "port": entry.port, "ip": [], "ip6": []} %}
 {%-     for source in entry.sources %}
 {%-       do rule["ip6" if ":" in source else "ip"].append(source) %}

@@ -1,6 +1,6 @@
 {#- The MariaDB client (mysqldump for pre-migration backups) and mysqlclient's build
     dependencies for every app on MySQL/MariaDB, and a server on this host for the apps
-    whose database is local: listening on 127.0.0.1 only, LOAD DATA LOCAL off, no
+    whose database is here (`djangoapp.database_apps`): listening on 127.0.0.1 only, LOAD DATA LOCAL off, no
     anonymous users, no test database, one database and one user per app.
 
     The SQL runs through the `mysql` client as root over the unix socket (root's
@@ -8,9 +8,10 @@
     environment, and passwords travel on stdin, never on a command line. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set mariadb = djangoapp.mariadb %}
-{%- set mysql_apps = djangoapp.apps.values()
+{%- set mysql_apps = ((djangoapp.apps.values() | list) + djangoapp.database_apps)
       | selectattr("database.engine", "equalto", "mysql") | list %}
-{%- set local_apps = mysql_apps | selectattr("database.local") | list %}
+{%- set local_apps = djangoapp.database_apps
+      | selectattr("database.engine", "equalto", "mysql") | list %}
 {%- set mysql = "mysql --batch --skip-column-names" %}
 
 {#- A quoted SQL string literal. #}

@@ -1,6 +1,7 @@
-{#- Nginx in front of each app: static and media files served from disk, everything else
-    proxied to the app's Gunicorn socket. #}
+{#- Nginx in front of each app, on a minion with the web role: static and media files
+    served from disk, everything else proxied to the app's Gunicorn socket. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- if "web" in djangoapp.fleet.roles %}
 {%- set nginx = djangoapp.nginx %}
 {%- set check_script = djangoapp.paths.lib_dir ~ "/nginx-check-site" %}
 {#- The certificate states of tls.sls: a new certificate or key reloads Nginx. #}
@@ -173,3 +174,4 @@ djangoapp-{{ name }}-release-health-checked:
       - service: djangoapp-nginx-service-running
       - {{ "cmd" if app.process_manager == "supervisor" else "service" }}: djangoapp-{{ name }}-gunicorn-running
 {%- endfor %}
+{%- endif %}

@@ -22,6 +22,24 @@ djangoapp-{{ name }}-packages-installed:
       - djangoapp: djangoapp-{{ name }}-release-deployed
 {%-   endif %}
 
+{%-   if djangoapp.fleet.fleet and app.database.engine != "none" and not app.database.local %}
+
+{#- The first apply of a fleet runs on every minion at once: the db minion may not
+    have made the app's role yet. #}
+djangoapp-{{ name }}-database-answering:
+  djangoapp.database_ready:
+    - name: {{ name }}
+    - timeout: 600
+    - require:
+      - file: djangoapp-{{ name }}-environment-file-serialized
+      - file: djangoapp-{{ name }}-engine-config-file-serialized
+{%-     if app.database.engine == "postgresql" %}
+      - pkg: djangoapp-postgresql-client-packages-installed
+{%-     endif %}
+    - require_in:
+      - djangoapp: djangoapp-{{ name }}-release-deployed
+{%-   endif %}
+
 djangoapp-{{ name }}-release-deployed:
   djangoapp.released:
     - name: {{ name }}
@@ -49,7 +67,7 @@ djangoapp-{{ name }}-release-deployed:
 {%-   if app.database.engine == "mysql" %}
       - pkg: djangoapp-mariadb-client-packages-installed
 {%-   endif %}
-{%-   if app.cache.engine != "none" %}
+{%-   if app.cache.engine in djangoapp.cache_engines %}
       - service: djangoapp-{{ app.cache.engine }}-service-running
 {%-   endif %}
 {%- endfor %}

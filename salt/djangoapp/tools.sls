@@ -2,6 +2,7 @@
     django-migration-linter for the releases' preflight (djangoapp_migration_policy),
     pure Python that each release's own interpreter imports. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
+{%- if "web" in djangoapp.fleet.roles %}
 {%- set tools_dir = djangoapp.paths.tools_dir %}
 {%- set uv_requirement = "uv==" ~ djangoapp.tools.uv_version %}
 {%- set linter_dir = tools_dir ~ "/migration-linter" %}
@@ -43,3 +44,4 @@ djangoapp-tools-migration-linter-installed:
     - env: {{ djangoapp.proxy_env | json }}
     - require:
       - cmd: djangoapp-tools-virtualenv-created
+{%- endif %}

@@ -1,0 +1,266 @@
+"""A fleet through the documented pillar contract only: four systemd-booted hosts
+(lb, web1, web2, db with the db and cache roles) on a private bridge made by the
+test, a salt-master on this machine, and each minion's roles from its own pillar.
+``salt '*' state.apply`` builds it from nothing; the rolling release and rollback
+(``salt-run state.orchestrate djangoapp.orchestrate.release``) run under load through
+the load balancer; a release that fails on web2 switches web1 back; web2 powered off
+under load; the database and cache answer the web minions only.
+
+The fleet is test/integration/fleet.py's (slots of its own, ``$DJANGOAPP_FLEET_SLOT``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+
+import pytest
+import yaml
+from fleet import FLEET_HOSTS, REPO, ROLES, fleet_of_hosts, write_demo_pillar
+
+from loadgen import Load
+from stack import HTTP_PROBE, changed_states, failed_states
+
+pytestmark = pytest.mark.integration
+
+APP = "demo"
+SERVER_NAME = "demo.test"
+WEBS = ("web1", "web2")
+CLIENTS = 24
+VERSION = re.compile(rb'<span class="version">([^<]+)</span>')
+CONVERGE_TIMEOUT = 1800
+
+
+def served_version(body: bytes) -> str | None:
+    found = VERSION.search(body)
+    return found.group(1).decode() if found else None
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, request):
+    site_tree = tmp_path_factory.mktemp("fleet-site")
+    (site_tree / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["djangoapp"]}}))
+    roots = {"file_roots": {"base": [str(site_tree), str(REPO / "salt")]}}
+    with fleet_of_hosts(tmp_path_factory, request, master_config=roots) as fleet:
+        write_demo_pillar(fleet)
+        synced = fleet.salt("*", "saltutil.sync_all")
+        assert all("modules.djangoapp" in synced[name]["modules"] for name in ROLES)
+        mined = fleet.salt("*", "mine.update")
+        assert mined == {name: True for name in FLEET_HOSTS}, mined
+        started = time.monotonic()
+        fleet.first_apply = fleet.salt("*", "state.apply", timeout=CONVERGE_TIMEOUT)
+        fleet.timings["first state.apply"] = round(time.monotonic() - started, 1)
+        fleet.salt_run("saltutil.sync_runners")
+        yield fleet
+
+
+@pytest.fixture(scope="module")
+def converged(fleet):
+    failures = {
+        name: failed_states(fleet.first_apply.get(name)) for name in FLEET_HOSTS
+    }
+    if any(failures.values()):
+        pytest.fail(f"state.apply failed: {json.dumps(failures, indent=1)}")
+    return fleet
+
+
+def version_on(fleet, web: str) -> str | None:
+    """The version web minion ``web`` serves, asked through its own Nginx; None
+    when it does not answer 200."""
+    result = fleet.hosts[web].exec(
+        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", SERVER_NAME], check=False
+    )
+    try:
+        page = json.loads(result.stdout)
+    except ValueError:
+        return None
+    if page["status"] != 200:
+        return None
+    return served_version(page["body"].encode())
+
+
+def through_lb(fleet) -> dict:
+    result = fleet.hosts["lb"].exec(
+        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", SERVER_NAME]
+    )
+    return json.loads(result.stdout)
+
+
+def load_through_lb(fleet) -> Load:
+    return Load(
+        fleet.address("lb"),
+        80,
+        "/",
+        SERVER_NAME,
+        clients=CLIENTS,
+        classify=served_version,
+    )
+
+
+def connects(fleet, source: str | None, target: str, port: int) -> bool:
+    """Whether a TCP connection from host ``source`` (None: this machine) to the
+    bridge address of host ``target`` opens within 3 s."""
+    address = fleet.address(target)
+    if source is None:
+        try:
+            with socket.create_connection((address, port), timeout=3):
+                return True
+        except OSError:
+            return False
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    result = fleet.hosts[source].exec(
+        ["python3", "-c", probe, address, str(port)], check=False
+    )
+    return result.rc == 0
+
+
+def orchestrate(fleet, sls: str, **pillar) -> dict:
+    """``salt-run state.orchestrate djangoapp.orchestrate.<sls> pillar=...``: the
+    runner's return inside the orchestration's."""
+    ran = fleet.salt_run(
+        "state.orchestrate", f"djangoapp.orchestrate.{sls}", pillar=pillar, check=False
+    )
+    (state,) = ran["data"][fleet.master.id].values()
+    return state["changes"]["return"]
+
+
+def test_the_fleet_converges_from_nothing_then_changes_nothing(converged):
+    fleet = converged
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.0.0",
+        "web2": "v1.0.0",
+    }
+    page = through_lb(fleet)
+    assert page["status"] == 200
+    # the page writes to and reads from Redis on the db minion, with the password
+    assert "ok (redis)" in page["body"]
+    again = fleet.salt("*", "state.apply", timeout=CONVERGE_TIMEOUT)
+    assert {name: changed_states(again[name]) for name in FLEET_HOSTS} == {
+        name: [] for name in FLEET_HOSTS
+    }
+    assert {name: failed_states(again[name]) for name in FLEET_HOSTS} == {
+        name: [] for name in FLEET_HOSTS
+    }
+
+
+def test_the_database_and_cache_answer_the_web_minions_only(converged):
+    fleet = converged
+    for port in (5432, 6379):
+        assert connects(fleet, "web1", "db", port)
+        assert connects(fleet, "web2", "db", port)
+        assert not connects(fleet, "lb", "db", port)
+        assert not connects(fleet, None, "db", port)
+    # the web minions' Nginx answers the load balancer, not this machine
+    assert connects(fleet, "lb", "web1", 80)
+    assert not connects(fleet, None, "web1", 80)
+
+
+def test_a_rolling_release_and_rollback_under_load_fail_no_request(converged):
+    fleet = converged
+    with load_through_lb(fleet) as load:
+        released = orchestrate(fleet, "release", app=APP, version="v1.1.0")
+    print("release", load.result, json.dumps(released["steps"], indent=1))
+    assert released["result"] is True, released
+    assert released["batches"] == [["web1"], ["web2"]]
+    assert load.result.failed == 0, load.result
+    done = [s for s in released["steps"] if s["step"] == "release"]
+    assert [(s["minion"], s["version"]) for s in done] == [
+        ("web1", "v1.1.0"),
+        ("web2", "v1.1.0"),
+    ]
+    # the migration ran once, on the first web minion, before any switched
+    assert [s["migrations_ran"] for s in done] == [True, False]
+    # each web minion left the load balancer and came back around its release
+    assert [(s["minion"], s["step"]) for s in released["steps"]] == [
+        ("web1", "drain"),
+        ("web1", "release"),
+        ("web1", "ready"),
+        ("web2", "drain"),
+        ("web2", "release"),
+        ("web2", "ready"),
+    ]
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.1.0",
+        "web2": "v1.1.0",
+    }
+
+    with load_through_lb(fleet) as load:
+        rolled = orchestrate(fleet, "rollback", app=APP)
+    print("rollback", load.result)
+    assert rolled["result"] is True, rolled
+    assert load.result.failed == 0, load.result
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.0.0",
+        "web2": "v1.0.0",
+    }
+
+
+def test_a_release_failing_on_web2_switches_web1_back(converged):
+    """web2's health check fails (its app.json asks a path the app does not have):
+    the run stops at web2, web1 goes back to v1.0.0, no request fails."""
+    fleet = converged
+    web2 = fleet.hosts["web2"]
+    engine_config = f"/etc/djangoapp/{APP}/app.json"
+    saved = web2.get_file(engine_config)
+    broken = json.loads(saved)
+    broken["health"]["url"] = broken["health"]["url"].replace("/healthz/", "/absent/")
+    web2.put_file(engine_config, json.dumps(broken), mode=0o640)
+    try:
+        with load_through_lb(fleet) as load:
+            released = orchestrate(fleet, "release", app=APP, version="v1.1.0")
+    finally:
+        web2.put_file(engine_config, saved, mode=0o640)
+    print("failed release", load.result, json.dumps(released, indent=1))
+    assert released["result"] is False
+    assert released["failed"]["minion"] == "web2"
+    assert released["failed"]["step"] == "health"
+    assert released["switched_back"] == ["web1"]
+    assert [(s["minion"], s["step"], s["result"]) for s in released["steps"]] == [
+        ("web1", "drain", True),
+        ("web1", "release", True),
+        ("web1", "ready", True),
+        ("web2", "drain", True),
+        ("web2", "release", False),
+        ("web2", "ready", True),
+        ("web1", "drain", True),
+        ("web1", "switch_back", True),
+        ("web1", "ready", True),
+    ]
+    assert load.result.failed == 0, load.result
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.0.0",
+        "web2": "v1.0.0",
+    }
+
+
+def test_web2_powered_off_under_load_and_back(converged):
+    """The load balancer serves from web1 while web2 is off; the failures are at
+    most the requests web2 had in flight; web2 rejoins by itself once it is up."""
+    fleet = converged
+    with load_through_lb(fleet) as load:
+        time.sleep(2)
+        fleet.hosts["web2"].power_cycle()
+        deadline = time.monotonic() + 180
+        while version_on(fleet, "web2") != "v1.0.0":
+            assert time.monotonic() < deadline, "web2 did not serve again"
+            time.sleep(1)
+        # HAProxy's check (1 s, rise 2) sees it up again by itself
+        seen = None
+        while time.monotonic() < deadline:
+            seen = fleet.salt("lb", "djangoapp.lb_status")["lb"][APP]["web2"]
+            if seen["status"] == "UP":
+                break
+            time.sleep(1)
+        assert seen["status"] == "UP", seen
+        time.sleep(3)
+    print("power cycle", load.result)
+    assert load.result.failed <= CLIENTS, load.result
+    assert load.result.sent > 0
