@@ -246,18 +246,18 @@ def _switch_back(run, minions, lbs):
 
 def _fleet(app, action, version, batch, function, kwarg):
     app = _checked_app(app)
-    members = _members()
-    webs, lbs = members["web"], members["lb"]
-    if not webs:
-        raise SaltInvocationError(
-            f"no web minion in the mine ({MINE_FUNCTION}): run mine.update"
-        )
     try:
         size = int(batch or 1)
     except (TypeError, ValueError):
         size = 0
     if size < 1:
         raise SaltInvocationError(f"batch: {batch!r} is not a number of 1 or more")
+    members = _members()
+    webs, lbs = members["web"], members["lb"]
+    if not webs:
+        raise SaltInvocationError(
+            f"no web minion in the mine ({MINE_FUNCTION}): run mine.update"
+        )
     run = _Run(app, action, version)
     ret = {
         "result": False,
@@ -275,9 +275,9 @@ def _fleet(app, action, version, batch, function, kwarg):
         "version": version,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    run.event("start", web=webs, lb=lbs)
     try:
         with _fleet_lock(app, holder):
+            run.event("start", web=webs, lb=lbs)
             ret["done"] = _roll(run, ret["batches"], lbs, function, kwarg)
             ret["result"] = True
     except FleetStepFailed as failure:

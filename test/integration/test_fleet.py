@@ -11,6 +11,7 @@ The fleet is test/integration/fleet.py's (slots of its own, ``$DJANGOAPP_FLEET_S
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import socket
@@ -197,6 +198,33 @@ def test_a_rolling_release_and_rollback_under_load_fail_no_request(converged):
     print("rollback", load.result)
     assert rolled["result"] is True, rolled
     assert load.result.failed == 0, load.result
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.0.0",
+        "web2": "v1.0.0",
+    }
+
+
+def test_a_second_fleet_run_of_the_app_is_refused_while_one_runs(converged):
+    fleet = converged
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(orchestrate, fleet, "release", app=APP, version="v1.1.0")
+        tag = f"djangoapp/fleet/{APP}/start"
+        deadline = time.monotonic() + 120
+        while not fleet.events.get_events([(fleet.master.id, tag)], after_time=started):
+            assert time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.2)
+        second = orchestrate(fleet, "release", app=APP, version="v1.1.0")
+        done = first.result()
+    assert second["result"] is False
+    assert second["failed"]["step"] == "lock"
+    assert second["failed"]["error"].startswith(
+        f"another fleet run holds {APP}: release of v1.1.0 since "
+    )
+    assert second["steps"] == []
+    assert done["result"] is True
+    rolled = orchestrate(fleet, "rollback", app=APP)
+    assert rolled["result"] is True
     assert {name: version_on(fleet, name) for name in WEBS} == {
         "web1": "v1.0.0",
         "web2": "v1.0.0",
