@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -282,7 +281,7 @@ class Bench:
         """A salt-master on this machine (the test host's gateway address) serving
         the same formula and pillar, and the host's salt-minion connected to it."""
         config_dir = self.work / "master"
-        ports = free_ports(self.testhost.MASTER_IP, 2)
+        ports = self.testhost.free_ports(self.testhost.MASTER_IP, 2)
         config = {
             "id": "djangoapp-bench-master",
             "root_dir": str(config_dir / "root"),
@@ -875,20 +874,6 @@ class Bench:
                 ]
             ).stdout.split()
         return info
-
-
-def free_ports(address: str, count: int) -> list[int]:
-    """Ports on ``address`` that nothing listens on now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((address, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def switch_times(labels: dict, target: str, started: float) -> dict:

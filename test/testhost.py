@@ -629,6 +629,20 @@ def tinyproxy_config(log_file: Path) -> str:
         """)
 
 
+def free_ports(address: str, count: int) -> list[int]:
+    """Ports on ``address`` that nothing listens on now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((address, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def wait_for_port(address: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -549,20 +549,6 @@ def master_started(fleet: Fleet, request, extra_config: Mapping | None):
         yield master
 
 
-def free_ports(address: str, count: int) -> list[int]:
-    """Ports on ``address`` that nothing listens on now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((address, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @dataclasses.dataclass(frozen=True)
 class PlainMaster:
     """A ``salt-master -c config_dir`` process of this machine, with what the fleet
@@ -615,7 +601,7 @@ def plain_master_config(fleet: Fleet, extra_config: Mapping | None) -> dict:
     """The configuration of a plain master bound to this machine's bridge address,
     its files under the fleet's work directory; ``extra_config`` merged over it."""
     root_dir = fleet.work / "master" / "root"
-    ret_port, publish_port = free_ports(fleet.master_ip, 2)
+    ret_port, publish_port = testhost.free_ports(fleet.master_ip, 2)
     return {
         "id": MASTER_ID,
         "root_dir": str(root_dir),
