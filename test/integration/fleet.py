@@ -368,10 +368,12 @@ class Fleet:
         *args: object,
         tgt_type: str = "glob",
         timeout: float = SALT_TIMEOUT,
+        batch: int | None = None,
         **kwargs: object,
     ) -> SaltResult:
         """``salt --out=json --static TARGET FUNCTION ARGS KEY=VALUE`` through the
-        master. Arguments that are not strings go as JSON (``pillar={...}``)."""
+        master. Arguments that are not strings go as JSON (``pillar={...}``);
+        ``batch``: ``--batch-size`` (that many minions at a time)."""
         if tgt_type not in TARGET_OPTIONS:
             raise ValueError(
                 f"tgt_type {tgt_type!r}: one of {', '.join(TARGET_OPTIONS)}"
@@ -382,6 +384,7 @@ class Fleet:
             "--out=json",
             "--static",
             f"--timeout={int(timeout)}",
+            *([f"--batch-size={batch}"] if batch else []),
             *TARGET_OPTIONS[tgt_type],
             target,
             function,
@@ -397,13 +400,20 @@ class Fleet:
         *args: object,
         tgt_type: str = "glob",
         timeout: float = SALT_TIMEOUT,
+        batch: int | None = None,
         **kwargs: object,
     ) -> dict:
         """The return of each targeted minion, by id, as salt_command runs it. A
         minion that did not answer in time has salt's "Minion did not return"
         message as its return."""
         result = self.salt_command(
-            target, function, *args, tgt_type=tgt_type, timeout=timeout, **kwargs
+            target,
+            function,
+            *args,
+            tgt_type=tgt_type,
+            timeout=timeout,
+            batch=batch,
+            **kwargs,
         )
         if not isinstance(result.data, dict):
             raise FleetError(

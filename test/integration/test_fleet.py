@@ -292,3 +292,25 @@ def test_web2_powered_off_under_load_and_back(converged):
     print("power cycle", load.result)
     assert load.result.failed <= CLIENTS, load.result
     assert load.result.sent > 0
+
+
+def test_a_batch_release_by_role_migrates_once(converged):
+    """``salt -b 1 -I 'djangoapp:roles:web' djangoapp.release``, without the load
+    balancer's drain: one web minion after the other, each handing its workers over
+    as on one host; v1.2.0's migration runs on the first only."""
+    fleet = converged
+    role = "djangoapp:roles:web"
+    with load_through_lb(fleet) as load:
+        released = fleet.salt(
+            role, "djangoapp.release", tgt_type="pillar", batch=1, app=APP,
+            version="v1.2.0",
+        )  # fmt: skip
+    print("batch release", load.result)
+    assert sorted(released) == list(WEBS), released
+    assert [released[name]["result"] for name in WEBS] == [True, True], released
+    assert sorted(released[name]["migrations_ran"] for name in WEBS) == [False, True]
+    assert load.result.failed == 0, load.result
+    assert {name: version_on(fleet, name) for name in WEBS} == {
+        "web1": "v1.2.0",
+        "web2": "v1.2.0",
+    }
