@@ -295,17 +295,7 @@ class Bench:
             "log_file": str(config_dir / "master.log"),
             "log_level_logfile": "info",
         }
-        config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "master").write_text(json.dumps(config, indent=1))
-        binary = Path(sys.executable).with_name("salt-master")
-        with open(config_dir / "master.out", "w") as output:
-            process = subprocess.Popen(
-                [str(binary), "-c", str(config_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = self.testhost.spawn_salt_master(config_dir, config)
         self.host.adopt(process.pid)
         self.master = config_dir
         self.host.start_minion(ports[0], ports[1], minion_id=MINION_ID)

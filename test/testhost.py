@@ -629,6 +629,22 @@ def tinyproxy_config(log_file: Path) -> str:
         """)
 
 
+def spawn_salt_master(config_dir: Path, config: Mapping) -> subprocess.Popen:
+    """A ``salt-master -c config_dir`` of this machine with ``config`` as its
+    configuration file, in a session of its own, its output in ``master.out``."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "master").write_text(json.dumps(config, indent=1))
+    binary = Path(sys.executable).with_name("salt-master")
+    with open(config_dir / "master.out", "w") as output:
+        return subprocess.Popen(
+            [str(binary), "-c", str(config_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def free_ports(address: str, count: int) -> list[int]:
     """Ports on ``address`` that nothing listens on now."""
     sockets = []

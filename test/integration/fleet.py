@@ -635,17 +635,7 @@ def plain_master_started(fleet: Fleet, extra_config: Mapping | None):
     (as master_started's), stopped when the block ends."""
     config = plain_master_config(fleet, extra_config)
     config_dir = fleet.work / "master"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    (config_dir / "master").write_text(json.dumps(config, indent=1))
-    binary = Path(sys.executable).with_name("salt-master")
-    with open(config_dir / "master.out", "w") as output:
-        process = subprocess.Popen(
-            [str(binary), "-c", str(config_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = testhost.spawn_salt_master(config_dir, config)
     master = PlainMaster(MASTER_ID, config_dir, config, process)
     try:
         for host in fleet.hosts.values():
