@@ -8,7 +8,9 @@ backup taken before migrating, and ``migrate``.
 import contextlib
 import json
 import os
+import selectors
 import shutil
+import subprocess
 import time
 import urllib.parse
 
@@ -30,6 +32,12 @@ PREFLIGHT_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "djangoapp_preflight.py"
 )
 MIGRATE_TIMEOUT = 3600
+# How long a release waits for another one's migrations on the same database (the
+# web minions of a fleet share it).
+MIGRATION_LOCK_WAIT = 1800
+MIGRATION_LOCK_KEY = "djangoapp:migrate"
+MIGRATION_LOCK_MARKER = "djangoapp-migration-lock-held"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_TIMEOUT = 3600
 BACKUP_TIMEOUT = 7200
 DATABASE_ENGINES = {
@@ -224,15 +232,90 @@ def migrate(cfg, host, rdir, env, redact, version, targets=None):
     else:
         command = [python, "-m", "django", "migrate", "--noinput"]
     run_as_app = as_app(cfg, env, rdir, version, timeout=MIGRATE_TIMEOUT)
-    for target in targets or [()]:
-        ret = host.run([*command, *target], **run_as_app)
-        if ret.get("retcode") != 0:
-            output = tail((ret.get("stderr") or "") + "\n" + (ret.get("stdout") or ""))
-            raise StepFailed(
-                "migrate",
-                redact(f"migrate failed (exit {ret.get('retcode')}): {output}"),
-            )
+    with migration_lock(cfg, env, redact):
+        for target in targets or [()]:
+            ret = host.run([*command, *target], **run_as_app)
+            if ret.get("retcode") != 0:
+                output = tail(
+                    (ret.get("stderr") or "") + "\n" + (ret.get("stdout") or "")
+                )
+                raise StepFailed(
+                    "migrate",
+                    redact(f"migrate failed (exit {ret.get('retcode')}): {output}"),
+                )
     return ret
+
+
+@contextlib.contextmanager
+def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
+    """
+    One ``migrate`` at a time on the app's PostgreSQL database, whoever runs
+    it: the web minions of a fleet share the database, and their first
+    ``state.apply`` releases at once. A PostgreSQL advisory lock, held by a
+    psql session of its own for as long as the block runs; Django's migrate
+    has none. Another engine: no lock.
+    """
+    if (cfg["database"] or {}).get("engine") != "postgresql":
+        yield
+        return
+    db = database_of(cfg, env, step="migrate")
+    argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only"]
+    argv += ["--set=ON_ERROR_STOP=1", f"--host={db['host']}"]
+    argv += [f"--port={db.get('port') or 5432}", f"--username={db['user']}"]
+    argv += [f"--dbname={db['name']}"]
+    run_env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+    if db.get("password"):
+        run_env["PGPASSWORD"] = db["password"]
+    holder = subprocess.Popen(  # pylint: disable=consider-using-with
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run_env,
+        start_new_session=True,
+    )
+    try:
+        holder.stdin.write(
+            f"SELECT pg_advisory_lock(hashtext('{MIGRATION_LOCK_KEY}'));\n"
+            f"\\echo {MIGRATION_LOCK_MARKER}\n"
+        )
+        holder.stdin.flush()
+        _wait_for_marker(holder, wait, redact)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            holder.stdin.close()
+        try:
+            holder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+
+
+def _wait_for_marker(holder, wait, redact):
+    """Until psql says the lock is held; StepFailed when it exits first or
+    ``wait`` seconds pass."""
+    deadline = time.monotonic() + wait
+    with selectors.DefaultSelector() as selector:
+        selector.register(holder.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StepFailed(
+                    "migrate",
+                    f"another release held the migration lock for {wait} s",
+                )
+            if selector.select(timeout=min(left, 1.0)):
+                line = holder.stdout.readline()
+                if line.strip() == MIGRATION_LOCK_MARKER:
+                    return
+                if not line:
+                    error = (holder.stderr.read() or "").strip()
+                    raise StepFailed(
+                        "migrate",
+                        redact(f"could not take the migration lock: {error}"),
+                    )
 
 
 def run_hooks(cfg, host, rdir, env, redact, version, point):

@@ -443,6 +443,7 @@ LB = _section(
         "socket": RESERVED,
         "config_file": RESERVED,
         "check_interval": RESERVED,
+        "tls_dir": RESERVED,
     }
 )
 

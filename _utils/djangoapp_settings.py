@@ -276,15 +276,20 @@ def absent_app_settings(name, app, config):
     }
 
 
-def app_settings(name, app, config, redis_dbs, grains):
+def app_settings(name, app, config, redis_dbs, grains, tls_at_lb=False):
     """
     One app's pillar over ``app_defaults``, with everything derived from it:
     names, paths, TLS files, ``environment`` (env.json) and ``app_json``.
+    ``tls_at_lb``: the fleet's load balancers terminate the app's TLS; this
+    minion's Nginx serves it plain HTTP (``tls:at_lb``).
     """
     names = app_names(name, config["paths"])
     server = "asgi" if app.get("asgi") else "wsgi"
     database_settings(name, app["database"], config["database_defaults"])
     tls = tls_settings(name, app["tls"], names["config_dir"])
+    tls["at_lb"] = bool(tls_at_lb and tls["enabled"])
+    if tls["at_lb"]:
+        tls["enabled"] = False
     scheme = "https" if tls["enabled"] else "http"
     app.update(names)
     app.update(
@@ -477,6 +482,9 @@ def lb_backend(app, web_members):
         "health_host": app["server_names"][0],
         "health_statuses": health_status_pattern(app["health_statuses"]),
         "timeout": int(app["timeout"]),
+        "tls": app["tls"]["enabled"] or app["tls"]["at_lb"],
+        "tls_mode": app["tls"]["mode"],
+        "hsts_max_age": int(app["tls"]["hsts_max_age"]),
         "servers": web_members,
     }
 
@@ -495,10 +503,10 @@ def fleet_apps_checked(config, place):
                 f"djangoapp:apps:{name}:server_names is required in a fleet: the "
                 "load balancer and every web minion serve the app by these names"
             )
-        if (app.get("tls") or {}).get("mode") not in (None, False, "", "off"):
+        if (app.get("tls") or {}).get("mode") == "acme":
             raise CommandExecutionError(
-                f"djangoapp:apps:{name}:tls:mode: a fleet serves plain HTTP for now "
-                "(off): TLS at the load balancer is not built yet"
+                f"djangoapp:apps:{name}:tls:mode: acme is not served by a fleet's "
+                "load balancer yet: selfsigned, provided or off"
             )
 
 
@@ -589,7 +597,10 @@ def derive(config, grains, mine=None):
             absent_apps[name] = absent_app_settings(name, app, config)
         else:
             remote_services(config, place, name, app)
-            apps[name] = app_settings(name, app, config, redis_dbs, grains)
+            tls_at_lb = bool(place["members"]["lb"])
+            apps[name] = app_settings(
+                name, app, config, redis_dbs, grains, tls_at_lb=tls_at_lb
+            )
     in_fleet(config, place, apps)
     if "web" not in place["roles"]:
         apps, absent_apps = {}, {}

@@ -16,6 +16,76 @@ djangoapp-lb-haproxy-package-installed:
     - require:
       - pkg: djangoapp-base-packages-installed
 
+{%-   set tls_backends = djangoapp.lb_backends | selectattr("tls") | list %}
+{%-   if tls_backends %}
+
+djangoapp-lb-tls-directory:
+  file.directory:
+    - name: {{ lb.tls_dir }}
+    - user: root
+    - group: root
+    - mode: "0700"
+    - require:
+      - pkg: djangoapp-lb-haproxy-package-installed
+    - require_in:
+      - file: djangoapp-lb-haproxy-config-file-managed
+{%-   endif %}
+{%-   for backend in tls_backends %}
+{%-     set cert_file = lb.tls_dir ~ "/" ~ backend.app ~ ".pem" %}
+{%-     if backend.tls_mode == "selfsigned" %}
+{#-       As tls.sls: names Nginx would match by pattern are left out of the SAN. #}
+{%-       set dns_names = backend.server_names | reject("match", "^~") | list %}
+{%-       set dns_names = dns_names | map("regex_replace", "^\\.", "*.") | list %}
+{%-       set san = dns_names | map("regex_replace", "^", "DNS:") | join(",") %}
+
+djangoapp-lb-{{ backend.app }}-tls-certificate-generated:
+  cmd.run:
+    - name: >-
+        openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1
+        -days {{ djangoapp.tls.selfsigned_days }}
+        -subj {{ ("/CN=" ~ (dns_names[0] if dns_names else backend.app)) | quote }}
+{%-       if san %}
+        -addext {{ ("subjectAltName=" ~ san) | quote }}
+{%-       endif %}
+        -keyout {{ cert_file }}.key -out {{ cert_file }}
+    - umask: "077"
+    - creates: {{ cert_file }}
+    - require:
+      - file: djangoapp-lb-tls-directory
+    - require_in:
+      - file: djangoapp-lb-haproxy-config-file-managed
+    - watch_in:
+      - service: djangoapp-lb-haproxy-service-running
+{%-     else %}
+
+djangoapp-lb-{{ backend.app }}-tls-certificate-file-managed:
+  file.managed:
+    - name: {{ cert_file }}
+    - contents_pillar: djangoapp:apps:{{ backend.app }}:tls:cert
+    - mode: "0600"
+    - show_changes: false
+    - require:
+      - file: djangoapp-lb-tls-directory
+    - require_in:
+      - file: djangoapp-lb-haproxy-config-file-managed
+    - watch_in:
+      - service: djangoapp-lb-haproxy-service-running
+
+djangoapp-lb-{{ backend.app }}-tls-key-file-managed:
+  file.managed:
+    - name: {{ cert_file }}.key
+    - contents_pillar: djangoapp:apps:{{ backend.app }}:tls:key
+    - mode: "0600"
+    - show_changes: false
+    - require:
+      - file: djangoapp-lb-tls-directory
+    - require_in:
+      - file: djangoapp-lb-haproxy-config-file-managed
+    - watch_in:
+      - service: djangoapp-lb-haproxy-service-running
+{%-     endif %}
+{%-   endfor %}
+
 djangoapp-lb-haproxy-config-file-managed:
   file.managed:
     - name: {{ lb.config_file }}
@@ -27,6 +97,8 @@ djangoapp-lb-haproxy-config-file-managed:
     - context:
         lb: {{ lb | json }}
         backends: {{ djangoapp.lb_backends | json }}
+        tls: {{ djangoapp.tls | json }}
+        tls_dir: {{ lb.tls_dir | json }}
     - require:
       - pkg: djangoapp-lb-haproxy-package-installed
 

@@ -94,7 +94,7 @@ ROLES = {"lb": ["lb"], "web1": ["web"], "web2": ["web"], "db": ["db", "cache"]}
 REDIS_PASSWORD = "fleet-redis-5e1f0c"
 # Each host's firewall: the load balancer answers HTTP; the others only what the
 # fleet's roles open to each other (djangoapp.fleet_ports).
-FIREWALL_ALLOW = {"lb": [22, 80], "web1": [22], "web2": [22], "db": [22]}
+FIREWALL_ALLOW = {"lb": [22, 80, 443], "web1": [22], "web2": [22], "db": [22]}
 DEMO_APP = "demo"
 
 
@@ -741,7 +741,12 @@ def write_demo_pillar(fleet) -> None:
             "djangoapp": {
                 "fleet": {"network": fleet.network.subnet},
                 "redis": {"password": REDIS_PASSWORD},
-                "apps": {DEMO_APP: {"cache": {"engine": "redis"}}},
+                "apps": {
+                    DEMO_APP: {
+                        "cache": {"engine": "redis"},
+                        "tls": {"mode": "selfsigned"},
+                    }
+                },
             },
         },
     )

@@ -82,21 +82,21 @@ def version_on(fleet, web: str) -> str | None:
     return served_version(page["body"].encode())
 
 
-def through_lb(fleet) -> dict:
-    result = fleet.hosts["lb"].exec(
-        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", SERVER_NAME]
-    )
+def through_lb(fleet, url: str = "https://127.0.0.1/") -> dict:
+    result = fleet.hosts["lb"].exec(["python3", "-c", HTTP_PROBE, url, SERVER_NAME])
     return json.loads(result.stdout)
 
 
 def load_through_lb(fleet) -> Load:
+    """The clients, over HTTPS to the load balancer (the demo's TLS ends there)."""
     return Load(
         fleet.address("lb"),
-        80,
+        443,
         "/",
         SERVER_NAME,
         clients=CLIENTS,
         classify=served_version,
+        tls=True,
     )
 
 
@@ -143,6 +143,13 @@ def test_the_fleet_converges_from_nothing_then_changes_nothing(converged):
     assert page["status"] == 200
     # the page writes to and reads from Redis on the db minion, with the password
     assert "ok (redis)" in page["body"]
+    # HTTPS ends at the load balancer: plain HTTP is sent there, with HSTS on HTTPS
+    assert page["header_lists"]["strict-transport-security"] == ["max-age=63072000"]
+    plain = through_lb(fleet, "http://127.0.0.1/")
+    assert (plain["status"], plain["header_lists"]["location"]) == (
+        301,
+        [f"https://{SERVER_NAME}/"],
+    )
     again = fleet.salt("*", "state.apply", timeout=CONVERGE_TIMEOUT)
     assert {name: changed_states(again[name]) for name in FLEET_HOSTS} == {
         name: [] for name in FLEET_HOSTS

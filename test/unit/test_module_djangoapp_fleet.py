@@ -101,6 +101,9 @@ def test_the_load_balancer_sends_each_app_to_the_web_minions(derive_as):
         "health_host": "shop.example.com",
         "health_statuses": "^(2[0-9][0-9]|3[0-9][0-9])$",
         "timeout": 30,
+        "tls": False,
+        "tls_mode": "off",
+        "hsts_max_age": 63072000,
         "servers": [
             {"id": "web1", "address": "10.214.0.12"},
             {"id": "web2", "address": "10.214.0.13"},
@@ -205,12 +208,25 @@ def test_an_app_without_server_names_is_refused_in_a_fleet(derive_as):
     )
 
 
-def test_tls_is_refused_in_a_fleet_until_the_load_balancer_has_it(derive_as):
+def test_tls_ends_at_the_load_balancer_and_the_web_minions_serve_plain_http(
+    derive_as,
+):
+    tls_shop = {"shop": shop(tls={"mode": "selfsigned"})}
+    (backend,) = derive_as("lb", ["lb"], apps=tls_shop)["lb_backends"]
+    assert (backend["tls"], backend["tls_mode"]) == (True, "selfsigned")
+    web = derive_as("web1", ["web"], apps=tls_shop)
+    tls = web["apps"]["shop"]["tls"]
+    assert (tls["enabled"], tls["at_lb"]) == (False, True)
+    assert web["tls_apps"] == []
+    assert web["apps"]["shop"]["health_url"] == "http://127.0.0.1/"
+
+
+def test_acme_is_refused_in_a_fleet(derive_as):
     with pytest.raises(CommandExecutionError) as refused:
-        derive_as("lb", ["lb"], apps={"shop": shop(tls={"mode": "selfsigned"})})
+        derive_as("lb", ["lb"], apps={"shop": shop(tls={"mode": "acme"})})
     assert str(refused.value) == (
-        "djangoapp:apps:shop:tls:mode: a fleet serves plain HTTP for now (off): TLS "
-        "at the load balancer is not built yet"
+        "djangoapp:apps:shop:tls:mode: acme is not served by a fleet's load "
+        "balancer yet: selfsigned, provided or off"
     )
 
 
