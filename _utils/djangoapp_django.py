@@ -269,7 +269,7 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
     holder = subprocess.Popen(  # pylint: disable=consider-using-with
         argv,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=run_env,
@@ -278,7 +278,7 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
     try:
         holder.stdin.write(
             f"SELECT pg_advisory_lock(hashtext('{MIGRATION_LOCK_KEY}'));\n"
-            f"\\echo {MIGRATION_LOCK_MARKER}\n"
+            f"\\warn {MIGRATION_LOCK_MARKER}\n"
         )
         holder.stdin.flush()
         _wait_for_marker(holder, wait, redact)
@@ -294,11 +294,12 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
 
 
 def _wait_for_marker(holder, wait, redact):
-    """Until psql says the lock is held; StepFailed when it exits first or
-    ``wait`` seconds pass."""
+    """Until psql says the lock is held (on stderr, which it does not buffer);
+    StepFailed when it exits first or ``wait`` seconds pass."""
     deadline = time.monotonic() + wait
+    said = []
     with selectors.DefaultSelector() as selector:
-        selector.register(holder.stdout, selectors.EVENT_READ)
+        selector.register(holder.stderr, selectors.EVENT_READ)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -307,15 +308,18 @@ def _wait_for_marker(holder, wait, redact):
                     f"another release held the migration lock for {wait} s",
                 )
             if selector.select(timeout=min(left, 1.0)):
-                line = holder.stdout.readline()
+                line = holder.stderr.readline()
                 if line.strip() == MIGRATION_LOCK_MARKER:
                     return
                 if not line:
-                    error = (holder.stderr.read() or "").strip()
                     raise StepFailed(
                         "migrate",
-                        redact(f"could not take the migration lock: {error}"),
+                        redact(
+                            "could not take the migration lock: "
+                            + "".join(said).strip()
+                        ),
                     )
+                said.append(line)
 
 
 def run_hooks(cfg, host, rdir, env, redact, version, point):
