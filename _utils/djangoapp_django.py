@@ -37,7 +37,6 @@ MIGRATE_TIMEOUT = 3600
 MIGRATION_LOCK_WAIT = 1800
 MIGRATION_LOCK_KEY = "djangoapp:migrate"
 MIGRATION_LOCK_MARKER = "djangoapp-migration-lock-held"
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOOK_TIMEOUT = 3600
 BACKUP_TIMEOUT = 7200
 DATABASE_ENGINES = {
@@ -263,7 +262,7 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
     argv += ["--set=ON_ERROR_STOP=1", f"--host={db['host']}"]
     argv += [f"--port={db.get('port') or 5432}", f"--username={db['user']}"]
     argv += [f"--dbname={db['name']}"]
-    run_env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+    run_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
     if db.get("password"):
         run_env["PGPASSWORD"] = db["password"]
     holder = subprocess.Popen(  # pylint: disable=consider-using-with
