@@ -313,20 +313,16 @@ def lock(run, info):
         "user": run.user,
         "jid": run.jid,
         "started": run.started,
+        "step": "lock",
     }
     os.makedirs(run.layout.releases, mode=0o755, exist_ok=True)
     run.lock = ReleaseLock(run.layout.lock, holder).acquire()
     stale = run.lock.stale
     if stale:
         run.note(
-            "took over from a {} that did not finish (pid {}, version {}, "
-            "started {}, in step {})".format(
-                stale.get("action") or "release",
-                stale.get("pid"),
-                stale.get("version"),
-                stale.get("started"),
-                stale.get("step"),
-            )
+            f"took over from a {stale.get('action') or 'release'} that did not "
+            f"finish (pid {stale.get('pid')}, version {stale.get('version')}, "
+            f"started {stale.get('started')}, in step {stale.get('step')})"
         )
         run.ret["recovered"] = recover(run.cfg, run.layout, run.service, stale)
     run.current = run.layout.current_id()

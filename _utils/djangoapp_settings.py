@@ -322,14 +322,16 @@ def monitoring_checks(config):
     The checks that NRPE and the Zabbix agent both run, each defined here
     only: disk and load with the monitoring plugins and, for each app in name
     order, its health URL through Nginx (``http``), its Gunicorn master and,
-    unless it has none, its database and, with the nightly backups on, its
-    last nightly backup (``backup``) with the monitoring-check script, run as
-    the app's user through sudo (the app's files are not the agents' to
-    read). Each check: ``name`` (NRPE command ``check_djangoapp_<name>``,
-    Zabbix keys ``djangoapp.status.<name>`` and ``djangoapp.output.<name>``),
-    ``user`` it runs as (None: the agent's own), ``command`` and ``line``, the
-    command line the agents run. Arguments are fixed here: neither agent
-    passes any from the network.
+    unless it has none, its database and, where its nightly dumps are taken
+    (``backup_apps``), its last nightly backup (``backup``) with the
+    monitoring-check script, run as the app's user through sudo (the app's
+    files are not the agents' to read; on a db minion where the app does not
+    run, its backup check runs as the agent's own user). Each check: ``name``
+    (NRPE command ``check_djangoapp_<name>``, Zabbix keys
+    ``djangoapp.status.<name>`` and ``djangoapp.output.<name>``), ``user`` it
+    runs as (None: the agent's own), ``command`` and ``line``, the command
+    line the agents run. Arguments are fixed here: neither agent passes any
+    from the network.
     """
     monitoring = config["monitoring"]
     plugins = monitoring["plugins_dir"]
@@ -350,19 +352,21 @@ def monitoring_checks(config):
     ]
     script = f"{config['paths']['lib_dir']}/monitoring-check"
     script += f" --config-root {config['paths']['config_root']}"
-    backups = config["backups"]
-    for name in sorted(config["apps"]):
-        app = config["apps"][name]
-        kinds = {"http": "", "gunicorn": ""}
-        if app["database"]["engine"] != "none":
+    max_age = f"--max-age-hours {config['backups']['max_age_hours']}"
+    backed_up = {entry["name"]: entry for entry in config["backup_apps"]}
+    for name in sorted({*config["apps"], *backed_up}):
+        app = config["apps"].get(name)
+        kinds = {"http": "", "gunicorn": ""} if app else {}
+        if app and app["database"]["engine"] != "none":
             kinds["database"] = ""
-            if backups["enabled"]:
-                kinds["backup"] = f"--max-age-hours {backups['max_age_hours']} "
+        if name in backed_up:
+            status = backed_up[name]["backup_status"]
+            kinds["backup"] = f"{max_age} --status-file {status} "
         for kind, options in kinds.items():
             checks.append(
                 {
                     "name": f"{name}_{kind}",
-                    "user": app["user"],
+                    "user": app["user"] if app else None,
                     "command": f"{script} {options}{kind} {name}",
                 }
             )
@@ -458,6 +462,38 @@ def in_fleet(config, place, apps):
         if "lb" in roles
         else []
     )
+    config["backup_apps"] = backup_apps(config, place, apps)
+
+
+def backup_apps(config, place, apps):
+    """
+    What the nightly dumps of this minion cover (the backup script's
+    ``backups.json``), each app as ``name``, ``database`` (``app.json``'s),
+    ``env_file``, ``backup_dir``, ``backup_status`` and the ``group`` that
+    may read that status (both None where the app does not run: its status
+    is then readable by all, for the monitoring agents' own users): on one
+    host, every app with a database; in a fleet, the apps whose database the
+    db minion serves, dumped there over the local socket, and none on the
+    other minions (each web minion would dump the same database).
+    """
+    if not config["backups"]["enabled"]:
+        return []
+    if place["fleet"]:
+        covered = config["database_apps"]
+    else:
+        covered = [app for app in apps.values() if app["database"]["engine"] != "none"]
+    runs_here = "web" in place["roles"]
+    return [
+        {
+            "name": app["name"],
+            "database": app["app_json"]["database"],
+            "env_file": app["env_file"] if runs_here else None,
+            "backup_dir": app["backup_dir"],
+            "backup_status": app["backup_status"],
+            "group": app["group"] if runs_here else None,
+        }
+        for app in covered
+    ]
 
 
 def _fleet_port(name, port, sources):

@@ -1,14 +1,16 @@
 {#- Nightly database dumps, when the pillar turns them on (`djangoapp:backups`): a
     systemd timer runs the backup-databases script at `hour`:`minute` for every app
-    with a database, into /var/backups/djangoapp/<app>/nightly/, keeping the newest
-    `keep` dumps of each app. Run one now with
+    of backups.json (`backup_apps`: on one host each app with a database, in a
+    fleet the db minion's), into /var/backups/djangoapp/<app>/nightly/, keeping the
+    newest `keep` dumps of each app. Run one now with
     `systemctl start djangoapp-backup.service`. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set backups = djangoapp.backups %}
 {%- set paths = djangoapp.paths %}
 {%- set script = paths.lib_dir ~ "/backup-databases" %}
+{%- set apps_file = paths.config_root ~ "/backups.json" %}
 
-{%- if backups.enabled %}
+{%- if djangoapp.backup_apps %}
 
 include:
   - .app
@@ -23,6 +25,18 @@ djangoapp-backups-script-file-managed:
     - require:
       - file: djangoapp-database-module-file-managed
 
+djangoapp-backups-apps-file-serialized:
+  file.serialize:
+    - name: {{ apps_file }}
+    - serializer: json
+    - serializer_opts:
+      - indent: 2
+      - sort_keys: true
+    - dataset: {{ djangoapp.backup_apps | json }}
+    - mode: "0600"
+    - require:
+      - file: djangoapp-directory-{{ paths.config_root }}
+
 djangoapp-backups-service-unit-file-managed:
   file.managed:
     - name: /etc/systemd/system/djangoapp-backup.service
@@ -35,7 +49,7 @@ djangoapp-backups-service-unit-file-managed:
 
         [Service]
         Type=oneshot
-        ExecStart={{ backups.python }} {{ script }} --config-root {{ paths.config_root }} --keep {{ backups.keep }}
+        ExecStart={{ backups.python }} {{ script }} --apps-file {{ apps_file }} --keep {{ backups.keep }}
         Nice=10
         IOSchedulingClass=idle
         UMask=0077
@@ -71,9 +85,7 @@ djangoapp-backups-timer-running:
     - require:
       - file: djangoapp-backups-script-file-managed
       - module: djangoapp-backups-systemd-reloaded
-{%-   for name in djangoapp.apps %}
-      - file: djangoapp-{{ name }}-engine-config-file-serialized
-{%-   endfor %}
+      - file: djangoapp-backups-apps-file-serialized
     - watch:
       - file: djangoapp-backups-timer-unit-file-managed
 {%- else %}

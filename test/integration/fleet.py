@@ -741,6 +741,7 @@ def write_demo_pillar(fleet) -> None:
             "djangoapp": {
                 "fleet": {"network": fleet.network.subnet},
                 "redis": {"password": REDIS_PASSWORD},
+                "backups": {"enabled": True},
                 "apps": {
                     DEMO_APP: {
                         "cache": {"engine": "redis"},
@@ -760,6 +761,10 @@ def write_demo_pillar(fleet) -> None:
                 "firewall": {"enabled": True, "allow": FIREWALL_ALLOW[name]},
             }
         }
+        if "db" in ROLES[name]:
+            # the check of its nightly dumps, asked on the host itself
+            nrpe = {"enabled": True, "allowed_hosts": ["127.0.0.1"]}
+            own["djangoapp"]["monitoring"] = {"nrpe": nrpe}
         (fleet.pillar_dir / f"minion_{name}.sls").write_text(yaml.safe_dump(own))
         top["base"][name] = ["fleet", f"minion_{name}"]
     (fleet.pillar_dir / "top.sls").write_text(yaml.safe_dump(top))

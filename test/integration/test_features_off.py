@@ -41,6 +41,7 @@ FILES = [
     "/etc/systemd/system/djangoapp-backup.service",
     "/etc/systemd/system/djangoapp-backup.timer",
     "/usr/local/lib/djangoapp/backup-databases",
+    "/etc/djangoapp/backups.json",
     "/etc/logrotate.d/djangoapp",
     "/etc/nagios/nrpe.cfg",
     "/etc/zabbix/zabbix_agentd.conf",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shlex
 import socket
 import time
 
@@ -169,6 +170,37 @@ def test_the_database_and_cache_answer_the_web_minions_only(converged):
     # the web minions' Nginx answers the load balancer, not this machine
     assert connects(fleet, "lb", "web1", 80)
     assert not connects(fleet, None, "web1", 80)
+
+
+def test_the_nightly_dumps_are_taken_on_the_db_minion_only(converged):
+    fleet = converged
+    db = fleet.hosts["db"]
+    timer = ["systemctl", "is-enabled", "djangoapp-backup.timer"]
+    assert db.exec(timer).stdout.strip() == "enabled"
+    db.exec(["systemctl", "start", "djangoapp-backup.service"])
+    nightly = f"/var/backups/djangoapp/{APP}/nightly"
+    (dump,) = db.exec(["ls", nightly]).stdout.split()
+    assert re.fullmatch(rf"{APP}-[0-9]{{8}}T[0-9]{{6}}Z\.dump", dump), dump
+    listing = db.exec(["pg_restore", "--list", f"{nightly}/{dump}"]).stdout
+    assert "TABLE public django_migrations" in listing
+    status = json.loads(
+        db.exec(["cat", f"/var/lib/djangoapp/backup-status/{APP}.json"]).stdout
+    )
+    assert (status["result"], status["newest"]) == ("ok", dump), status
+    # NRPE's check of it, run as NRPE runs it: its command line, as its user
+    command = f"command[check_djangoapp_{APP}_backup]="
+    nrpe_cfg = db.exec(["cat", "/etc/nagios/nrpe.cfg"]).stdout.splitlines()
+    (line,) = [entry[len(command) :] for entry in nrpe_cfg if entry.startswith(command)]
+    checked = db.exec(["runuser", "-u", "nagios", "--", *shlex.split(line)])
+    assert checked.stdout.startswith(f"BACKUP OK - newest good dump {dump}, "), checked
+    # each web minion would dump the same database: none does
+    for name in (*WEBS, "lb"):
+        host = fleet.hosts[name]
+        assert host.exec(timer, check=False).rc != 0, name
+        assert (
+            host.exec(["test", "-e", "/etc/djangoapp/backups.json"], check=False).rc
+            == 1
+        )
 
 
 def test_a_rolling_release_and_rollback_under_load_fail_no_request(converged):

@@ -72,28 +72,50 @@ def lock_holder(host, path) -> dict | None:
     return json.loads(text) if text else None
 
 
-def wait_for_holder(host, path, **expected) -> dict:
-    """The lock's holder, once it has every field of ``expected``."""
-    deadline = time.monotonic() + LOCK_WAIT
-    holder = None
-    while time.monotonic() < deadline:
-        holder = lock_holder(host, path)
-        if holder and all(holder.get(k) == v for k, v in expected.items()):
-            return holder
-        time.sleep(0.05)
-    pytest.fail(f"no run took the release lock as {expected} (last: {holder})")
+# Run in the host itself: a release with nothing to build goes from taking the lock
+# to its switch in about a second, less than a few round trips of nsenter.
+CATCH_HOLDER = """
+import json, os, signal, sys, time
+path, expected, wait = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + wait
+holder = None
+while time.monotonic() < deadline:
+    try:
+        with open(path) as lock:
+            holder = json.loads(lock.read() or "null")
+    except (FileNotFoundError, ValueError):
+        holder = None
+    if holder and all(holder.get(k) == v for k, v in expected.items()):
+        os.kill(holder["pid"], signal.SIGSTOP)
+        with open(path) as lock:
+            print(lock.read())
+        sys.exit(0)
+    time.sleep(0.002)
+print(json.dumps(holder))
+sys.exit(3)
+"""
 
 
 @contextlib.contextmanager
-def paused(host, pid):
-    """The process ``pid`` of the host stopped (SIGSTOP) until the block ends: a
-    release caught holding the lock keeps it, in the step it was in, however fast
-    its remaining steps would be."""
-    host.run_expect([0], "kill -STOP %s", str(pid))
+def caught_holding_the_lock(host, path, **expected):
+    """The run that holds the release lock with every field of ``expected``, stopped
+    (SIGSTOP) by the host the moment it shows in the lock file, so that it keeps the
+    lock in the step it was in however fast its remaining steps would be; yields
+    the holder as the stopped run left it and lets it go on when the block ends."""
+    caught = host.run(
+        "python3 -c %s %s %s %s",
+        CATCH_HOLDER,
+        path,
+        json.dumps(expected),
+        str(LOCK_WAIT),
+    )
+    if caught.rc != 0:
+        pytest.fail(f"no run took the lock as {expected} (last: {caught.stdout})")
+    holder = json.loads(caught.stdout)
     try:
-        yield
+        yield holder
     finally:
-        host.run("kill -CONT %s", str(pid))
+        host.run("kill -CONT %s", str(holder["pid"]))
 
 
 def current_release(salt_cli) -> str | None:
@@ -419,11 +441,10 @@ def test_a_second_release_at_the_same_time_is_refused(
     try:
         # the second one starts while the first holds the lock, paused there so
         # that it cannot finish first
-        holder = wait_for_holder(
+        with caught_holding_the_lock(
             converged_host, lock, action="release", version="v1.0.1"
-        )
-        print(f"holder: {holder}")
-        with paused(converged_host, holder["pid"]):
+        ) as holder:
+            print(f"holder: {holder}")
             second = release(salt_cli, "v1.1.0")
     finally:
         runner.join()
@@ -462,10 +483,9 @@ def test_a_killed_release_does_not_block_the_next(
     started = salt_cli.run("djangoapp.release", "version=v1.1.0", "app=demo", "--async")
     jid = started.stdout.split()[-1]
     # caught holding the lock, before the switch, and killed there
-    holder = wait_for_holder(converged_host, lock, jid=jid)
-    print(f"holder: {holder}")
-    assert (holder["action"], holder["version"]) == ("release", "v1.1.0")
-    with paused(converged_host, holder["pid"]):
+    with caught_holding_the_lock(converged_host, lock, jid=jid) as holder:
+        print(f"holder: {holder}")
+        assert (holder["action"], holder["version"]) == ("release", "v1.1.0")
         killed = salt_cli("saltutil.kill_job", jid)
     assert killed == f"Signal 9 sent to job {jid} at pid {holder['pid']}", killed
     # it did not finish: it never let go of the lock (a run that ends empties the

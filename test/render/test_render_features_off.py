@@ -59,6 +59,7 @@ FEATURES = {
     "backups": (
         {"backups": {"enabled": False}},
         [
+            "djangoapp-backups-file-absent-/etc/djangoapp/backups.json",
             "djangoapp-backups-file-absent-/etc/systemd/system/djangoapp-backup.service",
             "djangoapp-backups-file-absent-/etc/systemd/system/djangoapp-backup.timer",
             "djangoapp-backups-file-absent-/usr/local/lib/djangoapp/backup-databases",
@@ -252,6 +253,7 @@ def test_files_removed_per_family_and_the_dumps_kept(off_host):
         "/etc/systemd/system/djangoapp-backup.timer",
         "/etc/systemd/system/djangoapp-backup.service",
         "/usr/local/lib/djangoapp/backup-databases",
+        "/etc/djangoapp/backups.json",
         "/etc/logrotate.d/djangoapp",
         "/etc/nagios/nrpe.cfg",
         "/etc/snmp/snmpd.conf",

@@ -322,10 +322,18 @@ def test_backups(hardened):
     assert service["name"] == "/etc/systemd/system/djangoapp-backup.service"
     assert (
         "ExecStart=/usr/bin/python3 /usr/local/lib/djangoapp/backup-databases"
-        " --config-root /etc/djangoapp --keep 7\n"
+        " --apps-file /etc/djangoapp/backups.json --keep 7\n"
     ) in service["contents"]
     assert "Type=oneshot" in service["contents"]
     assert "canary-5d1a" not in service["contents"]
+    _, apps_file = state_args(states, "djangoapp-backups-apps-file-serialized")
+    assert (apps_file["name"], apps_file["mode"]) == (
+        "/etc/djangoapp/backups.json",
+        "0600",
+    )
+    assert [(app["name"], app["group"]) for app in apps_file["dataset"]] == [
+        ("shop", "shop")
+    ]
     _, timer = state_args(states, "djangoapp-backups-timer-unit-file-managed")
     assert "OnCalendar=*-*-* 03:00:00\n" in timer["contents"]
     assert "Persistent=true" in timer["contents"]

@@ -265,9 +265,10 @@ def test_the_backup_check_is_wired_with_the_nightly_backups(
     states = renderer.show_sls(platform, data)
     # shop only: docs has no database to dump. Without backups (the other tests),
     # no backup check at all.
+    status = "--status-file /var/lib/djangoapp/backup-status/shop.json"
     backup_line = (
         f"/usr/bin/sudo -n -u shop {CHECK_SCRIPT} --config-root /etc/djangoapp"
-        f" --max-age-hours {hours} backup shop"
+        f" --max-age-hours {hours} {status} backup shop"
     )
     lines = {**check_lines(platform), "shop_backup": backup_line}
     _, nrpe = state_args(states, "djangoapp-nrpe-config-file-managed")
@@ -279,7 +280,7 @@ def test_the_backup_check_is_wired_with_the_nightly_backups(
     assert (
         f"Cmnd_Alias DJANGOAPP_SHOP_CHECKS = {prefix} http shop,"
         f" {prefix} gunicorn shop, {prefix} database shop,"
-        f" {prefix} --max-age-hours {hours} backup shop"
+        f" {prefix} --max-age-hours {hours} {status} backup shop"
     ) in sudoers["contents"].splitlines()
 
 

@@ -24,21 +24,33 @@ def backup(tmp_path, monkeypatch, load_script):
 GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
-def configure(root, name, engine="postgresql", url=None):
-    config_dir = root / "etc" / name
-    config_dir.mkdir(parents=True)
-    env_file = config_dir / "env.json"
-    env_file.write_text(json.dumps({"DATABASE_URL": url} if url else {}))
+def configure(root, name, engine="postgresql", url=None, env=True):
+    """The app ``name`` added to the apps file under ``root`` (with an env file
+    and a group unless ``env`` is false: on a db minion of a fleet the app has
+    neither); its nightly dir."""
+    env_file = None
+    if env:
+        env_file = root / "etc" / name / "env.json"
+        env_file.parent.mkdir(parents=True)
+        env_file.write_text(json.dumps({"DATABASE_URL": url} if url else {}))
     app = {
         "name": name,
-        "group": GROUP,
-        "env_file": str(env_file),
+        "group": GROUP if env else None,
+        "env_file": str(env_file) if env_file else None,
         "backup_dir": str(root / "backups" / name),
         "backup_status": str(root / "lib" / "backup-status" / f"{name}.json"),
         "database": {"engine": engine, "host": "localhost", "name": name, "user": name},
     }
-    (config_dir / "app.json").write_text(json.dumps(app))
+    apps_file = root / "backups.json"
+    listed = json.loads(apps_file.read_text()) if apps_file.exists() else []
+    apps_file.write_text(json.dumps([*listed, app]))
     return root / "backups" / name / "nightly"
+
+
+def listed(root, name):
+    """The app ``name`` as the apps file under ``root`` lists it."""
+    apps = json.loads((root / "backups.json").read_text())
+    return next(app for app in apps if app["name"] == name)
 
 
 def fake_dumper(calls, fail=False):
@@ -64,7 +76,9 @@ def test_dumps_each_app_and_keeps_the_newest(backup, tmp_path, monkeypatch):
     (other / "shop2-20000101T030000Z.dump").parent.mkdir(parents=True)
     (other / "shop2-20000101T030000Z.dump").write_text("old")
 
-    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "3"]) == 0
+    assert (
+        backup.main(["--apps-file", str(tmp_path / "backups.json"), "--keep", "3"]) == 0
+    )
 
     assert [database["name"] for database, _ in calls] == ["shop", "shop2"]
     left = sorted(path.name for path in nightly.iterdir())
@@ -89,7 +103,9 @@ def test_a_failed_dump_is_removed_and_nothing_is_rotated(
         backup.DUMPERS, "postgresql", (fake_dumper([], fail=True), "dump")
     )
 
-    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "1"]) == 1
+    assert (
+        backup.main(["--apps-file", str(tmp_path / "backups.json"), "--keep", "1"]) == 1
+    )
 
     assert sorted(path.name for path in nightly.iterdir()) == old
     assert "shop: backup failed: disk full" in capsys.readouterr().out
@@ -129,7 +145,9 @@ def test_a_full_disk_costs_no_good_dump_and_is_named(
 
     monkeypatch.setitem(backup.DUMPERS, engine, (dump_until_the_disk_is_full, suffix))
 
-    assert backup.main(["--config-root", str(tmp_path / "etc"), "--keep", "3"]) == 1
+    assert (
+        backup.main(["--apps-file", str(tmp_path / "backups.json"), "--keep", "3"]) == 1
+    )
 
     assert sorted(path.name for path in nightly.iterdir()) == good
     listed = subprocess.run(
@@ -150,14 +168,35 @@ def test_apps_without_a_database_are_skipped(backup, tmp_path, monkeypatch):
     configure(tmp_path, "static", engine="none")
     calls = []
     monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper(calls), "dump"))
-    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 0
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 0
     assert calls == []
     assert not (tmp_path / "backups" / "static").exists()
 
 
-def test_unknown_app_fails(backup, tmp_path):
+def test_unknown_app_fails(backup, tmp_path, capsys):
     configure(tmp_path, "shop")
-    assert backup.main(["--config-root", str(tmp_path / "etc"), "blog"]) == 1
+    apps_file = tmp_path / "backups.json"
+    assert backup.main(["--apps-file", str(apps_file), "blog"]) == 1
+    assert capsys.readouterr().out == f"error: not in {apps_file}: blog\n"
+
+
+def test_an_app_without_an_env_file_is_dumped_by_its_settings(
+    backup, tmp_path, monkeypatch
+):
+    """On the db minion of a fleet the app does not run: no env file, its
+    database dumped as the settings say (locally, as postgres)."""
+    nightly = configure(tmp_path, "shop", env=False)
+    calls = []
+    monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper(calls), "dump"))
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 0
+    assert [database for database, _ in calls] == [
+        {"engine": "postgresql", "host": "localhost", "name": "shop", "user": "shop"}
+    ]
+    assert len(list(nightly.iterdir())) == 1
+    # the app has no group there: its status is for all to read
+    status, path = status_of(tmp_path, "shop")
+    assert status["result"] == "ok"
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_database_url_gives_the_credentials(backup, tmp_path):
@@ -167,7 +206,7 @@ def test_database_url_gives_the_credentials(backup, tmp_path):
         engine="mysql",
         url="mysql://shop_rw:p%40ss%2Fword@db.internal:3307/shop_prod",
     )
-    app = json.loads((tmp_path / "etc/shop/app.json").read_text())
+    app = listed(tmp_path, "shop")
     assert backup.database_settings(app) == {
         "engine": "mysql",
         "host": "db.internal",
@@ -180,7 +219,7 @@ def test_database_url_gives_the_credentials(backup, tmp_path):
 
 def test_option_like_database_name_is_refused(backup, tmp_path):
     configure(tmp_path, "shop", url="postgres://shop:x@localhost:5432/--help")
-    app = json.loads((tmp_path / "etc/shop/app.json").read_text())
+    app = listed(tmp_path, "shop")
     with pytest.raises(backup.BackupError, match="database name"):
         backup.database_settings(app)
 
@@ -200,7 +239,7 @@ def test_each_run_leaves_a_status_the_apps_group_may_read(
     configure(tmp_path, "static", engine="none")
     monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper([]), "dump"))
 
-    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 0
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 0
 
     status, path = status_of(tmp_path, "shop")
     (newest,) = [entry.name for entry in nightly.iterdir()]
@@ -242,7 +281,7 @@ def test_a_failed_run_records_why_and_the_newest_good_dump(
     status_dir.mkdir(parents=True)
     (status_dir / "shop.json").write_text('{"result": "ok"}')
 
-    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 1
 
     status, _ = status_of(tmp_path, "shop")
     assert status == {
@@ -258,7 +297,7 @@ def test_a_failed_run_records_why_and_the_newest_good_dump(
 
 def test_a_failure_before_any_dump_is_recorded_too(backup, tmp_path):
     configure(tmp_path, "shop", url="postgres://shop:x@localhost:5432/--help")
-    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 1
     status, _ = status_of(tmp_path, "shop")
     assert (status["result"], status["error"], status["newest"]) == (
         "failed",
@@ -273,12 +312,12 @@ def test_a_status_that_cannot_be_written_fails_the_run(
 ):
     configure(tmp_path, "shop")
     monkeypatch.setitem(backup.DUMPERS, "postgresql", (fake_dumper([]), "dump"))
-    app_json = tmp_path / "etc" / "shop" / "app.json"
-    app = json.loads(app_json.read_text())
+    apps_file = tmp_path / "backups.json"
+    app = listed(tmp_path, "shop")
     app["group"] = "no-such-group-0f3a"
-    app_json.write_text(json.dumps(app))
+    apps_file.write_text(json.dumps([app]))
 
-    assert backup.main(["--config-root", str(tmp_path / "etc")]) == 1
+    assert backup.main(["--apps-file", str(tmp_path / "backups.json")]) == 1
 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("shop: ") and lines[0].endswith("1 kept, 0 removed")

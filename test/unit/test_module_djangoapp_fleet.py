@@ -89,6 +89,86 @@ def test_the_db_minion_serves_every_apps_database_and_cache_to_the_web_minions(
     ]
 
 
+BACKUPS = {"backups": {"enabled": True}}
+
+
+def test_the_nightly_dumps_are_taken_on_the_db_minion_only(derive_as):
+    """Every web minion would dump the same database: the db minion dumps it,
+    over its local socket, and checks it; the app's status readable by all
+    there (the app has no group on a minion where it does not run), its check
+    run as the monitoring agent's own user."""
+    derived = derive_as("db", ["db", "cache"], **BACKUPS)
+    assert derived["backup_apps"] == [
+        {
+            "name": "shop",
+            "database": {
+                "engine": "postgresql",
+                "host": "localhost",
+                "port": 5432,
+                "name": "shop",
+                "user": "shop",
+            },
+            "env_file": None,
+            "backup_dir": "/var/backups/djangoapp/shop",
+            "backup_status": "/var/lib/djangoapp/backup-status/shop.json",
+            "group": None,
+        }
+    ]
+    assert [c for c in derived["monitoring_checks"] if c["name"] == "shop_backup"] == [
+        {
+            "name": "shop_backup",
+            "user": None,
+            "command": "/usr/local/lib/djangoapp/monitoring-check --config-root "
+            "/etc/djangoapp --max-age-hours 26 --status-file "
+            "/var/lib/djangoapp/backup-status/shop.json backup shop",
+            "line": "/usr/local/lib/djangoapp/monitoring-check --config-root "
+            "/etc/djangoapp --max-age-hours 26 --status-file "
+            "/var/lib/djangoapp/backup-status/shop.json backup shop",
+        }
+    ]
+    # the app does not run there: no other check of it
+    assert [c["name"] for c in derived["monitoring_checks"]] == [
+        "disk",
+        "load",
+        "shop_backup",
+    ]
+    web = derive_as("web1", ["web"], **BACKUPS)
+    assert web["backup_apps"] == []
+    # nor does a web minion check a nightly dump it does not take
+    assert [c["name"] for c in web["monitoring_checks"]] == [
+        "disk",
+        "load",
+        "shop_http",
+        "shop_gunicorn",
+        "shop_database",
+    ]
+    assert derive_as("lb", ["lb"], **BACKUPS)["backup_apps"] == []
+    # a web minion that is the db minion too dumps as one host does
+    both = derive_as("db", ["web", "db", "cache"], **BACKUPS)
+    (entry,) = both["backup_apps"]
+    assert (entry["env_file"], entry["group"]) == (
+        "/etc/djangoapp/shop/env.json",
+        "shop",
+    )
+    assert "shop_backup" in [c["name"] for c in both["monitoring_checks"]]
+
+
+def test_one_host_dumps_every_app_with_a_database(utils, repo_root):
+    config = merged(
+        repo_root,
+        {"shop": shop(), "static": app("static", database={"engine": "none"})},
+        **BACKUPS,
+    )
+    derived = utils["djangoapp_settings.derive"](config, {"id": "host"}, None)
+    assert [entry["name"] for entry in derived["backup_apps"]] == ["shop"]
+    assert derived["backup_apps"][0]["group"] == "shop"
+    off = merged(repo_root, {"shop": shop()}, backups={"enabled": False})
+    assert (
+        utils["djangoapp_settings.derive"](off, {"id": "host"}, None)["backup_apps"]
+        == []
+    )
+
+
 def test_the_load_balancer_sends_each_app_to_the_web_minions(derive_as):
     derived = derive_as("lb", ["lb"], apps={"shop": shop(health_path="/up/")})
     assert derived["apps"] == {} and derived["database_apps"] == []

@@ -331,11 +331,12 @@ def test_the_backup_check_comes_with_the_nightly_backups(derive, repo_root):
     assert backup_checks(enabled=False, max_age_hours=30) == []
     # The apps with a database, the threshold from defaults.yaml (a day and two
     # hours) or the pillar.
+    status = "--status-file /var/lib/djangoapp/backup-status/shop.json"
     assert backup_checks(enabled=True) == [
-        ("shop_backup", "shop", f"{script} --max-age-hours 26 backup shop")
+        ("shop_backup", "shop", f"{script} --max-age-hours 26 {status} backup shop")
     ]
     assert backup_checks(enabled=True, max_age_hours=30) == [
-        ("shop_backup", "shop", f"{script} --max-age-hours 30 backup shop")
+        ("shop_backup", "shop", f"{script} --max-age-hours 30 {status} backup shop")
     ]
 
 

@@ -280,10 +280,9 @@ def backup_check(check, tmp_path, monkeypatch, status, *options):
     if status is not None:
         text = status if isinstance(status, str) else json.dumps(status)
         status_file.write_text(text)
-    configure(tmp_path / "etc", {"name": "shop", "backup_status": str(status_file)})
     monkeypatch.setattr(check.time, "time", lambda: NOW)
-    root = ["--config-root", str(tmp_path / "etc")]
-    return check.main([*root, *options, "backup", "shop"])
+    given = ["--status-file", str(status_file)]
+    return check.main([*given, *options, "backup", "shop"])
 
 
 @pytest.mark.parametrize(
@@ -392,6 +391,13 @@ def test_backup_without_a_threshold_is_unknown(check, tmp_path, monkeypatch, cap
     assert backup_check(check, tmp_path, monkeypatch, GOOD_RUN) == 3
     assert capsys.readouterr().out == (
         "BACKUP UNKNOWN - the backup check needs --max-age-hours\n"
+    )
+
+
+def test_backup_without_a_status_file_is_unknown(check, capsys):
+    assert check.main(["--max-age-hours", "26", "backup", "shop"]) == 3
+    assert capsys.readouterr().out == (
+        "BACKUP UNKNOWN - the backup check needs --status-file\n"
     )
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Nightly database dumps of the djangoapp apps, rotated.
 
-    backup-databases [--config-root /etc/djangoapp] [--keep 7] [APP ...]
+    backup-databases [--apps-file /etc/djangoapp/backups.json] [--keep 7] [APP ...]
 
-For each app configured under the config root (a directory holding app.json), or
-each APP named, whose database is PostgreSQL or MySQL/MariaDB: dumps it into
+For each app of the apps file (the formula writes it: on one host every app with
+a database, in a fleet the db minion's), or each APP named, whose database is
+PostgreSQL or MySQL/MariaDB: dumps it into
 <backup_dir>/nightly/<app>-<UTC time>.dump (pg_dump custom format, checked with
 pg_restore --list) or .sql (mysqldump, checked for its completion trailer), then
 removes that app's oldest nightly dumps beyond --keep. A dump that fails is
@@ -12,14 +13,15 @@ deleted and nothing of that app is rotated away (a full disk never costs a good
 dump); the log says why, naming the filesystem when it is full, and how many
 dumps are kept. The exit status is 1 when any app failed.
 
-Each app's run is recorded in app.json's `backup_status` (JSON: when the run
-ended, `ok` or `failed`, why, the newest good dump and its time), readable by the
-app's group: the monitoring check `backup` reads it as the app's user.
+Each app's run is recorded in its `backup_status` file (JSON: when the run
+ended, `ok` or `failed`, why, the newest good dump and its time), readable by its
+`group` (the monitoring check `backup` reads it as the app's user), or by all when
+the app has no group here (a db minion of a fleet).
 
 A local PostgreSQL database is dumped as the postgres user over the local socket
 (peer authentication). Any other database is dumped with the app's own
-credentials, read from its env.json (DATABASE_URL) and passed to the dump tool in
-its environment, never on its command line.
+credentials, read from its `env_file` (DATABASE_URL) and passed to the dump tool
+in its environment, never on its command line.
 """
 
 import argparse
@@ -67,26 +69,26 @@ def log(message):
     print(message, flush=True)
 
 
-def configured_apps(config_root, names):
-    """The app.json of every app under config_root, or of the ones named."""
-    apps = []
-    for name in sorted(os.listdir(config_root)):
-        path = os.path.join(config_root, name, "app.json")
-        if os.path.isfile(path) and (not names or name in names):
-            with open(path, encoding="utf-8") as handle:
-                apps.append(json.load(handle))
+def configured_apps(apps_file, names):
+    """The apps of the apps file, in name order, or the ones named."""
+    with open(apps_file, encoding="utf-8") as handle:
+        listed = json.load(handle)
+    apps = sorted(
+        (app for app in listed if not names or app["name"] in names),
+        key=lambda app: app["name"],
+    )
     unknown = sorted(set(names) - {app["name"] for app in apps})
     if unknown:
-        raise BackupError(f"not configured in {config_root}: {', '.join(unknown)}")
+        raise BackupError(f"not in {apps_file}: {', '.join(unknown)}")
     return apps
 
 
 def database_settings(app):
-    """The app's database settings, with DATABASE_URL from env.json over them (an
-    unreadable env.json counts as one without DATABASE_URL)."""
+    """The app's database settings, with DATABASE_URL from its env file over them
+    (none, or an unreadable one, counts as one without DATABASE_URL)."""
     try:
         environment = djangoapp_database.read_environment(app["env_file"])
-    except (KeyError, OSError, ValueError):
+    except (KeyError, TypeError, OSError, ValueError):
         environment = {}
     try:
         return djangoapp_database.database_settings(app, environment)
@@ -239,7 +241,7 @@ def write_status(app, error):
     The app's last run, for the monitoring check `backup`: when it ended, its
     result, why it failed (None if it did not) and the newest good dump with its
     time. Written whole under another name, then renamed over the last one;
-    mode 0640, group the app's.
+    mode 0640, group the app's (0644 where the app has none).
     """
     path = app["backup_status"]
     directory = nightly_dir(app)
@@ -253,7 +255,7 @@ def write_status(app, error):
         "newest": newest,
         "newest_time": dump_time(newest) if newest else None,
     }
-    gid = grp.getgrnam(app["group"]).gr_gid
+    gid = grp.getgrnam(app["group"]).gr_gid if app["group"] else -1
     readable_directory(os.path.dirname(path))
     handle, temporary = tempfile.mkstemp(
         prefix=f".{app['name']}.", dir=os.path.dirname(path)
@@ -265,7 +267,7 @@ def write_status(app, error):
             output.flush()
             os.fsync(output.fileno())
         os.chown(temporary, -1, gid)
-        os.chmod(temporary, 0o640)
+        os.chmod(temporary, 0o640 if app["group"] else 0o644)
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -274,7 +276,7 @@ def write_status(app, error):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-root", default="/etc/djangoapp")
+    parser.add_argument("--apps-file", default="/etc/djangoapp/backups.json")
     parser.add_argument("--keep", type=int, default=7)
     parser.add_argument("apps", nargs="*", metavar="APP")
     args = parser.parse_args(argv)
@@ -284,8 +286,8 @@ def main(argv=None):
     with open(LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            apps = configured_apps(args.config_root, args.apps)
-        except (BackupError, OSError) as error:
+            apps = configured_apps(args.apps_file, args.apps)
+        except (BackupError, OSError, ValueError) as error:
             log(f"error: {error}")
             return 1
         failed = []

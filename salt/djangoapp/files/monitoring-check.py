@@ -2,7 +2,7 @@
 """Checks of one djangoapp app, for Nagios (NRPE) and Zabbix alike.
 
     monitoring-check [--config-root /etc/djangoapp] [--timeout 8]
-                     [--max-age-hours H] CHECK APP
+                     [--max-age-hours H --status-file FILE] CHECK APP
 
 CHECK is one of:
   http      a GET of the app's health URL through Nginx, as the release engine
@@ -13,15 +13,17 @@ CHECK is one of:
   database  `SELECT 1` over a connection to the app's database with the app's own
             credentials (env.json's DATABASE_URL; the password goes to psql or mysql
             in their environment, never on their command line)
-  backup    the last nightly backup, as the backup script recorded it (app.json's
-            `backup_status`): CRITICAL when that run failed (why, and the newest
-            good dump) or when the newest good dump is older than --max-age-hours,
-            WARNING when no run is recorded yet, else OK with the newest dump's
-            name and age
+  backup    the last nightly backup, as the backup script recorded it in
+            --status-file (the app's `backup_status`, also where the app does not
+            run: a db minion of a fleet): CRITICAL when that run failed (why, and
+            the newest good dump) or when the newest good dump is older than
+            --max-age-hours, WARNING when no run is recorded yet, else OK with the
+            newest dump's name and age
 
 The Nagios plugin convention: one line on stdout, exit status 0 OK, 1 WARNING,
 2 CRITICAL, 3 UNKNOWN. Run it as the app's user (the monitoring agents do so through
-sudo): it reads the app's files in /etc/djangoapp/<app>/.
+sudo): it reads the app's files in /etc/djangoapp/<app>/. The backup check reads
+its status file only.
 """
 
 import argparse
@@ -213,17 +215,16 @@ def for_people(seconds):
     return f"{seconds // 60} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
-def check_backup(app, max_age_hours):
+def check_backup(name, path, max_age_hours):
     if not max_age_hours:
         raise CheckError("the backup check needs --max-age-hours")
-    path = app.get("backup_status")
     if not path:
-        raise CheckError("app.json has no backup_status")
+        raise CheckError("the backup check needs --status-file")
     try:
         os.stat(path)
     except FileNotFoundError:
         return WARNING, (
-            f"no nightly backup of {app['name']} has run yet (djangoapp-backup.timer;"
+            f"no nightly backup of {name} has run yet (djangoapp-backup.timer;"
             " one now: systemctl start djangoapp-backup.service)"
         )
     except OSError as error:
@@ -242,11 +243,11 @@ def check_backup(app, max_age_hours):
         # The tools' own words may hold line breaks: Nagios shows the first line.
         error = " ".join(str(status.get("error") or "no reason recorded").split())
         return CRITICAL, (
-            f"the nightly backup of {app['name']} failed at {status.get('time')}: "
+            f"the nightly backup of {name} failed at {status.get('time')}: "
             f"{error}; {newest_text}{perfdata}"
         )
     if age is None:
-        return CRITICAL, f"the nightly backup of {app['name']} left {newest_text}"
+        return CRITICAL, f"the nightly backup of {name} left {newest_text}"
     if age > limit:
         return CRITICAL, (
             f"{newest_text}: more than {max_age_hours} h (last run "
@@ -258,16 +259,17 @@ def check_backup(app, max_age_hours):
 CHECKS = ("http", "gunicorn", "database", "backup")
 
 
-def run_check(check, config_dir, timeout, max_age_hours=None):
-    """(status, text) of ``check`` for the app configured in ``config_dir``."""
+def run_check(args):
+    """(status, text) of the check that ``args`` name."""
+    if args.check == "backup":
+        return check_backup(args.app, args.status_file, args.max_age_hours)
+    config_dir = os.path.join(args.config_root, os.path.basename(args.app))
     app = read_json(os.path.join(config_dir, "app.json"))
-    if check == "http":
-        return check_http(app, timeout)
-    if check == "gunicorn":
+    if args.check == "http":
+        return check_http(app, args.timeout)
+    if args.check == "gunicorn":
         return check_gunicorn(app)
-    if check == "backup":
-        return check_backup(app, max_age_hours)
-    return check_database(app, os.path.join(config_dir, "env.json"), timeout)
+    return check_database(app, os.path.join(config_dir, "env.json"), args.timeout)
 
 
 def main(argv=None):
@@ -277,14 +279,12 @@ def main(argv=None):
     parser.add_argument(
         "--max-age-hours", type=int, help="backup: the newest good dump's at most"
     )
+    parser.add_argument("--status-file", help="backup: the last nightly run's status")
     parser.add_argument("check", choices=CHECKS)
     parser.add_argument("app")
     args = parser.parse_args(argv)
-    config_dir = os.path.join(args.config_root, os.path.basename(args.app))
     try:
-        status, text = run_check(
-            args.check, config_dir, args.timeout, args.max_age_hours
-        )
+        status, text = run_check(args)
     except CheckError as error:
         status, text = UNKNOWN, str(error)
     print(f"{args.check.upper()} {STATUS_NAMES[status]} - {text}")

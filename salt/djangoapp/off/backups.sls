@@ -1,8 +1,9 @@
-{#- Nightly dumps switched off (`djangoapp:backups:enabled: false`, and clean.sls):
-    the timer stopped and disabled (a dump already running finishes), its units and
-    the dump script removed, systemd reloaded. The dumps themselves are kept, under
-    the backup root, as are the ones taken before migrations and by hand. Nothing
-    to do on a host that never had it. #}
+{#- Nightly dumps switched off (`djangoapp:backups:enabled: false`, clean.sls, and
+    a minion whose dumps cover no app, as a web minion of a fleet): the timer
+    stopped and disabled (a dump already running finishes), its units, the dump
+    script and its apps file removed, systemd reloaded. The dumps themselves are
+    kept, under the backup root, as are the ones taken before migrations and by
+    hand. Nothing to do on a host that never had it. #}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import djangoapp with context %}
 {%- set timer = "/etc/systemd/system/djangoapp-backup.timer" %}
@@ -15,7 +16,12 @@ djangoapp-backups-timer-dead:
     # The unit is ours: nothing to stop without it (test mode included).
     - onlyif: test -e {{ timer }}
 
-{%- for path in [timer, service, djangoapp.paths.lib_dir ~ "/backup-databases"] %}
+{%- for path in [
+      timer,
+      service,
+      djangoapp.paths.lib_dir ~ "/backup-databases",
+      djangoapp.paths.config_root ~ "/backups.json",
+    ] %}
 
 djangoapp-backups-file-absent-{{ path }}:
   file.absent:
