@@ -162,7 +162,13 @@ def _pillar_note(ret, cfg):
 
 @_refusals_answered
 def release(
-    version=None, app=None, test=None, from_pillar=False, version_policy=None, **kwargs
+    version=None,
+    app=None,
+    test=None,
+    from_pillar=False,
+    version_policy=None,
+    defer_after_switch=False,
+    **kwargs,
 ):
     """
     Release ``version`` (a tag, branch or commit) of ``app``.
@@ -189,6 +195,11 @@ def release(
         With ``from_pillar``: the pillar's ``version_policy`` (``changes`` or
         ``pillar``), when app.json may not have it yet (test mode).
 
+    defer_after_switch
+        Leave the migrations that must follow the switch for ``djangoapp.migrate``
+        (``migrations_deferred``): in a fleet, old code serves elsewhere until
+        the last web minion switches. The rolling release passes it.
+
     Returns a dict with ``app``, ``version``, ``sha``, ``id`` (the release
     id), ``previous``, ``steps`` (name, seconds, ok and, when failed, output),
     ``seconds``, ``migrations_ran``, ``backup``, ``check_warnings``,
@@ -202,45 +213,66 @@ def release(
         salt '*' djangoapp.release v1.2.0
         salt '*' djangoapp.release version=main app=shop
         salt '*' djangoapp.release v1.3.0 test=True
+        salt web1 djangoapp.release v1.4.0 app=shop defer_after_switch=True
     """
-    if version is not None and not isinstance(version, str):
-        version = str(version)
-    if version:
-        __utils__["djangoapp_validate.ref"](version, "version")
+    _flag("defer_after_switch", defer_after_switch)
+    version = _checked_ref(version)
     cfg = _app(app)
+    version = version or _checked_ref(cfg.get("version"))
     if not version:
-        version = cfg.get("version")
-        if not version:
-            raise SaltInvocationError("version is required (app.json has none)")
-        __utils__["djangoapp_validate.ref"](version, "version")
+        raise SaltInvocationError("version is required (app.json has none)")
     if test is None:
         test = salt.utils.args.test_mode(**kwargs) or bool(__opts__.get("test"))
     else:
         test = salt.utils.args.test_mode(test=test)
-    if from_pillar:
-        policy = version_policy or cfg["version_policy"]
-        if policy not in ("changes", "pillar"):
-            raise SaltInvocationError(
-                f"version_policy {policy!r} must be changes or pillar"
-            )
-        decision = __utils__["djangoapp_release.pillar_decision"](cfg, version, policy)
-        if not decision["release"]:
-            return {
-                "app": cfg["name"],
-                "id": decision["id"],
-                "version": decision["version"],
-                "result": True,
-                "kept": True,
-                "comment": decision["comment"],
-            }
+    kept = _kept_by_hand(cfg, version, version_policy) if from_pillar else None
+    if kept:
+        return kept
     host = _make_host()
     if test:
         return _fail(__utils__["djangoapp_release.plan_release"](cfg, version, host))
     user, jid = _caller(kwargs)
-    ret = __utils__["djangoapp_release.release"](cfg, version, host, user=user, jid=jid)
+    ret = __utils__["djangoapp_release.release"](
+        cfg, version, host, user=user, jid=jid, defer_after_switch=defer_after_switch
+    )
     if from_pillar and ret.get("result"):
         __utils__["djangoapp_release.record_pillar_version"](cfg, version, jid)
     return _fail(ret if from_pillar else _pillar_note(ret, cfg))
+
+
+def _checked_ref(version):
+    """``version`` as a git ref that passed the check, or None when not given."""
+    if version is None or version == "":
+        return None
+    version = str(version)
+    __utils__["djangoapp_validate.ref"](version, "version")
+    return version
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise SaltInvocationError(f"{name} {value!r} must be True or False")
+
+
+def _kept_by_hand(cfg, version, version_policy):
+    """The state's answer when the release made by hand stays (``from_pillar``:
+    the pillar's version unchanged); None when the pillar's is to be released."""
+    policy = version_policy or cfg["version_policy"]
+    if policy not in ("changes", "pillar"):
+        raise SaltInvocationError(
+            f"version_policy {policy!r} must be changes or pillar"
+        )
+    decision = __utils__["djangoapp_release.pillar_decision"](cfg, version, policy)
+    if decision["release"]:
+        return None
+    return {
+        "app": cfg["name"],
+        "id": decision["id"],
+        "version": decision["version"],
+        "result": True,
+        "kept": True,
+        "comment": decision["comment"],
+    }
 
 
 @_refusals_answered
@@ -269,8 +301,7 @@ def rollback(app=None, to=None, force=False, **kwargs):
         salt '*' djangoapp.rollback shop to=v1.1.0
         salt '*' djangoapp.rollback shop force=True
     """
-    if not isinstance(force, bool):
-        raise SaltInvocationError(f"force {force!r} must be True or False")
+    _flag("force", force)
     cfg = _app(app)
     if to is not None:
         __utils__["djangoapp_validate.release_id"](str(to), "to")
@@ -340,6 +371,33 @@ def restore(app=None, backup=None, **kwargs):
     user, jid = _caller(kwargs)
     ret = __utils__["djangoapp_release.restore"](
         cfg, _make_host(), backup=backup, user=user, jid=jid
+    )
+    return _fail(ret)
+
+
+@_refusals_answered
+def migrate(app=None, **kwargs):
+    """
+    Apply the migrations that the live release of ``app`` left for later
+    (released with ``defer_after_switch=True``): under the release lock, after
+    a dump of the database as it is, recorded in the history so that a
+    rollback over them is refused as over any that ran after a switch.
+    Returns ``result``, ``id`` (the live release), ``migrations`` (those it
+    applied; empty when none was left, and nothing is run), ``backup`` and
+    ``steps``; on failure ``failed_step`` and ``error``. The rolling release
+    calls it on every web minion once the last one serves the new code: the
+    first applies them, the others find the database up to date.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web1 djangoapp.migrate shop
+    """
+    cfg = _app(app)
+    user, jid = _caller(kwargs)
+    ret = __utils__["djangoapp_release.migrate_deferred"](
+        cfg, _make_host(), user=user, jid=jid
     )
     return _fail(ret)
 

@@ -7,7 +7,10 @@ flight finish), released with ``djangoapp.release`` (its own health check
 through its own Nginx included), and put back in rotation once HAProxy's health
 check sees it up. The first web minion goes alone: its release backs up the
 database and runs the pending migrations once, before any minion switches; the
-others find none pending. On the first failure the run stops, the failed
+others find none pending. The migrations that must follow the switch (the old
+code cannot run with them) are left for later by each release
+(``defer_after_switch``) and applied by ``djangoapp.migrate`` once the last web
+minion serves the new code. On the first failure the run stops, the failed
 minion (which switched itself back) and every minion already released (rolled
 back) return to rotation on the version they served before, and the return
 names the minion, the step and the error.
@@ -205,6 +208,7 @@ def _roll(run, batches, lbs, function, kwarg):
                     id=answer.get("id"),
                     version=answer.get("version"),
                     migrations_ran=answer.get("migrations_ran"),
+                    migrations_deferred=answer.get("migrations_deferred"),
                 )
             elif failure is None:
                 failure = FleetStepFailed(
@@ -226,6 +230,28 @@ def _roll(run, batches, lbs, function, kwarg):
         for minion in batch:
             run.lb(lbs, minion, "ready")
     return done
+
+
+def _migrate_deferred(run, minions):
+    """Once every web minion serves the release: the migrations its releases
+    left for later, by ``djangoapp.migrate`` on each minion in turn (the
+    first applies them, the others find the database up to date and record
+    it). Returns the migrations applied; raises FleetStepFailed."""
+    deferred = [
+        step
+        for step in run.steps
+        if step["step"] == "release" and step.get("migrations_deferred")
+    ]
+    if not deferred:
+        return []
+    for minion in minions:
+        answer = run.call([minion], "djangoapp.migrate", {"app": run.app}, 3600)
+        answer = answer[minion]
+        if not (isinstance(answer, dict) and answer.get("result")):
+            run.record(minion, "migrate", False, error=_error_of(answer))
+            raise FleetStepFailed(minion, "migrate", _error_of(answer), answer)
+        run.record(minion, "migrate", True, migrations=answer.get("migrations"))
+    return deferred[0]["migrations_deferred"]
 
 
 def _switch_back(run, minions, lbs):
@@ -278,7 +304,13 @@ def _fleet(app, action, version, batch, function, kwarg):
     try:
         with _fleet_lock(app, holder):
             run.event("start", web=webs, lb=lbs)
-            ret["done"] = _roll(run, ret["batches"], lbs, function, kwarg)
+            done = ret["done"] = _roll(run, ret["batches"], lbs, function, kwarg)
+            if action == "release":
+                try:
+                    ret["migrated_after_switch"] = _migrate_deferred(run, done)
+                except FleetStepFailed as failure:
+                    failure.done = done
+                    raise
             ret["result"] = True
     except FleetStepFailed as failure:
         ret["failed"] = {
@@ -308,10 +340,11 @@ def _fleet(app, action, version, batch, function, kwarg):
 def release(app, version, batch=None):
     """
     Release ``version`` of ``app`` on every web minion, batch by batch behind
-    the load balancers. Returns ``result``, the ``batches``, every ``steps``
-    entry (minion, step, result), and on failure ``failed`` (``minion``,
-    ``step``, ``error``) and ``switched_back`` (the minions put back on their
-    previous release).
+    the load balancers, then the migrations its releases left for later
+    (``migrate`` steps). Returns ``result``, the ``batches``, every ``steps``
+    entry (minion, step, result), ``migrated_after_switch`` (those
+    migrations), and on failure ``failed`` (``minion``, ``step``, ``error``)
+    and ``switched_back`` (the minions put back on their previous release).
 
     batch
         Web minions released at once after the first (default 1).
@@ -324,7 +357,7 @@ def release(app, version, batch=None):
     """
     if not isinstance(version, str) or not version:
         raise SaltInvocationError("version is required: a tag, branch or commit")
-    kwarg = {"app": app, "version": version}
+    kwarg = {"app": app, "version": version, "defer_after_switch": True}
     return _fleet(app, "release", version, batch, "djangoapp.release", kwarg)
 
 

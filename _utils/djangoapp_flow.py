@@ -107,6 +107,7 @@ class Run:
         self.version = version
         self.to = options.get("to")
         self.force = options.get("force", False)
+        self.defer_after_switch = False
         self.user = options.get("user") or os_user()
         self.jid = options.get("jid")
         self.layout = Layout(cfg["base_dir"])
@@ -674,9 +675,10 @@ ROLLBACK = (
 )
 
 
-def release(cfg, version, host, user=None, jid=None):
+def release(cfg, version, host, user=None, jid=None, defer_after_switch=False):
     """Release ``version`` of the app described by ``cfg``. Returns a dict."""
     run = Run(cfg, host, "release", version=version, user=user, jid=jid)
+    run.defer_after_switch = defer_after_switch
     ret = execute(run, RELEASE, RELEASE_FINISHING)
     report(run)
     return ret

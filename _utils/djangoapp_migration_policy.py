@@ -163,6 +163,14 @@ def plan_in_preflight(run, found):
     run.migration_plan = run.ret["migrations"] = plan
     if run.entry is not None:
         run.entry["migrations"] = plan
+    if run.defer_after_switch and plan["after_switch"]:
+        deferred = run.ret["migrations_deferred"] = list(plan["after_switch"])
+        if run.entry is not None:
+            run.entry["migrations_deferred"] = deferred
+        run.note(
+            f"left for later (defer_after_switch): {', '.join(deferred)}; "
+            "djangoapp.migrate applies them once no old code serves"
+        )
 
 
 def before_switch_due(run):
@@ -170,7 +178,8 @@ def before_switch_due(run):
 
 
 def after_switch_due(run):
-    return bool(run.migration_plan and run.migration_plan["after_switch"])
+    plan = run.migration_plan
+    return bool(plan and plan["after_switch"]) and not run.defer_after_switch
 
 
 def migrate_before_switch(run, info):
@@ -199,8 +208,9 @@ def migrate_after_switch(run, info):
 def contracts_since(entries, target):
     """The successful releases of the ledger ``entries`` since ``target`` was
     last made live whose migrations old code cannot run with (those run after
-    the switch, and the backward-incompatible ones let through): ``[{"id",
-    "migrations", "backup"}]``."""
+    the switch, and the backward-incompatible ones let through; those a
+    release left for later count once a ``migrate`` run applied them):
+    ``[{"id", "migrations", "backup"}]``."""
     since = 0
     for index, entry in enumerate(entries):
         if entry.get("id") == target and entry.get("status") == "success":
@@ -208,10 +218,13 @@ def contracts_since(entries, target):
     crossed = []
     for entry in entries[since:]:
         plan = entry.get("migrations") or {}
-        if entry.get("event") != "release" or entry.get("status") != "success":
+        if entry.get("event") not in ("release", "migrate"):
             continue
-        names = list(plan.get("after_switch") or [])
-        names += [n for n in plan.get("incompatible") or {} if n not in names]
+        if entry.get("status") != "success":
+            continue
+        later = entry.get("migrations_deferred") or []
+        names = [n for n in plan.get("after_switch") or [] if n not in later]
+        names += [n for n in plan.get("incompatible") or {} if n not in names + later]
         if names and entry.get("migrations_ran"):
             crossed.append(
                 {

@@ -47,6 +47,7 @@ ENGINE_MODULES = (
     "djangoapp_health",
     "djangoapp_maintenance",
     "djangoapp_restore",
+    "djangoapp_deferred",
     "djangoapp_status",
     "djangoapp_recovery",
     "djangoapp_flow",
@@ -111,9 +112,11 @@ def load_app(name, config_dir):
     return _config.load_app(name, config_dir)
 
 
-def release(cfg, version, host, user=None, jid=None):
+def release(cfg, version, host, user=None, jid=None, defer_after_switch=False):
     """Release ``version``; see ``djangoapp_flow.release``."""
-    return _flow.release(cfg, version, host, user=user, jid=jid)
+    return _flow.release(
+        cfg, version, host, user=user, jid=jid, defer_after_switch=defer_after_switch
+    )
 
 
 def plan_release(cfg, version, host):
@@ -190,6 +193,11 @@ def restore(cfg, host, backup=None, user=None, jid=None):
     return _engine["djangoapp_restore"].restore(
         cfg, host, backup=backup, user=user, jid=jid
     )
+
+
+def migrate_deferred(cfg, host, user=None, jid=None):
+    """The migrations the live release left for later; see ``djangoapp_deferred``."""
+    return _engine["djangoapp_deferred"].migrate_deferred(cfg, host, user=user, jid=jid)
 
 
 def dump_now(cfg, host, label="manual", user=None, jid=None):

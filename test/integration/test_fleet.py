@@ -353,3 +353,41 @@ def test_a_batch_release_by_role_migrates_once(converged):
         "web1": "v1.2.0",
         "web2": "v1.2.0",
     }
+
+
+AUTHOR_COLUMN = (
+    "SELECT count(*) FROM information_schema.columns "
+    "WHERE table_name = 'notes_note' AND column_name = 'author'"
+)
+DROP_AUTHOR_COLUMN = "notes.0005_drop_note_author_column"
+
+
+def test_a_contract_migration_waits_for_the_last_web_minion(converged):
+    """v1.2.0 reads every note's author; contract-author drops that column after
+    its deploy. Released across the fleet from v1.2.0, the drop waits until no
+    web minion serves v1.2.0: no failed request on the minion not yet released."""
+    fleet = converged
+    db = fleet.hosts["db"]
+    column = ["runuser", "-u", "postgres", "--", "psql", "-tA", "-d", APP]
+    assert db.exec([*column, "-c", AUTHOR_COLUMN]).stdout.strip() == "1"
+    with load_through_lb(fleet) as load:
+        released = orchestrate(fleet, "release", app=APP, version="contract-author")
+    print("contract release", load.result, json.dumps(released, indent=1))
+    assert released["result"] is True, released
+    assert [(s["minion"], s["step"]) for s in released["steps"]] == [
+        ("web1", "drain"),
+        ("web1", "release"),
+        ("web1", "ready"),
+        ("web2", "drain"),
+        ("web2", "release"),
+        ("web2", "ready"),
+        ("web1", "migrate"),
+        ("web2", "migrate"),
+    ]
+    releases = [s for s in released["steps"] if s["step"] == "release"]
+    assert [s["migrations_deferred"] for s in releases] == [[DROP_AUTHOR_COLUMN]] * 2
+    migrates = [s["migrations"] for s in released["steps"] if s["step"] == "migrate"]
+    assert migrates == [[DROP_AUTHOR_COLUMN]] * 2
+    assert released["migrated_after_switch"] == [DROP_AUTHOR_COLUMN]
+    assert db.exec([*column, "-c", AUTHOR_COLUMN]).stdout.strip() == "0"
+    assert load.result.failed == 0, load.result.failures

@@ -385,7 +385,7 @@ def test_an_unknown_argument_is_named_not_ignored(mods, loaders, make_app):
     error = refused(loaders, mods["djangoapp.release"], verison="v2", app="demo")
     assert error == (
         "unknown argument 'verison': djangoapp.release takes version, app, test, "
-        "from_pillar, version_policy"
+        "from_pillar, version_policy, defer_after_switch"
     )
     assert not os.path.exists(os.path.join(cfg["base_dir"], "ledger.jsonl"))
     error = refused(loaders, mods["djangoapp.status"], "demo", apps="demo")
@@ -395,7 +395,7 @@ def test_an_unknown_argument_is_named_not_ignored(mods, loaders, make_app):
     error = refused(loaders, mods["djangoapp.release"], "demo", version="v2")
     assert error == (
         "multiple values for argument 'version': djangoapp.release takes version, "
-        "app, test, from_pillar, version_policy"
+        "app, test, from_pillar, version_policy, defer_after_switch"
     )
     # Salt's own keyword arguments pass
     assert mods["djangoapp.releases"]("demo", __pub_jid="1")["current"] is None

@@ -5,9 +5,11 @@ release's own Python, through Salt's loader) and the policy's decision for
 each kind (``djangoapp_migration_policy.decide``).
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import sqlite3
 
 import djangoapp_migration_policy as policy
 import pytest
@@ -270,3 +272,53 @@ def test_test_mode_says_how_each_pending_migration_would_run(mods, released):
     assert accounted["migrations"]["after_switch"] == []
     assert os.readlink(base / "current") == live
     assert sorted(os.listdir(base / "releases")) == [live.split("/")[-1]]
+
+
+def _item_columns(base):
+    with contextlib.closing(sqlite3.connect(base / "shared" / "db.sqlite3")) as db:
+        return [row[1] for row in db.execute("PRAGMA table_info(tinyapp_item)")]
+
+
+def test_a_deferred_migration_waits_for_djangoapp_migrate(mods, released):
+    """A fleet's web minions release with defer_after_switch: the migration that
+    old code cannot run with waits until djangoapp.migrate, once no old code
+    serves; a rollback is refused only once it ran."""
+    _, base = released(migrations="after_switch")
+    before = os.readlink(base / "current").split("/")[-1]
+    ret = mods["djangoapp.release"]("drop-note", app="tiny", defer_after_switch=True)
+    assert ret["result"] is True, ret
+    assert ret["migrations_deferred"] == [REMOVE_NOTE]
+    assert "migrate_after_switch" not in [step["name"] for step in ret["steps"]]
+    assert "note" in _item_columns(base)
+    assert _ledger(base)[-1]["migrations_deferred"] == [REMOVE_NOTE]
+    # nothing crossed yet: the refusal would name none
+    assert policy.contracts_since(_ledger(base), before) == []
+
+    migrated = mods["djangoapp.migrate"]("tiny")
+    assert migrated["result"] is True, migrated
+    assert (migrated["id"], migrated["migrations"]) == (ret["id"], [REMOVE_NOTE])
+    assert [s["name"] for s in migrated["steps"]] == ["lock", "migrate"]
+    assert "note" not in _item_columns(base)
+    entry = _ledger(base)[-1]
+    assert (entry["event"], entry["status"], entry["id"]) == (
+        "migrate",
+        "success",
+        ret["id"],
+    )
+    # applied: a second call has nothing to do, runs and records nothing
+    recorded = len(_ledger(base))
+    again = mods["djangoapp.migrate"]("tiny")
+    assert (again["result"], again["migrations"]) == (True, [])
+    assert [s["name"] for s in again["steps"]] == ["lock"]
+    assert len(_ledger(base)) == recorded
+    refused = mods["djangoapp.rollback"]("tiny")
+    assert refused["failed_step"] == "select"
+    assert policy.contracts_since(_ledger(base), before) == [
+        {"id": ret["id"], "migrations": [REMOVE_NOTE], "backup": None}
+    ]
+
+
+def test_defer_after_switch_must_be_a_boolean(mods, released):
+    released()
+    refused = mods["djangoapp.release"]("drop-note", app="tiny", defer_after_switch=1)
+    assert refused["error"] == "defer_after_switch 1 must be True or False"

@@ -1,0 +1,121 @@
+"""
+The migrations a release left for later. A release with ``defer_after_switch``
+runs the migrations that must follow the switch (``after_switch`` in its plan)
+not after its own switch but when ``migrate_deferred`` is called: in a fleet,
+once every web minion serves the new code (the rolling release does it after
+its last batch), since the old code still serving elsewhere cannot run with
+them. The release's ledger entry names them (``migrations_deferred``); the run
+that applies them records a ``migrate`` entry, which a rollback reads as it
+reads a release that ran them.
+
+Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
+"""
+
+import os
+import time
+
+from djangoapp_common import Redactor, StepFailed, now_iso, os_user
+from djangoapp_config import load_env
+from djangoapp_disk import Layout, LockBusy, ReleaseLock, ledger_append, ledger_read
+from djangoapp_django import backup_database, migrate, needs_backup
+from djangoapp_restore import Steps
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def deferred_by(entries, rid):
+    """The migrations that the release ``rid`` left for later and that no
+    ``migrate`` run has applied since, from the ledger ``entries``."""
+    deferred = []
+    for entry in entries:
+        if entry.get("id") != rid or entry.get("status") != "success":
+            continue
+        if entry.get("event") == "release":
+            deferred = list(entry.get("migrations_deferred") or [])
+        elif entry.get("event") == "migrate":
+            deferred = []
+    return deferred
+
+
+def migrate_deferred(cfg, host, user=None, jid=None):
+    """
+    Apply the migrations the live release left for later, under the release
+    lock, after a dump of the database as it is (``<id>-deferred.dump``);
+    returns ``{"app", "result", "id", "migrations", "backup", "steps",
+    "seconds"}`` and, on failure, ``failed_step`` and ``error``. When the
+    live release left none (or they ran already), ``result`` is True and
+    ``migrations`` empty: nothing is run. A database that another minion
+    migrated already is found up to date by ``migrate``, which is recorded
+    all the same: the ledger says what the database has.
+    """
+    started = time.monotonic()
+    layout = Layout(cfg["base_dir"])
+    env = load_env(cfg)
+    redact = Redactor.from_env(env)
+    holder = {
+        "pid": os.getpid(),
+        "action": "migrate",
+        "version": None,
+        "user": user or os_user(),
+        "jid": jid,
+        "started": now_iso(),
+        "step": "lock",
+    }
+    ret = {
+        "app": cfg["name"],
+        "result": False,
+        "id": None,
+        "migrations": [],
+        "backup": None,
+        "steps": [],
+    }
+    step = Steps(ret)
+    entry = None
+    try:
+        lock = step("lock", ReleaseLock(layout.lock, holder).acquire)
+        try:
+            rid = ret["id"] = layout.current_id()
+            ret["migrations"] = deferred_by(ledger_read(layout.ledger), rid)
+            if ret["migrations"]:
+                live = layout.release_json(rid) or {}
+                entry = {
+                    "event": "migrate",
+                    "started": holder["started"],
+                    "id": rid,
+                    "version": live.get("version"),
+                    "user": holder["user"],
+                    "jid": jid,
+                    "migrations": {"after_switch": ret["migrations"]},
+                }
+                if needs_backup(cfg):
+                    ret["backup"] = entry["backup"] = step(
+                        "backup", backup_database, cfg, host, env, f"{rid}-deferred"
+                    )
+                entry["migrations_ran"] = True
+                step(
+                    "migrate",
+                    migrate,
+                    cfg,
+                    host,
+                    layout.release(rid),
+                    env,
+                    redact,
+                    live.get("version"),
+                )
+            ret["result"] = True
+        except StepFailed as exc:
+            ret.update(failed_step=exc.step, error=redact(exc.message))
+        finally:
+            if entry:
+                entry["finished"] = now_iso()
+                entry["status"] = "success" if ret["result"] else "failed"
+                if not ret["result"]:
+                    entry.update(failed_step=ret["failed_step"], error=ret["error"])
+                ledger_append(layout.ledger, entry)
+            lock.release()
+    except LockBusy as exc:
+        ret.update(failed_step="lock", error=str(exc))
+    ret["seconds"] = round(time.monotonic() - started, 3)
+    return ret
