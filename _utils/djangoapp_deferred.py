@@ -39,6 +39,16 @@ def deferred_by(entries, rid):
     return deferred
 
 
+def record(layout, entry, ret):
+    """The ``migrate`` run's ledger entry, finished as the run ended."""
+    entry["finished"] = now_iso()
+    entry["status"] = "success" if ret["result"] else "failed"
+    if not ret["result"]:
+        entry["failed_step"] = ret.get("failed_step")
+        entry["error"] = ret.get("error")
+    ledger_append(layout.ledger, entry)
+
+
 def migrate_deferred(cfg, host, user=None, jid=None):
     """
     Apply the migrations the live release left for later, under the release
@@ -109,11 +119,7 @@ def migrate_deferred(cfg, host, user=None, jid=None):
             ret.update(failed_step=exc.step, error=redact(exc.message))
         finally:
             if entry:
-                entry["finished"] = now_iso()
-                entry["status"] = "success" if ret["result"] else "failed"
-                if not ret["result"]:
-                    entry.update(failed_step=ret["failed_step"], error=ret["error"])
-                ledger_append(layout.ledger, entry)
+                record(layout, entry, ret)
             lock.release()
     except LockBusy as exc:
         ret.update(failed_step="lock", error=str(exc))

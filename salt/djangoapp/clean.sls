@@ -16,6 +16,7 @@
 
 include:
   - .off.host
+  - .off.lb
 {%- for app in every_app %}
 {{ take_down(djangoapp, app, djangoapp.clean.purge or app.purge, reload_nginx=false) }}
 {%- endfor %}

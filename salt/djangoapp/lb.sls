@@ -124,4 +124,8 @@ djangoapp-lb-haproxy-service-running:
     - reload: true
     - watch:
       - file: djangoapp-lb-haproxy-config-file-managed
+{%- else %}
+
+include:
+  - .off.lb
 {%- endif %}

@@ -156,6 +156,7 @@ def test_apply_with_the_features_off_switches_them_off(featured):
         [
             "djangoapp-auto-updates-apt-daily-upgrade.timer-dead",
             "djangoapp-auto-updates-record-file-absent",
+            "djangoapp-backups-file-absent-/etc/djangoapp/backups.json",
             "djangoapp-backups-file-absent-/etc/systemd/system/djangoapp-backup.service",
             "djangoapp-backups-file-absent-/etc/systemd/system/djangoapp-backup.timer",
             "djangoapp-backups-file-absent-/usr/local/lib/djangoapp/backup-databases",

@@ -31,6 +31,8 @@ APP = "demo"
 SERVER_NAME = "demo.test"
 WEBS = ("web1", "web2")
 CLIENTS = 24
+# The steps of a rolling release, web minion by web minion.
+ROLLED = [(web, step) for web in WEBS for step in ("drain", "release", "ready")]
 VERSION = re.compile(rb'<span class="version">([^<]+)</span>')
 CONVERGE_TIMEOUT = 1800
 
@@ -219,14 +221,7 @@ def test_a_rolling_release_and_rollback_under_load_fail_no_request(converged):
     # the migration ran once, on the first web minion, before any switched
     assert [s["migrations_ran"] for s in done] == [True, False]
     # each web minion left the load balancer and came back around its release
-    assert [(s["minion"], s["step"]) for s in released["steps"]] == [
-        ("web1", "drain"),
-        ("web1", "release"),
-        ("web1", "ready"),
-        ("web2", "drain"),
-        ("web2", "release"),
-        ("web2", "ready"),
-    ]
+    assert [(s["minion"], s["step"]) for s in released["steps"]] == ROLLED
     assert {name: version_on(fleet, name) for name in WEBS} == {
         "web1": "v1.1.0",
         "web2": "v1.1.0",
@@ -375,12 +370,7 @@ def test_a_contract_migration_waits_for_the_last_web_minion(converged):
     print("contract release", load.result, json.dumps(released, indent=1))
     assert released["result"] is True, released
     assert [(s["minion"], s["step"]) for s in released["steps"]] == [
-        ("web1", "drain"),
-        ("web1", "release"),
-        ("web1", "ready"),
-        ("web2", "drain"),
-        ("web2", "release"),
-        ("web2", "ready"),
+        *ROLLED,
         ("web1", "migrate"),
         ("web2", "migrate"),
     ]
@@ -391,3 +381,30 @@ def test_a_contract_migration_waits_for_the_last_web_minion(converged):
     assert released["migrated_after_switch"] == [DROP_AUTHOR_COLUMN]
     assert db.exec([*column, "-c", AUTHOR_COLUMN]).stdout.strip() == "0"
     assert load.result.failed == 0, load.result.failures
+
+
+def test_the_lb_role_taken_off_a_minion_stops_its_haproxy(converged):
+    """Last: the lb minion becomes a second cache minion (a role with little to
+    install). HAProxy stops, its configuration, certificates and lb.json go; a
+    second apply changes nothing."""
+    fleet = converged
+    lb = fleet.hosts["lb"]
+    own = fleet.pillar_dir / "minion_lb.sls"
+    pillar = yaml.safe_load(own.read_text())
+    pillar["djangoapp"]["roles"] = ["cache"]
+    own.write_text(yaml.safe_dump(pillar))
+    assert fleet.salt("lb", "saltutil.refresh_pillar", wait=True) == {"lb": True}
+    applied = fleet.salt("lb", "state.apply", timeout=CONVERGE_TIMEOUT)["lb"]
+    assert failed_states(applied) == [], applied
+    changed = {applied[key]["__id__"] for key in changed_states(applied)}
+    gone = ["/etc/haproxy/haproxy.cfg", "/etc/haproxy/djangoapp-tls"]
+    gone.append("/etc/djangoapp/lb.json")
+    assert {"djangoapp-lb-haproxy-service-dead"} | {
+        f"djangoapp-lb-file-absent-{path}" for path in gone
+    } <= changed, sorted(changed)
+    assert lb.exec(["systemctl", "is-active", "haproxy"], check=False).rc != 0
+    assert lb.exec(["systemctl", "is-enabled", "haproxy"], check=False).rc != 0
+    for path in gone:
+        assert lb.exec(["test", "-e", path], check=False).rc == 1, path
+    again = fleet.salt("lb", "state.apply", timeout=CONVERGE_TIMEOUT)["lb"]
+    assert (changed_states(again), failed_states(again)) == ([], [])

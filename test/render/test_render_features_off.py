@@ -445,3 +445,42 @@ def test_firewalld_script_removes_ours_and_keeps_the_rest(tmp_path):
     assert run(path="/usr/bin:/bin") == (
         "changed=no comment='firewalld is not installed'"
     )
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_a_minion_without_the_lb_role_stops_only_the_haproxy_it_set_up(
+    renderer, platform
+):
+    """One host (no lb role): HAProxy, where the formula wrote its configuration
+    (a load balancer whose role went elsewhere), stopped and its files removed,
+    the configuration last, since it is what says the rest is ours."""
+    states = renderer.show_sls(platform, pillar(), sls="djangoapp.lb")
+    config = "/etc/haproxy/haproxy.cfg"
+    ours = f"grep -qsF 'Managed by Salt (djangoapp)' {config}"
+    removed = [
+        "/etc/haproxy/djangoapp-tls",
+        "/etc/djangoapp/lb.json",
+    ]
+    assert sorted(states) == sorted(
+        [
+            "djangoapp-lb-haproxy-service-dead",
+            f"djangoapp-lb-file-absent-{config}",
+            *(f"djangoapp-lb-file-absent-{path}" for path in removed),
+        ]
+    )
+    function, dead = state_args(states, "djangoapp-lb-haproxy-service-dead")
+    assert (function, dead["name"], dead["enable"], dead["onlyif"]) == (
+        "service.dead",
+        "haproxy",
+        False,
+        ours,
+    )
+    for path in removed:
+        _, absent = state_args(states, f"djangoapp-lb-file-absent-{path}")
+        assert absent["onlyif"] == ours
+        assert absent["require_in"] == [{"file": f"djangoapp-lb-file-absent-{config}"}]
+    _, last = state_args(states, f"djangoapp-lb-file-absent-{config}")
+    assert (last["onlyif"], last["require"]) == (
+        ours,
+        [{"service": "djangoapp-lb-haproxy-service-dead"}],
+    )

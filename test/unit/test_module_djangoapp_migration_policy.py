@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import sys
 
 import djangoapp_migration_policy as policy
 import pytest
@@ -322,3 +323,35 @@ def test_defer_after_switch_must_be_a_boolean(mods, released):
     released()
     refused = mods["djangoapp.release"]("drop-note", app="tiny", defer_after_switch=1)
     assert refused["error"] == "defer_after_switch 1 must be True or False"
+
+
+def test_a_deferred_migration_that_fails_is_recorded_and_stays_pending(
+    mods, released, monkeypatch
+):
+    _, base = released(migrations="after_switch")
+    ret = mods["djangoapp.release"]("drop-note", app="tiny", defer_after_switch=True)
+    assert ret["migrations_deferred"] == [REMOVE_NOTE], ret
+
+    engine = sys.modules["djangoapp_deferred"]  # as the loaded engine has it
+
+    def out_of_space(*args):
+        raise engine.StepFailed("migrate", "migrate failed (exit 1): no space left")
+
+    monkeypatch.setattr(engine, "migrate", out_of_space)
+    failed = mods["djangoapp.migrate"]("tiny")
+    assert (failed["result"], failed["failed_step"], failed["error"]) == (
+        False,
+        "migrate",
+        "migrate failed (exit 1): no space left",
+    )
+    entry = _ledger(base)[-1]
+    assert (entry["event"], entry["status"], entry["failed_step"]) == (
+        "migrate",
+        "failed",
+        "migrate",
+    )
+    assert "note" in _item_columns(base)
+    monkeypatch.undo()
+    done = mods["djangoapp.migrate"]("tiny")
+    assert (done["result"], done["migrations"]) == (True, [REMOVE_NOTE]), done
+    assert "note" not in _item_columns(base)
