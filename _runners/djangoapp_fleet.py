@@ -47,6 +47,8 @@ MINE_FUNCTION = "djangoapp.fleet_member"
 APP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 # A release may build a virtualenv from nothing: minutes, not seconds.
 RELEASE_TIMEOUT = 1800
+# The migrations a release left for later: Django's migrate, as long as one may take.
+MIGRATE_TIMEOUT = 3600
 LB_TIMEOUT = 120
 
 
@@ -245,7 +247,9 @@ def _migrate_deferred(run, minions):
     if not deferred:
         return []
     for minion in minions:
-        answer = run.call([minion], "djangoapp.migrate", {"app": run.app}, 3600)
+        answer = run.call(
+            [minion], "djangoapp.migrate", {"app": run.app}, MIGRATE_TIMEOUT
+        )
         answer = answer[minion]
         if not (isinstance(answer, dict) and answer.get("result")):
             run.record(minion, "migrate", False, error=_error_of(answer))

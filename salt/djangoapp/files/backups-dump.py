@@ -86,10 +86,12 @@ def configured_apps(apps_file, names):
 def database_settings(app):
     """The app's database settings, with DATABASE_URL from its env file over them
     (none, or an unreadable one, counts as one without DATABASE_URL)."""
-    try:
-        environment = djangoapp_database.read_environment(app["env_file"])
-    except (KeyError, TypeError, OSError, ValueError):
-        environment = {}
+    environment = {}
+    if app.get("env_file"):
+        try:
+            environment = djangoapp_database.read_environment(app["env_file"])
+        except (OSError, ValueError):
+            environment = {}
     try:
         return djangoapp_database.database_settings(app, environment)
     except djangoapp_database.DatabaseUnknown as error:
