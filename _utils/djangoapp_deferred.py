@@ -11,12 +11,18 @@ reads a release that ran them.
 Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
 """
 
-import os
 import time
 
-from djangoapp_common import Redactor, StepFailed, now_iso, os_user
+from djangoapp_common import Redactor, StepFailed, now_iso
 from djangoapp_config import load_env
-from djangoapp_disk import Layout, LockBusy, ReleaseLock, ledger_append, ledger_read
+from djangoapp_disk import (
+    Layout,
+    LockBusy,
+    ReleaseLock,
+    ledger_append,
+    ledger_read,
+    lock_holder,
+)
 from djangoapp_django import backup_database, migrate, needs_backup
 from djangoapp_restore import Steps
 
@@ -64,15 +70,7 @@ def migrate_deferred(cfg, host, user=None, jid=None):
     layout = Layout(cfg["base_dir"])
     env = load_env(cfg)
     redact = Redactor.from_env(env)
-    holder = {
-        "pid": os.getpid(),
-        "action": "migrate",
-        "version": None,
-        "user": user or os_user(),
-        "jid": jid,
-        "started": now_iso(),
-        "step": "lock",
-    }
+    holder = lock_holder("migrate", user=user, jid=jid)
     ret = {
         "app": cfg["name"],
         "result": False,

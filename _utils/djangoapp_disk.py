@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 
-from djangoapp_common import fsync_dir, now_iso, read_json, write_json_atomic
+from djangoapp_common import fsync_dir, now_iso, os_user, read_json, write_json_atomic
 from djangoapp_procs import releases_in_use
 from salt.exceptions import CommandExecutionError
 
@@ -282,6 +282,25 @@ class ReleaseLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_holder(action, version=None, user=None, jid=None, started=None):
+    """
+    What a run writes into the app's lock (``ReleaseLock``) while it holds it,
+    and what a run that takes a killed one's lock over reports of it: its
+    pid, ``action``, ``version``, ``user`` (this process's by default),
+    ``jid``, ``started`` (now by default) and ``step``, ``lock`` until the
+    run says more (``ReleaseLock.update``).
+    """
+    return {
+        "pid": os.getpid(),
+        "action": action,
+        "version": version,
+        "user": user or os_user(),
+        "jid": jid,
+        "started": started or now_iso(),
+        "step": "lock",
+    }
 
 
 def switch_current(layout, rid):

@@ -248,37 +248,27 @@ def migrate(cfg, host, rdir, env, redact, version, targets=None):
 @contextlib.contextmanager
 def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
     """
-    One ``migrate`` at a time on the app's PostgreSQL database, whoever runs
-    it: the web minions of a fleet share the database, and their first
-    ``state.apply`` releases at once. A PostgreSQL advisory lock, held by a
-    psql session of its own for as long as the block runs; Django's migrate
-    has none. Another engine: no lock.
+    One ``migrate`` at a time on the app's database, whoever runs it: the web
+    minions of a fleet share the database, and their first ``state.apply``
+    releases at once. A lock of the database server, held by a client session
+    of its own for as long as the block runs (``_lock_session``); Django's
+    migrate has none. An engine without a server (SQLite): no lock.
     """
-    if (cfg["database"] or {}).get("engine") != "postgresql":
+    if (cfg["database"] or {}).get("engine") not in ("postgresql", "mysql"):
         yield
         return
-    db = database_of(cfg, env, step="migrate")
-    argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only"]
-    argv += ["--set=ON_ERROR_STOP=1", f"--host={db['host']}"]
-    argv += [f"--port={db.get('port') or 5432}", f"--username={db['user']}"]
-    argv += [f"--dbname={db['name']}"]
-    run_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
-    if db.get("password"):
-        run_env["PGPASSWORD"] = db["password"]
+    argv, run_env, request = _lock_session(database_of(cfg, env, step="migrate"), wait)
     holder = subprocess.Popen(  # pylint: disable=consider-using-with
         argv,
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         env=run_env,
         start_new_session=True,
     )
     try:
-        holder.stdin.write(
-            f"SELECT pg_advisory_lock(hashtext('{MIGRATION_LOCK_KEY}'));\n"
-            f"\\warn {MIGRATION_LOCK_MARKER}\n"
-        )
+        holder.stdin.write(request)
         holder.stdin.flush()
         _wait_for_marker(holder, wait, redact)
         yield
@@ -292,13 +282,54 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
             holder.wait()
 
 
+def _lock_session(db, wait):
+    """The client that takes the migration lock of ``db`` and prints
+    MIGRATION_LOCK_MARKER once it holds it: its argv, environment and input.
+    PostgreSQL: an advisory lock (a database's own), the marker on psql's
+    stderr, which it does not buffer. MariaDB: GET_LOCK, whose locks are the
+    server's, on a name that holds the database's; the marker a row of the
+    unbuffered client."""
+    run_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+    if db["engine"] == "mysql":
+        if db.get("password"):
+            run_env["MYSQL_PWD"] = db["password"]
+        argv = ["mysql", "--batch", "--skip-column-names", "--unbuffered"]
+        argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
+        argv += [f"--user={db['user']}", db["name"]]
+        name = _sql_string(f"{MIGRATION_LOCK_KEY}:{db['name']}"[:64])
+        request = (
+            f"SELECT IF(GET_LOCK({name}, {int(wait)}) = 1, "
+            f"'{MIGRATION_LOCK_MARKER}', 'not taken');\n"
+        )
+        return argv, run_env, request
+    if db.get("password"):
+        run_env["PGPASSWORD"] = db["password"]
+    argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only"]
+    argv += ["--set=ON_ERROR_STOP=1", f"--host={db['host']}"]
+    argv += [f"--port={db.get('port') or 5432}", f"--username={db['user']}"]
+    argv += [f"--dbname={db['name']}"]
+    request = (
+        f"SELECT pg_advisory_lock(hashtext('{MIGRATION_LOCK_KEY}'));\n"
+        f"\\warn {MIGRATION_LOCK_MARKER}\n"
+    )
+    return argv, run_env, request
+
+
+def _sql_string(value):
+    """A quoted SQL string literal (MariaDB's escapes)."""
+    return "'{}'".format(value.replace("\\", "\\\\").replace("'", "\\'"))
+
+
 def _wait_for_marker(holder, wait, redact):
-    """Until psql says the lock is held (on stderr, which it does not buffer);
-    StepFailed when it exits first or ``wait`` seconds pass."""
+    """Until the lock's session says it holds the lock; StepFailed when it
+    exits first or ``wait`` seconds pass. Read from the pipe's descriptor: a
+    buffered reader would keep a second line that came with the first, out of
+    the selector's sight."""
     deadline = time.monotonic() + wait
-    said = []
+    said = b""
+    fd = holder.stdout.fileno()
     with selectors.DefaultSelector() as selector:
-        selector.register(holder.stderr, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -306,19 +337,21 @@ def _wait_for_marker(holder, wait, redact):
                     "migrate",
                     f"another release held the migration lock for {wait} s",
                 )
-            if selector.select(timeout=min(left, 1.0)):
-                line = holder.stderr.readline()
-                if line.strip() == MIGRATION_LOCK_MARKER:
-                    return
-                if not line:
-                    raise StepFailed(
-                        "migrate",
-                        redact(
-                            "could not take the migration lock: "
-                            + "".join(said).strip()
-                        ),
-                    )
-                said.append(line)
+            if not selector.select(timeout=min(left, 1.0)):
+                continue
+            chunk = os.read(fd, 4096)
+            said += chunk
+            lines = said.decode("utf-8", "replace").splitlines()
+            if MIGRATION_LOCK_MARKER in (line.strip() for line in lines):
+                return
+            if not chunk:
+                raise StepFailed(
+                    "migrate",
+                    redact(
+                        "could not take the migration lock: "
+                        + said.decode("utf-8", "replace").strip()
+                    ),
+                )
 
 
 def run_hooks(cfg, host, rdir, env, redact, version, point):

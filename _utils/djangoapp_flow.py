@@ -39,6 +39,7 @@ from djangoapp_disk import (
     ReleaseLock,
     ledger_append,
     ledger_read,
+    lock_holder,
     prune,
     remove_release,
     rollback_target,
@@ -307,15 +308,9 @@ def record_in_ledger(run):
 def lock(run, info):
     """One release, rollback or reload of an app at a time; a lock left by a
     killed run is taken over (the kernel freed it) and said so."""
-    holder = {
-        "pid": os.getpid(),
-        "action": run.action,
-        "version": run.version or run.to,
-        "user": run.user,
-        "jid": run.jid,
-        "started": run.started,
-        "step": "lock",
-    }
+    holder = lock_holder(
+        run.action, run.version or run.to, run.user, run.jid, run.started
+    )
     os.makedirs(run.layout.releases, mode=0o755, exist_ok=True)
     run.lock = ReleaseLock(run.layout.lock, holder).acquire()
     stale = run.lock.stale
@@ -772,13 +767,7 @@ def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
     """
     layout = Layout(cfg["base_dir"])
     service = Service(cfg, host)
-    holder = {
-        "pid": os.getpid(),
-        "action": "reload",
-        "user": user or os_user(),
-        "jid": jid,
-        "started": now_iso(),
-    }
+    holder = lock_holder("reload", user=user, jid=jid)
     lock = ReleaseLock(layout.lock, holder).acquire(wait=wait)
     try:
         if lock.stale:

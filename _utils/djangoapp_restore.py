@@ -13,9 +13,9 @@ import re
 import time
 from datetime import UTC, datetime
 
-from djangoapp_common import SAFE_PATH, Redactor, StepFailed, inside, now_iso, os_user
+from djangoapp_common import SAFE_PATH, Redactor, StepFailed, inside
 from djangoapp_config import load_env
-from djangoapp_disk import Layout, LockBusy, ReleaseLock
+from djangoapp_disk import Layout, LockBusy, ReleaseLock, lock_holder
 from djangoapp_django import DUMPS, backup_database, database_of
 from djangoapp_maintenance import maintenance_state, switch_maintenance
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -155,14 +155,7 @@ def restore(cfg, host, backup=None, user=None, jid=None):
     env = load_env(cfg)
     redact = Redactor.from_env(env)
     layout = Layout(cfg["base_dir"])
-    holder = {
-        "pid": os.getpid(),
-        "action": "restore",
-        "version": os.path.basename(path),
-        "user": user or os_user(),
-        "jid": jid,
-        "started": now_iso(),
-    }
+    holder = lock_holder("restore", os.path.basename(path), user, jid)
     ret = {"app": cfg["name"], "result": False, "restored_from": path, "steps": []}
     step = Steps(ret)
     lock = step("lock", ReleaseLock(layout.lock, holder).acquire)
@@ -218,14 +211,7 @@ def dump_now(cfg, host, label="manual", user=None, jid=None):
     started = time.monotonic()
     env = load_env(cfg)
     redact = Redactor.from_env(env)
-    holder = {
-        "pid": os.getpid(),
-        "action": "backup",
-        "version": label,
-        "user": user or os_user(),
-        "jid": jid,
-        "started": now_iso(),
-    }
+    holder = lock_holder("backup", label, user, jid)
     step = Steps(ret)
     try:
         lock = step("lock", ReleaseLock(Layout(cfg["base_dir"]).lock, holder).acquire)

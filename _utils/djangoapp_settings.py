@@ -438,9 +438,11 @@ def in_fleet(config, place, apps):
         else []
     )
     config["database_listen"] = ["localhost"]
+    config["mariadb"]["bind"] = [LOOPBACK]
     config["memcached"]["listen"] = [LOOPBACK]
     if place["fleet"] and "db" in roles:
         config["database_listen"].append(place["address"])
+        config["mariadb"]["bind"] = _mariadb_bind(config["mariadb"], place["address"])
         for engine in _unique(
             app["database"]["engine"] for app in config["database_apps"]
         ):
@@ -463,6 +465,16 @@ def in_fleet(config, place, apps):
         else []
     )
     config["backup_apps"] = backup_apps(config, place, apps)
+
+
+def _mariadb_bind(mariadb, address):
+    """The addresses the db minion's MariaDB listens on: loopback and the private
+    address, or the private address alone where the server takes one address
+    (MariaDB before 10.11); the apps on the db minion itself then reach it over
+    the unix socket (host ``localhost``, the default)."""
+    if mariadb["multiple_bind_addresses"]:
+        return [LOOPBACK, address]
+    return [address]
 
 
 def backup_apps(config, place, apps):
@@ -550,12 +562,6 @@ def remote_services(config, place, name, app):
     """On a web minion of a fleet without the db role, the app's database is
     on the db minion (unless the pillar names another host)."""
     database = app["database"]
-    if place["fleet"] and database.get("engine") == "mysql":
-        raise CommandExecutionError(
-            f"djangoapp:apps:{name}:database:engine: a fleet serves PostgreSQL "
-            "databases to its web minions; MariaDB (mysql) is served on one host "
-            "only for now"
-        )
     if (
         place["fleet"]
         and "db" not in place["roles"]

@@ -1,7 +1,12 @@
 {#- The MariaDB client (mysqldump for pre-migration backups) and mysqlclient's build
     dependencies for every app on MySQL/MariaDB, and a server on this host for the apps
-    whose database is here (`djangoapp.database_apps`): listening on 127.0.0.1 only, LOAD DATA LOCAL off, no
-    anonymous users, no test database, one database and one user per app.
+    whose database is here (`djangoapp.database_apps`): listening on 127.0.0.1 only, LOAD
+    DATA LOCAL off, no anonymous users, no test database, one database and one user per
+    app. On the db minion of a fleet it listens on its private address too
+    (`mariadb:bind`), and each app's user has one account per web minion address
+    besides its local ones; an account from an address that is no longer a web
+    minion's is dropped. Accounts name addresses, never host names: no name is
+    resolved (skip-name-resolve).
 
     The SQL runs through the `mysql` client as root over the unix socket (root's
     unix_socket authentication): nothing needs a Python MySQL driver in Salt's own
@@ -13,6 +18,7 @@
 {%- set local_apps = djangoapp.database_apps
       | selectattr("database.engine", "equalto", "mysql") | list %}
 {%- set mysql = "mysql --batch --skip-column-names" %}
+{%- set web_clients = djangoapp.fleet.peers.web | map(attribute="address") | list %}
 
 {#- A quoted SQL string literal. #}
 {%- macro sql_string(value) -%}
@@ -47,7 +53,8 @@ djangoapp-mariadb-settings-file-managed:
     - contents: |
         # Managed by Salt (djangoapp).
         [mysqld]
-        bind-address = 127.0.0.1
+        bind-address = {{ mariadb.bind | join(",") }}
+        skip-name-resolve = 1
         local-infile = 0
     - require:
       - pkg: djangoapp-mariadb-server-package-installed
@@ -98,8 +105,9 @@ djangoapp-mariadb-test-database-absent:
 {%-     set db = app.database %}
 {#-     GRANT reads _ and % in a database name as wildcards. #}
 {%-     set grant_db = db.name | replace("_", "\\_") %}
-{#-     One account for the unix socket (localhost) and one for TCP to 127.0.0.1. #}
-{%-     set hosts = ["localhost", "127.0.0.1"] %}
+{#-     One account for the unix socket (localhost), one for TCP to 127.0.0.1, and
+        one per web minion of a fleet. #}
+{%-     set hosts = ["localhost", "127.0.0.1"] + web_clients %}
 {%-     set host_list = hosts | map("regex_replace", "^(.*)$", "'\\1'") | join(", ") %}
 {%-     set password = sql_string(db.password) %}
 {%-     set user_sql = [] %}
@@ -135,6 +143,18 @@ djangoapp-{{ app.name }}-mariadb-user-present:
           ~ " AND Host IN (" ~ host_list ~ ")"
           ~ " AND authentication_string = PASSWORD(" ~ password ~ ")"
           ~ " HAVING COUNT(*) = " ~ hosts | length ~ ";", quiet=true) }}
+    - require:
+      - service: djangoapp-mariadb-service-running
+
+djangoapp-{{ app.name }}-mariadb-stale-accounts-absent:
+  cmd.run:
+    - name: {{ mysql }}
+    - stdin: {{ ("SELECT CONCAT('DROP USER ', GROUP_CONCAT(QUOTE(User), '@', QUOTE(Host)))"
+        ~ " INTO @drop FROM mysql.user WHERE User = " ~ sql_string(db.user)
+        ~ " AND Host NOT IN (" ~ host_list ~ "); EXECUTE IMMEDIATE @drop;") | json }}
+    - onlyif:
+      {{- query_check("SELECT 1 FROM mysql.user WHERE User = " ~ sql_string(db.user)
+          ~ " AND Host NOT IN (" ~ host_list ~ ") LIMIT 1;") }}
     - require:
       - service: djangoapp-mariadb-service-running
 

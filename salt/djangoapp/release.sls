@@ -35,6 +35,8 @@ djangoapp-{{ name }}-database-answering:
       - file: djangoapp-{{ name }}-engine-config-file-serialized
 {%-     if app.database.engine == "postgresql" %}
       - pkg: djangoapp-postgresql-client-packages-installed
+{%-     elif app.database.engine == "mysql" %}
+      - pkg: djangoapp-mariadb-client-packages-installed
 {%-     endif %}
     - require_in:
       - djangoapp: djangoapp-{{ name }}-release-deployed

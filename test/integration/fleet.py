@@ -96,6 +96,10 @@ REDIS_PASSWORD = "fleet-redis-5e1f0c"
 # fleet's roles open to each other (djangoapp.fleet_ports).
 FIREWALL_ALLOW = {"lb": [22, 80, 443], "web1": [22], "web2": [22], "db": [22]}
 DEMO_APP = "demo"
+# The fleet's second app (write_demo_pillar with_mariadb_app): the demo project again,
+# on MariaDB and Memcached on the db minion.
+MARIADB_APP = "shop"
+MARIADB_PASSWORD = "fleet-shop-db-'7c\\2a"
 
 
 class FleetError(RuntimeError):
@@ -732,10 +736,29 @@ def fleet_of_hosts(
 # --- the demo's pillar ----------------------------------------------------------
 
 
-def write_demo_pillar(fleet) -> None:
-    """The demo pillar for every minion, its roles and its proxy its own."""
+def mariadb_app_pillar(demo: Mapping) -> dict:
+    """The demo app's pillar as a second app: its own names, MariaDB, Memcached."""
+    return merged(
+        demo,
+        {
+            "server_names": [f"{MARIADB_APP}.test"],
+            "env": {"DJANGO_SECRET_KEY": f"{MARIADB_APP}-secret-" + "0123456789" * 5},
+            "database": {"engine": "mysql", "password": MARIADB_PASSWORD},
+            "cache": {"engine": "memcached"},
+            "tls": {"mode": "selfsigned"},
+        },
+    )
+
+
+def write_demo_pillar(fleet, with_mariadb_app: bool = False) -> None:
+    """The demo pillar for every minion, its roles and its proxy its own; with
+    ``with_mariadb_app``, MARIADB_APP beside the demo."""
+    demo_pillar = yaml.safe_load(DEMO_PILLAR.read_text())
+    if with_mariadb_app:
+        apps = demo_pillar["djangoapp"]["apps"]
+        apps[MARIADB_APP] = mariadb_app_pillar(apps[DEMO_APP])
     common = merged(
-        yaml.safe_load(DEMO_PILLAR.read_text()),
+        demo_pillar,
         {
             "mine_functions": {"djangoapp.fleet_member": []},
             "djangoapp": {

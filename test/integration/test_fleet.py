@@ -1,10 +1,12 @@
 """A fleet through the documented pillar contract only: four systemd-booted hosts
 (lb, web1, web2, db with the db and cache roles) on a private bridge made by the
 test, a salt-master on this machine, and each minion's roles from its own pillar.
-``salt '*' state.apply`` builds it from nothing; the rolling release and rollback
-(``salt-run state.orchestrate djangoapp.orchestrate.release``) run under load through
-the load balancer; a release that fails on web2 switches web1 back; web2 powered off
-under load; the database and cache answer the web minions only.
+Two apps: the demo on PostgreSQL and Redis, shop on MariaDB and Memcached, all four
+servers on the db minion. ``salt '*' state.apply`` builds it from nothing; the
+rolling release and rollback (``salt-run state.orchestrate
+djangoapp.orchestrate.release``) run under load through the load balancer; a release
+that fails on web2 switches web1 back; web2 powered off under load; the databases
+and caches answer the web minions only; a MariaDB migration waits for its lock.
 
 The fleet is test/integration/fleet.py's (slots of its own, ``$DJANGOAPP_FLEET_SLOT``).
 """
@@ -20,7 +22,14 @@ import time
 
 import pytest
 import yaml
-from fleet import FLEET_HOSTS, REPO, ROLES, fleet_of_hosts, write_demo_pillar
+from fleet import (
+    FLEET_HOSTS,
+    MARIADB_APP,
+    REPO,
+    ROLES,
+    fleet_of_hosts,
+    write_demo_pillar,
+)
 
 from loadgen import Load
 from stack import HTTP_PROBE, changed_states, failed_states
@@ -29,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 APP = "demo"
 SERVER_NAME = "demo.test"
+SHOP_SERVER_NAME = f"{MARIADB_APP}.test"
 WEBS = ("web1", "web2")
 CLIENTS = 24
 # The steps of a rolling release, web minion by web minion.
@@ -48,7 +58,7 @@ def fleet(tmp_path_factory, request):
     (site_tree / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["djangoapp"]}}))
     roots = {"file_roots": {"base": [str(site_tree), str(REPO / "salt")]}}
     with fleet_of_hosts(tmp_path_factory, request, master_config=roots) as fleet:
-        write_demo_pillar(fleet)
+        write_demo_pillar(fleet, with_mariadb_app=True)
         synced = fleet.salt("*", "saltutil.sync_all")
         assert all("modules.djangoapp" in synced[name]["modules"] for name in ROLES)
         mined = fleet.salt("*", "mine.update")
@@ -70,11 +80,11 @@ def converged(fleet):
     return fleet
 
 
-def version_on(fleet, web: str) -> str | None:
+def version_on(fleet, web: str, server_name: str = SERVER_NAME) -> str | None:
     """The version web minion ``web`` serves, asked through its own Nginx; None
     when it does not answer 200."""
     result = fleet.hosts[web].exec(
-        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", SERVER_NAME], check=False
+        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/", server_name], check=False
     )
     try:
         page = json.loads(result.stdout)
@@ -85,8 +95,10 @@ def version_on(fleet, web: str) -> str | None:
     return served_version(page["body"].encode())
 
 
-def through_lb(fleet, url: str = "https://127.0.0.1/") -> dict:
-    result = fleet.hosts["lb"].exec(["python3", "-c", HTTP_PROBE, url, SERVER_NAME])
+def through_lb(
+    fleet, url: str = "https://127.0.0.1/", server_name: str = SERVER_NAME
+) -> dict:
+    result = fleet.hosts["lb"].exec(["python3", "-c", HTTP_PROBE, url, server_name])
     return json.loads(result.stdout)
 
 
@@ -153,6 +165,14 @@ def test_the_fleet_converges_from_nothing_then_changes_nothing(converged):
         301,
         [f"https://{SERVER_NAME}/"],
     )
+    # shop: its own backend, its database MariaDB and its cache Memcached on db
+    shop = through_lb(fleet, server_name=SHOP_SERVER_NAME)
+    assert (shop["status"], served_version(shop["body"].encode())) == (200, "v1.0.0")
+    assert "ok (memcached)" in shop["body"]
+    assert {name: version_on(fleet, name, SHOP_SERVER_NAME) for name in WEBS} == {
+        "web1": "v1.0.0",
+        "web2": "v1.0.0",
+    }
     again = fleet.salt("*", "state.apply", timeout=CONVERGE_TIMEOUT)
     assert {name: changed_states(again[name]) for name in FLEET_HOSTS} == {
         name: [] for name in FLEET_HOSTS
@@ -162,9 +182,24 @@ def test_the_fleet_converges_from_nothing_then_changes_nothing(converged):
     }
 
 
+def test_only_the_load_balancer_says_which_scheme_the_client_used(converged):
+    """The demo's /scheme/ answers what Django believes (X-Forwarded-Proto): https
+    through the load balancer; a client of web1's Nginx that is not a load
+    balancer (here web1 itself) says https in vain."""
+    fleet = converged
+    page = through_lb(fleet, "https://127.0.0.1/scheme/")
+    assert (page["status"], page["body"]) == (200, "https")
+    spoofed = fleet.hosts["web1"].exec(
+        ["python3", "-c", HTTP_PROBE, "http://127.0.0.1/scheme/", SERVER_NAME]
+        + ["X-Forwarded-Proto: https"]
+    )
+    answer = json.loads(spoofed.stdout)
+    assert (answer["status"], answer["body"]) == (200, "http")
+
+
 def test_the_database_and_cache_answer_the_web_minions_only(converged):
     fleet = converged
-    for port in (5432, 6379):
+    for port in (5432, 3306, 6379, 11211):
         assert connects(fleet, "web1", "db", port)
         assert connects(fleet, "web2", "db", port)
         assert not connects(fleet, "lb", "db", port)
@@ -174,27 +209,40 @@ def test_the_database_and_cache_answer_the_web_minions_only(converged):
     assert not connects(fleet, None, "web1", 80)
 
 
+def nrpe_check(host, check: str) -> str:
+    """What NRPE's ``check`` answers, run as NRPE runs it: its command line from
+    nrpe.cfg, as the nagios user."""
+    command = f"command[{check}]="
+    nrpe_cfg = host.exec(["cat", "/etc/nagios/nrpe.cfg"]).stdout.splitlines()
+    (line,) = [entry[len(command) :] for entry in nrpe_cfg if entry.startswith(command)]
+    return host.exec(["runuser", "-u", "nagios", "--", *shlex.split(line)]).stdout
+
+
 def test_the_nightly_dumps_are_taken_on_the_db_minion_only(converged):
+    """Both apps' databases, dumped on the db minion by each server's superuser
+    over its socket (the db minion has no app credentials)."""
     fleet = converged
     db = fleet.hosts["db"]
     timer = ["systemctl", "is-enabled", "djangoapp-backup.timer"]
     assert db.exec(timer).stdout.strip() == "enabled"
     db.exec(["systemctl", "start", "djangoapp-backup.service"])
-    nightly = f"/var/backups/djangoapp/{APP}/nightly"
-    (dump,) = db.exec(["ls", nightly]).stdout.split()
-    assert re.fullmatch(rf"{APP}-[0-9]{{8}}T[0-9]{{6}}Z\.dump", dump), dump
-    listing = db.exec(["pg_restore", "--list", f"{nightly}/{dump}"]).stdout
+    dumps = {}
+    for app, suffix in ((APP, "dump"), (MARIADB_APP, "sql")):
+        nightly = f"/var/backups/djangoapp/{app}/nightly"
+        (dump,) = db.exec(["ls", nightly]).stdout.split()
+        assert re.fullmatch(rf"{app}-[0-9]{{8}}T[0-9]{{6}}Z\.{suffix}", dump), dump
+        dumps[app] = f"{nightly}/{dump}"
+        status = json.loads(
+            db.exec(["cat", f"/var/lib/djangoapp/backup-status/{app}.json"]).stdout
+        )
+        assert (status["result"], status["newest"]) == ("ok", dump), status
+        checked = nrpe_check(db, f"check_djangoapp_{app}_backup")
+        assert checked.startswith(f"BACKUP OK - newest good dump {dump}, "), checked
+    listing = db.exec(["pg_restore", "--list", dumps[APP]]).stdout
     assert "TABLE public django_migrations" in listing
-    status = json.loads(
-        db.exec(["cat", f"/var/lib/djangoapp/backup-status/{APP}.json"]).stdout
-    )
-    assert (status["result"], status["newest"]) == ("ok", dump), status
-    # NRPE's check of it, run as NRPE runs it: its command line, as its user
-    command = f"command[check_djangoapp_{APP}_backup]="
-    nrpe_cfg = db.exec(["cat", "/etc/nagios/nrpe.cfg"]).stdout.splitlines()
-    (line,) = [entry[len(command) :] for entry in nrpe_cfg if entry.startswith(command)]
-    checked = db.exec(["runuser", "-u", "nagios", "--", *shlex.split(line)])
-    assert checked.stdout.startswith(f"BACKUP OK - newest good dump {dump}, "), checked
+    shop_dump = db.exec(["cat", dumps[MARIADB_APP]]).stdout
+    assert "CREATE TABLE `django_migrations`" in shop_dump
+    assert shop_dump.rstrip().splitlines()[-1].startswith("-- Dump completed on ")
     # each web minion would dump the same database: none does
     for name in (*WEBS, "lb"):
         host = fleet.hosts[name]
@@ -203,6 +251,65 @@ def test_the_nightly_dumps_are_taken_on_the_db_minion_only(converged):
             host.exec(["test", "-e", "/etc/djangoapp/backups.json"], check=False).rc
             == 1
         )
+
+
+SHOP_LOCK = f"djangoapp:migrate:{MARIADB_APP}"
+HOLDER_UNIT = "hold-shop-migration-lock"
+
+
+def mariadb(db, sql: str) -> str:
+    """What ``sql`` answers on the db minion, as MariaDB's root over its socket."""
+    answer = db.exec(["mysql", "--batch", "--skip-column-names", "-e", sql])
+    return answer.stdout.strip()
+
+
+def wait_for(what: str, answer, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not (found := answer()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+    return found
+
+
+def test_a_mariadb_migration_waits_for_its_lock(converged):
+    """The web minions share shop's MariaDB database: while another session holds
+    the lock of shop's migrations, web1's release of v1.1.0 waits in it without
+    migrating; once that session ends, web1 migrates, and web2's release finds
+    nothing left to run."""
+    fleet = converged
+    db = fleet.hosts["db"]
+    applied = "SELECT COUNT(*) FROM shop.django_migrations"
+    before = mariadb(db, applied)
+    hold = f"SELECT GET_LOCK('{SHOP_LOCK}', 0); SELECT SLEEP(900);"
+    db.exec(["systemd-run", f"--unit={HOLDER_UNIT}", "--collect", "mysql", "-e", hold])
+    try:
+        holder = wait_for(
+            "the test's session took the lock",
+            lambda: mariadb(db, f"SELECT IS_USED_LOCK('{SHOP_LOCK}')").strip("NUL"),
+        )
+        waiting = (
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE USER = 'shop'"
+            f" AND HOST LIKE '{fleet.address('web1')}:%' AND INFO LIKE '%GET_LOCK%'"
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            release = pool.submit(
+                fleet.salt, "web1", "djangoapp.release", app=MARIADB_APP,
+                version="v1.1.0",
+            )  # fmt: skip
+            wait_for("web1 waits for the lock", lambda: mariadb(db, waiting) == "1")
+            time.sleep(2)
+            assert not release.done()
+            assert mariadb(db, applied) == before
+            mariadb(db, f"KILL {holder}")
+            first = release.result()["web1"]
+    finally:
+        db.exec(["systemctl", "stop", HOLDER_UNIT], check=False)
+    assert (first["result"], first["migrations_ran"]) == (True, True), first
+    assert int(mariadb(db, applied)) > int(before)
+    second = fleet.salt("web2", "djangoapp.release", app=MARIADB_APP, version="v1.1.0")
+    assert (second["web2"]["result"], second["web2"]["migrations_ran"]) == (True, False)
+    shop = through_lb(fleet, server_name=SHOP_SERVER_NAME)
+    assert (shop["status"], served_version(shop["body"].encode())) == (200, "v1.1.0")
 
 
 def test_a_rolling_release_and_rollback_under_load_fail_no_request(converged):

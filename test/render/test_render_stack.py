@@ -157,8 +157,12 @@ def test_mariadb_server_for_the_local_app_only(stack):
     assert server["pkgs"] == ["mariadb-server"]
     _, settings = state_args(states, "djangoapp-mariadb-settings-file-managed")
     assert settings["name"] == expected["mariadb_config"]
-    assert "bind-address = 127.0.0.1" in settings["contents"]
-    assert "local-infile = 0" in settings["contents"]
+    assert settings["contents"].splitlines()[1:] == [
+        "[mysqld]",
+        "bind-address = 127.0.0.1",
+        "skip-name-resolve = 1",
+        "local-infile = 0",
+    ]
     _, service = state_args(states, "djangoapp-mariadb-service-running")
     assert service["name"] == "mariadb"
     for state_id in (
@@ -166,6 +170,7 @@ def test_mariadb_server_for_the_local_app_only(stack):
         "djangoapp-mariadb-test-database-absent",
         "djangoapp-blog-mariadb-database-present",
         "djangoapp-blog-mariadb-user-present",
+        "djangoapp-blog-mariadb-stale-accounts-absent",
         "djangoapp-blog-mariadb-grants-present",
     ):
         function, args = state_args(states, state_id)
@@ -185,6 +190,12 @@ def test_mariadb_password_travels_on_stdin_escaped(stack):
         in (user["stdin"])
     )
     assert "'blog'@'127.0.0.1'" in user["stdin"]
+    # the accounts of the app's user from anywhere else are dropped
+    _, stale = state_args(states, "djangoapp-blog-mariadb-stale-accounts-absent")
+    assert stale["onlyif"][0]["stdin"] == (
+        "SELECT 1 FROM mysql.user WHERE User = 'blog'"
+        " AND Host NOT IN ('localhost', '127.0.0.1') LIMIT 1;"
+    )
     assert user["hide_output"] is True
     assert user["output_loglevel"] == "quiet"
     check = user["unless"][0]
@@ -491,7 +502,7 @@ def test_https_site_redirects_plain_http(nginx_files):
     assert "ssl_certificate /etc/djangoapp/shop/tls/cert.pem;" in secure
     assert "ssl_certificate_key /etc/djangoapp/shop/tls/key.pem;" in secure
     assert "include /etc/nginx/djangoapp-tls.conf;" in secure
-    assert "proxy_set_header X-Forwarded-Proto $scheme;" in secure
+    assert "proxy_set_header X-Forwarded-Proto $djangoapp_forwarded_proto;" in secure
     assert "client_max_body_size 10m;" in secure
 
 
@@ -724,6 +735,20 @@ def test_trusted_proxies_alone_give_the_client_address(renderer):
         "set_real_ip_from 192.0.2.7;",
         "real_ip_header X-Forwarded-For;",
         "real_ip_recursive on;",
+    ]
+    # the scheme the apps are told: theirs to say, nobody else's
+    start = lines.index("geo $realip_remote_addr $djangoapp_from_trusted_proxy {")
+    assert lines[start + 1 : start + 10] == [
+        "default 0;",
+        "10.0.0.0/24 1;",
+        "192.0.2.7 1;",
+        "}",
+        'map "$djangoapp_from_trusted_proxy:$http_x_forwarded_proto" '
+        "$djangoapp_forwarded_proto {",
+        "default $scheme;",
+        '"1:https" https;',
+        '"1:http" http;',
+        "}",
     ]
 
 

@@ -327,3 +327,34 @@ def test_a_status_that_cannot_be_written_fails_the_run(
         "failed: shop",
     ]
     assert not (tmp_path / "lib" / "backup-status" / "shop.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "credentials", "env"),
+    [
+        # the server's root over the socket: a db minion has no app credentials
+        ("localhost", [], None),
+        (
+            "db.internal",
+            ["--host=db.internal", "--port=3306", "--user=shop"],
+            {"MYSQL_PWD": "pw"},
+        ),
+    ],
+    ids=["local", "remote"],
+)
+def test_a_mysql_database_is_dumped_by_root_here_and_by_the_app_elsewhere(
+    backup, tmp_path, monkeypatch, host, credentials, env
+):
+    ran = []
+
+    def run(argv, output=None, env=None):
+        ran.append((argv, env))
+        Path(path).write_text("-- MariaDB dump\n-- Dump completed on 2026-12-06\n")
+
+    monkeypatch.setattr(backup, "run", run)
+    path = str(tmp_path / "shop.sql")
+    database = {"engine": "mysql", "host": host, "port": None, "name": "shop"}
+    backup.dump_mysql({**database, "user": "shop", "password": "pw"}, path)
+    dump = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
+    dump += [f"--result-file={path}", "--databases", "shop"]
+    assert ran == [(dump + credentials, env)]

@@ -310,11 +310,38 @@ def test_acme_is_refused_in_a_fleet(derive_as):
     )
 
 
-def test_mariadb_is_refused_across_a_fleet(derive_as):
-    mysql = shop(database={"engine": "mysql", "password": "pw"})
-    with pytest.raises(CommandExecutionError) as refused:
-        derive_as("web1", ["web"], apps={"shop": mysql})
-    assert str(refused.value).startswith("djangoapp:apps:shop:database:engine: ")
+def test_mariadb_across_a_fleet_is_served_by_the_db_minion(derive_as):
+    mysql = {"shop": shop(database={"engine": "mysql", "password": "pw"})}
+    web = derive_as("web1", ["web"], apps=mysql)
+    assert web["apps"]["shop"]["environment"]["DATABASE_URL"] == (
+        "mysql://shop:pw@10.214.0.14:3306/shop"
+    )
+    assert web["database_apps"] == []
+    db = derive_as("db", ["db", "cache"], apps=mysql)
+    assert [a["name"] for a in db["database_apps"]] == ["shop"]
+    assert db["mariadb"]["bind"] == ["127.0.0.1", "10.214.0.14"]
+    database_ports = [p for p in db["fleet_ports"] if p["name"].startswith("database")]
+    assert database_ports == [
+        {
+            "name": "database_mysql",
+            "protocol": "tcp",
+            "port": 3306,
+            "sources": ["10.214.0.12", "10.214.0.13"],
+        }
+    ]
+
+
+def test_mariadb_of_one_address_listens_on_the_private_one_in_a_fleet(derive_as):
+    """EL9's MariaDB 10.5 takes one bind address: the db minion's apps, if any,
+    reach it over the socket."""
+    mysql = {"shop": shop(database={"engine": "mysql", "password": "pw"})}
+    single = {"mariadb": {"multiple_bind_addresses": False}}
+    db = derive_as("db", ["db", "cache"], apps=mysql, **single)
+    assert db["mariadb"]["bind"] == ["10.214.0.14"]
+    one_host = derive_as(
+        "solo", ["web", "db", "cache"], apps=mysql, fleet={"network": ""}, **single
+    )
+    assert one_host["mariadb"]["bind"] == ["127.0.0.1"]
 
 
 def test_the_member_sent_to_the_mine(utils):

@@ -18,10 +18,12 @@ ended, `ok` or `failed`, why, the newest good dump and its time), readable by it
 `group` (the monitoring check `backup` reads it as the app's user), or by all when
 the app has no group here (a db minion of a fleet).
 
-A local PostgreSQL database is dumped as the postgres user over the local socket
-(peer authentication). Any other database is dumped with the app's own
-credentials, read from its `env_file` (DATABASE_URL) and passed to the dump tool
-in its environment, never on its command line.
+A local database is dumped by the server's own superuser over the local socket:
+PostgreSQL as the postgres user (peer authentication), MariaDB as root
+(unix_socket authentication); a db minion of a fleet has no app credentials. Any
+other database is dumped with the app's own credentials, read from its
+`env_file` (DATABASE_URL) and passed to the dump tool in its environment, never
+on its command line.
 """
 
 import argparse
@@ -140,13 +142,17 @@ def dump_postgresql(database, path):
 
 
 def dump_mysql(database, path):
-    run(
-        ["mysqldump", "--single-transaction", "--routines", "--triggers"]
-        + [f"--host={database['host']}", f"--port={database.get('port') or 3306}"]
-        + [f"--user={database['user']}", f"--result-file={path}"]
-        + ["--databases", database["name"]],
-        env={"MYSQL_PWD": database.get("password") or ""},
-    )
+    argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
+    argv += [f"--result-file={path}", "--databases", database["name"]]
+    if database["host"] in LOCAL_HOSTS:
+        run(argv)
+    else:
+        run(
+            argv
+            + [f"--host={database['host']}", f"--port={database.get('port') or 3306}"]
+            + [f"--user={database['user']}"],
+            env={"MYSQL_PWD": database.get("password") or ""},
+        )
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 512))
         if b"-- Dump completed" not in handle.read():

@@ -163,8 +163,9 @@ def test_nginx_sets_forwarded_proto_and_the_body_limit(demo_app, host, server_na
     config = host.run("nginx -T")
     assert config.rc == 0, config.stderr
     site = config.stdout.split(f"djangoapp-{demo_app['name']}.conf:", 1)[1]
-    # Set from the connection: a client's own X-Forwarded-Proto never reaches Django.
-    assert "proxy_set_header X-Forwarded-Proto $scheme;" in site
+    # Set from the connection (or a trusted proxy's word: nginx-http.conf's map), a
+    # client's own X-Forwarded-Proto never reaches Django.
+    assert "proxy_set_header X-Forwarded-Proto $djangoapp_forwarded_proto;" in site
     limit = str(demo_app.get("client_max_body_size", "10m")).lower()
     number, unit = re.fullmatch(r"(\d+)([kmg]?)", limit).groups()
     too_large = int(number) * SIZE_UNITS[unit] + 1
