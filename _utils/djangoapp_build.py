@@ -22,6 +22,7 @@ from djangoapp_common import (
 )
 from djangoapp_config import proxy_env
 from djangoapp_deps import Dependencies, interpreter_version
+from djangoapp_disk import Layout
 
 # A Python version rather than an interpreter: 3.12 (or 3.12.4).
 PYTHON_VERSION_RE = re.compile(r"^3\.[0-9]{1,2}(\.[0-9]{1,2})?$")
@@ -156,31 +157,6 @@ def venv_bytecode(old_venv, new_venv):
     return linked, missing
 
 
-def naming_files(venv):
-    """The files of a virtualenv that may hold its own path: ``bin/`` scripts,
-    ``pyvenv.cfg``, and in site-packages ``.pth`` and ``.egg-link`` files,
-    editable finders and ``direct_url.json``."""
-    bin_dir = os.path.join(venv, "bin")
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(bin_dir):
-            if entry.is_file(follow_symlinks=False):
-                yield entry.path
-    yield os.path.join(venv, "pyvenv.cfg")
-    _tag, lib = pyc_tag(venv)
-    if not lib:
-        return
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(os.path.join(lib, "site-packages")):
-            name = entry.name
-            if name.endswith((".pth", ".egg-link")) or name.startswith("__editable__"):
-                if entry.is_file(follow_symlinks=False):
-                    yield entry.path
-            elif name.endswith(".dist-info"):
-                direct_url = os.path.join(entry.path, "direct_url.json")
-                if os.path.isfile(direct_url):
-                    yield direct_url
-
-
 def link_project_bytecode(old_src, new_src, tag):
     """
     For each Python file of the project that did not change since the live
@@ -255,12 +231,32 @@ def compile_sources(host, python, tag, sources):
     )
 
 
+# Formats whose virtualenv holds the dependencies only (a uv.lock project is
+# installed into its environment: code of its release), shared by the releases
+# with the same requirements.
+SHARED_FORMATS = ("requirements", "pyproject")
+# In a shared virtualenv once it is complete: one without it is a build that
+# did not finish, built again.
+BUILT_MARK = ".djangoapp-built"
+
+
+def shared_venv_built(path):
+    """A shared virtualenv that finished building and still has its
+    interpreter (an upgrade of the distribution's Python takes it away)."""
+    return os.path.isfile(os.path.join(path, BUILT_MARK)) and os.path.isfile(
+        os.path.join(path, "bin", "python")
+    )
+
+
 class Builder:
     """
     Builds ``src/`` and ``venv/`` of a release, as root, world-readable.
-    ``previous`` is the live release's directory, if any: when the requirements
-    did not change, packages come from uv's cache without asking the index, and
-    the byte-code of unchanged files is linked from it instead of compiled again.
+    The virtualenv of a project that declares its dependencies only is shared
+    by the releases with the same requirements (``venv`` links to it in
+    ``Layout.venvs``): built once, with the byte-code of the packages the live
+    release has linked from it. ``previous`` is the live release's directory,
+    if any; the byte-code of the project's unchanged files is linked from it
+    instead of compiled again.
     """
 
     def __init__(self, cfg, host, notes, rdir, previous=None):
@@ -274,39 +270,78 @@ class Builder:
         self.timings = {}
         self.linked = 0
         self.compiled = 0
-        self.cloned = False
+        # the shared virtualenv this build makes, and whether it took one made
+        self.new_shared = None
+        self.reused = False
         self._lap = time.monotonic()
 
     def build(self, git, sha):
         """Export ``sha``, install its dependencies, compile. Returns how it
-        installed them (``uv`` or ``pip``, and the format)."""
-        with naming_a_full_disk("build", self.rdir):
-            return self.build_in_place(git, sha)
+        installed them (``uv`` or ``pip``, and the format). A shared
+        virtualenv whose build failed is removed."""
+        try:
+            with naming_a_full_disk("build", self.rdir):
+                return self.build_in_place(git, sha)
+        except BaseException:
+            if self.new_shared:
+                shutil.rmtree(self.new_shared, ignore_errors=True)
+            raise
 
     def build_in_place(self, git, sha):
         git.export(sha, self.src)
         self.lap("export")
         self.deps = Dependencies(self.cfg, self.src)
         uv = self.uv()
-        if self.can_clone():
-            self.clone_venv()
-        elif uv:
-            self.install_with_uv(uv)
-        elif self.deps.format == "requirements":
-            self.install_with_pip()
-        else:
+        if not uv and self.deps.format != "requirements":
             raise StepFailed(
                 "build",
                 f"a project with {self.deps.format} is installed with uv, and uv is "
                 f"not installed ({self.cfg['uv']}): state.apply installs it",
             )
+        release_venv = self.venv
+        if self.deps.format in SHARED_FORMATS:
+            self.share_venv(uv)
+        else:
+            self.install(uv)
         self.compile()
         self.lap("compile")
-        # a cloned virtualenv has the modes of the live one already
-        tree = self.src if self.cloned else self.rdir
-        self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", tree])
+        trees = [self.src] if self.venv != release_venv else [self.rdir]
+        if self.new_shared:
+            trees.append(self.new_shared)
+        self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", *trees])
+        if self.new_shared:
+            with open(os.path.join(self.new_shared, BUILT_MARK), "w") as mark:
+                mark.write(os.path.basename(self.new_shared) + "\n")
+            os.chmod(os.path.join(self.new_shared, BUILT_MARK), 0o644)
+        if self.venv != release_venv:
+            os.symlink(os.path.relpath(self.venv, self.rdir), release_venv)
         self.lap("permissions")
         return {"tool": "uv" if uv else "pip", "dependencies": self.deps.format}
+
+    def install(self, uv):
+        if uv:
+            self.install_with_uv(uv)
+        else:
+            self.install_with_pip()
+
+    def share_venv(self, uv):
+        """The shared virtualenv of these requirements: taken when built,
+        else built (a half-built one removed first)."""
+        shared = os.path.join(Layout(self.cfg["base_dir"]).venvs, self.deps.digest())
+        self.venv = shared
+        if shared_venv_built(shared):
+            self.reused = True
+            self.deps.check_python(interpreter_version(shared))
+            self.notes.append(
+                "requirements unchanged: shares the virtualenv of the live release"
+            )
+            self.lap("install")
+            return
+        if os.path.lexists(shared):
+            shutil.rmtree(shared)
+        os.makedirs(os.path.dirname(shared), mode=0o755, exist_ok=True)
+        self.new_shared = shared
+        self.install(uv)
 
     def lap(self, name):
         now = time.monotonic()
@@ -354,53 +389,6 @@ class Builder:
             return False
         info = read_json(os.path.join(self.previous, "release.json"), default={})
         return (info or {}).get("requirements") == self.deps.digest()
-
-    def can_clone(self):
-        """
-        The live release's virtualenv can be taken over: the same dependencies,
-        installed without the project itself (a ``uv.lock`` project is installed
-        into its environment, so its virtualenv holds code of its release).
-        """
-        # isfile follows the venv's link to its interpreter, which an upgrade of
-        # the distribution's Python takes away
-        return (
-            self.deps.format in ("requirements", "pyproject")
-            and self.same_requirements()
-            and os.path.isfile(os.path.join(self.previous, "venv", "bin", "python"))
-        )
-
-    def clone_venv(self):
-        """
-        The live release's virtualenv for this one, its files hard-linked (no
-        byte is copied, byte-code included); the few files that name the old
-        release's path (scripts' ``#!`` lines, ``.pth`` files, a package's
-        ``direct_url.json``) are written anew for this one.
-        """
-        old_venv = os.path.join(self.previous, "venv")
-        self.host.check("build", ["cp", "-a", "--link", "--", old_venv, self.venv])
-        self.deps.check_python(interpreter_version(self.venv))
-        moves = {
-            os.fsencode(old): os.fsencode(new)
-            for old, new in (
-                (self.previous, self.rdir),
-                (os.path.realpath(self.previous), os.path.realpath(self.rdir)),
-            )
-        }
-        for path in naming_files(self.venv):
-            with open(path, "rb") as handle:
-                content = handle.read()
-            if not any(old in content for old in moves):
-                continue
-            for old, new in moves.items():
-                content = content.replace(old, new)
-            fresh = path + ".djangoapp-new"
-            with open(fresh, "wb") as handle:
-                handle.write(content)
-            shutil.copymode(path, fresh)
-            os.replace(fresh, path)
-        self.cloned = True
-        self.notes.append("requirements unchanged: took over the live virtualenv")
-        self.lap("install")
 
     def install_commands(self, uv):
         """The uv commands that install the release's dependencies."""
@@ -510,8 +498,8 @@ class Builder:
         """
         tag, _lib = pyc_tag(self.venv)
         old_venv = os.path.join(self.previous, "venv") if self.previous else None
-        if self.cloned:
-            linked, sources = 0, []  # its byte-code came with it
+        if self.reused:
+            linked, sources = 0, []  # compiled when it was built
         else:
             linked, sources = venv_bytecode(old_venv, self.venv)
         unchanged = set()

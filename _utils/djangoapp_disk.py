@@ -13,6 +13,7 @@ Layout of an app (``base_dir``, e.g. ``/srv/djangoapp/<app>``)::
     .release.lock        flock'ed while a release, rollback or reload runs
 """
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -34,6 +35,9 @@ class Layout:
     def __init__(self, base):
         self.base = base.rstrip("/")
         self.releases = os.path.join(self.base, "releases")
+        # The virtualenvs the releases with the same requirements share, one per
+        # digest: on the releases' filesystem, hidden from their listing.
+        self.venvs = os.path.join(self.releases, ".venvs")
         self.current = os.path.join(self.base, "current")
         self.mirror = os.path.join(self.base, "repo.git")
         self.ledger = os.path.join(self.base, "ledger.jsonl")
@@ -350,6 +354,29 @@ def earlier_trash(layout):
     ]
 
 
+def unlinked_venvs(layout):
+    """The shared virtualenvs that no release on disk links to, renamed into
+    the trash at once; returns the trash paths."""
+    linked = {
+        os.path.realpath(os.path.join(layout.release(rid), "venv"))
+        for rid in layout.on_disk()
+    }
+    try:
+        names = os.listdir(layout.venvs)
+    except FileNotFoundError:
+        return []
+    trash = []
+    for name in names:
+        path = os.path.join(layout.venvs, name)
+        if os.path.realpath(path) in linked:
+            continue
+        doomed = os.path.join(layout.releases, f".trash-venv-{name}-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.rename(path, doomed)
+            trash.append(doomed)
+    return trash
+
+
 def delete_in_thread(paths):
     for path in paths:
         threading.Thread(
@@ -369,7 +396,8 @@ def prune(
 ):
     """
     Remove release dirs beyond ``keep`` successful ones on disk, oldest first,
-    and leftovers that never succeeded. Never removes the current release, the
+    leftovers that never succeeded, and the shared virtualenvs that no release
+    left links to. Never removes the current release, the
     previous good one, those in ``protect``, or one a running process uses
     (``in_use``, looked up only when something is to go). Returns removed
     ids. The dirs are renamed into the trash at once; ``delete`` (default: a
@@ -397,6 +425,7 @@ def prune(
         if path:
             trash.append(path)
         removed.append(rid)
+    trash += unlinked_venvs(layout)
     if trash:
         (delete or delete_in_thread)(trash)
     return removed

@@ -63,7 +63,10 @@ def release_users(layout):
 
     def note(pid, path):
         if path and path.startswith(root):
-            users.setdefault(path[len(root) :].split("/", 1)[0], set()).add(pid)
+            rid = path[len(root) :].split("/", 1)[0]
+            # not a release: the shared virtualenvs (.venvs), the trash
+            if not rid.startswith("."):
+                users.setdefault(rid, set()).add(pid)
 
     for pid in _proc_pids():
         if pid == own:

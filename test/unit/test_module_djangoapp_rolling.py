@@ -303,7 +303,8 @@ def test_new_workers_boot_ahead_and_end_at_the_masters_priority(mods, app, base)
     settings["env_file"] = app["env_file"]
     render_config(mods, settings, extra=WORKER_RECORDER)
     live = os.readlink(base / "current").split("/")[-1]
-    other = next(r for r in os.listdir(base / "releases") if r != live)
+    releases = os.listdir(base / "releases")
+    other = next(r for r in releases if r not in (live, ".venvs"))
     # the config changed: this one is a HUP, after which the master has the recorder
     ret = mods["djangoapp.rollback"]("rolling", to=other)
     assert _step(ret, "reload")["method"] == "hup", ret

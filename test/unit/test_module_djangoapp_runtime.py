@@ -461,6 +461,33 @@ def test_prune_looks_for_processes_only_when_something_goes(tmp_path, monkeypatc
     assert all(os.path.isdir(p) for p in deleted)  # deleting is the caller's
 
 
+def test_prune_takes_the_shared_virtualenvs_no_release_left_links_to(tmp_path):
+    layout = djangoapp_disk.Layout(str(tmp_path / "base"))
+    for digest in ("aaaa", "bbbb", "cccc"):
+        os.makedirs(os.path.join(layout.venvs, digest, "bin"))
+    for rid, digest in (("r1", "aaaa"), ("r2", "bbbb"), ("r3", "bbbb")):
+        os.makedirs(os.path.join(layout.releases, rid, "src"))
+        os.symlink(f"../.venvs/{digest}", os.path.join(layout.releases, rid, "venv"))
+    entries = [
+        {"event": "release", "id": rid, "status": "success"}
+        for rid in ("r1", "r2", "r3")
+    ]
+    deleted = []
+    removed = djangoapp_disk.prune(
+        layout, entries, 2, "r3", "r2", in_use=set(), delete=deleted.extend
+    )
+    assert removed == ["r1"]
+    # aaaa went with r1, cccc (a build that failed) had no release; r2 and r3's
+    # stays, and is no release of its own
+    assert os.listdir(layout.venvs) == ["bbbb"]
+    assert sorted(os.path.basename(p) for p in deleted) == [
+        f".trash-r1-{os.getpid()}",
+        f".trash-venv-aaaa-{os.getpid()}",
+        f".trash-venv-cccc-{os.getpid()}",
+    ]
+    assert layout.on_disk() == ["r2", "r3"]
+
+
 # --------------------------------------------------------------------------
 # the environment of the app's commands
 
