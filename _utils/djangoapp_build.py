@@ -333,7 +333,8 @@ class Builder:
             self.reused = True
             self.deps.check_python(interpreter_version(shared))
             self.notes.append(
-                "requirements unchanged: shares the virtualenv of the live release"
+                "the virtualenv of these requirements is built already "
+                f"({os.path.basename(shared)}): shared"
             )
             self.lap("install")
             return
