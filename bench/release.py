@@ -822,8 +822,9 @@ class Bench:
         }
 
     def release_back_to_base(self, base_id: str) -> None:
-        """Undo a release of v1.2.0: schema back, rollback, release dir and the new
-        package removed from uv's cache, so that the next one does it all again."""
+        """Undo a release of v1.2.0: schema back, rollback, release dir, the
+        virtualenv of its requirements and the new package removed from uv's
+        cache, so that the next one does it all again."""
         new_id = self.current_id()
         if new_id != base_id:
             manage = f"/usr/local/bin/{APP}-manage"
@@ -831,7 +832,14 @@ class Bench:
             detail = self.rollback(to=base_id)
             if not detail["ok"]:
                 raise RuntimeError(f"rollback to {base_id} failed: {detail}")
-            self.exec(["rm", "-rf", f"{self.cfg['base_dir']}/releases/{new_id}"])
+            releases = f"{self.cfg['base_dir']}/releases"
+            venvs = {
+                rid: self.exec(["readlink", "-f", f"{releases}/{rid}/venv"]).stdout
+                for rid in (new_id, base_id)
+            }
+            self.exec(["rm", "-rf", f"{releases}/{new_id}"])
+            if venvs[new_id] != venvs[base_id]:
+                self.exec(["rm", "-rf", venvs[new_id].strip()])
         self.exec(
             [
                 self.cfg["uv"],
