@@ -299,13 +299,14 @@ class Builder:
                 f"not installed ({self.cfg['uv']}): state.apply installs it",
             )
         release_venv = self.venv
-        if self.deps.format in SHARED_FORMATS:
+        shared = self.deps.format in SHARED_FORMATS
+        if shared:
             self.share_venv(uv)
         else:
             self.install(uv)
         self.compile()
         self.lap("compile")
-        trees = [self.src] if self.venv != release_venv else [self.rdir]
+        trees = [self.src] if shared else [self.rdir]
         if self.new_shared:
             trees.append(self.new_shared)
         self.host.check("build", ["chmod", "-R", "go-w,a+rX", "--", *trees])
@@ -313,7 +314,7 @@ class Builder:
             with open(os.path.join(self.new_shared, BUILT_MARK), "w") as mark:
                 mark.write(os.path.basename(self.new_shared) + "\n")
             os.chmod(os.path.join(self.new_shared, BUILT_MARK), 0o644)
-        if self.venv != release_venv:
+        if shared:
             os.symlink(os.path.relpath(self.venv, self.rdir), release_venv)
         self.lap("permissions")
         return {"tool": "uv" if uv else "pip", "dependencies": self.deps.format}
