@@ -25,7 +25,6 @@ from djangoapp_common import (
 )
 from djangoapp_deps import requirements_digest
 from djangoapp_files import STATIC_STAGING
-from djangoapp_host import run_in_thread
 
 PREFLIGHT_MARKER = "DJANGOAPP-PREFLIGHT "
 PREFLIGHT_SCRIPT = os.path.join(
@@ -115,13 +114,14 @@ def _static_staging(cfg, rdir):
     return staging
 
 
-def _gunicorn_check_argv(cfg, rdir):
-    python = os.path.join(rdir, "venv", "bin", "python")
-    argv = [python, "-m", "gunicorn", "--check-config"]
-    argv += ["--chdir", project_dir(cfg, rdir)]
-    if os.path.isfile(cfg["gunicorn_config"] or ""):
-        argv += ["-c", cfg["gunicorn_config"]]
-    return argv + [cfg["asgi"] or cfg["wsgi"]]
+def _gunicorn_check(cfg, rdir):
+    """What the preflight checks as ``gunicorn --check-config`` would."""
+    config = cfg["gunicorn_config"]
+    return {
+        "config": config if os.path.isfile(config or "") else None,
+        "chdir": project_dir(cfg, rdir),
+        "app": cfg["asgi"] or cfg["wsgi"],
+    }
 
 
 def _preflight_result(ret, redact):
@@ -158,9 +158,9 @@ def _preflight_result(ret, redact):
 def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
     """
     One process of the new release's python runs the Django checks
-    (djangoapp_preflight.py) while gunicorn --check-config (when
-    ``check_config``) runs beside it. Returns the preflight result dict;
-    raises StepFailed.
+    (djangoapp_preflight.py) and, when ``check_config``, what ``gunicorn
+    --check-config`` checks. Returns the preflight result dict; raises
+    StepFailed.
     """
     if not os.path.isdir(project_dir(cfg, rdir)):
         raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
@@ -173,32 +173,19 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
         "static_staging": _static_staging(cfg, rdir) if collect else None,
         "migration_linter": cfg["migration_linter"],
     }
-    run_as_app = as_app(cfg, env, rdir, version, timeout=900)
-    join_gunicorn = None
     if check_config and os.path.exists(os.path.join(rdir, "venv", "bin", "gunicorn")):
-        join_gunicorn = run_in_thread(
-            host.run, _gunicorn_check_argv(cfg, rdir), **run_as_app
-        )
+        options["gunicorn_check"] = _gunicorn_check(cfg, rdir)
     python = os.path.join(rdir, "venv", "bin", "python")
     ret = host.run(
         [python, "-", json.dumps(options)],
         stdin=source,
         stdin_raw_newlines=True,
-        **run_as_app,
+        **as_app(cfg, env, rdir, version, timeout=900),
     )
-    gunicorn_ret = join_gunicorn() if join_gunicorn else None
     result = _preflight_result(ret, redact)
-    result["also_checked"] = []
-    if gunicorn_ret is not None:
-        if gunicorn_ret.get("retcode") != 0:
-            raise StepFailed(
-                "preflight",
-                redact(
-                    "gunicorn --check-config failed: "
-                    + tail(gunicorn_ret.get("stderr"))
-                ),
-            )
-        result["also_checked"].append("gunicorn --check-config")
+    result["also_checked"] = (
+        ["gunicorn --check-config"] if result.get("gunicorn_checked") else []
+    )
     return result
 
 

@@ -66,7 +66,13 @@ from djangoapp_migration_policy import (
     refuse_crossing_contracts,
 )
 from djangoapp_migrations import start_check
-from djangoapp_procs import children, master_birth_release, proc_cwd, releases_in_use
+from djangoapp_procs import (
+    children,
+    master_birth_release,
+    proc_cwd,
+    raised_priority,
+    releases_in_use,
+)
 from djangoapp_recovery import (
     Interrupted,
     end_own_children,
@@ -113,6 +119,7 @@ class Run:
         self.jid = options.get("jid")
         self.layout = Layout(cfg["base_dir"])
         self.service = Service(cfg, host)
+        self.niceness = cfg["release_niceness"]
         self.env = load_env(cfg) if action == "release" else {}
         self.redact = Redactor.from_env(self.env)
         self.clock = time.monotonic()
@@ -216,7 +223,7 @@ def execute(run, steps, finishing=()):
     """
     already = own_children()
     try:
-        with stopping_on_signals():
+        with stopping_on_signals(), raised_priority(run.niceness):
             for step in steps:
                 if run.done:
                     break

@@ -23,6 +23,7 @@ from djangoapp_procs import (
     proc_cwd,
     proc_exe,
     proc_ppid,
+    renice,
 )
 from salt.exceptions import CommandExecutionError
 
@@ -351,13 +352,6 @@ WORKER_POLL = 0.02
 # everything else on the host, until they report ready.
 RETIRING_NICENESS = 10
 BOOTING_NICENESS = -5
-
-
-def renice(pids, niceness):
-    niceness = max(-20, min(19, niceness))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, niceness)
 
 
 class HandOver:

@@ -11,7 +11,7 @@ import subprocess
 import threading
 
 from djangoapp_common import SAFE_PATH, StepFailed, os_user, tail
-from djangoapp_procs import pid_alive
+from djangoapp_procs import at_normal_priority, pid_alive
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Host:
         output (``salt-call`` over ssh, a CI job) waits for it. Salt's
         ``cmd.run_bg`` would hand it this process's stdout and stderr.
         """
-        subprocess.Popen(  # pylint: disable=consider-using-with
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -92,6 +92,8 @@ class Host:
             start_new_session=True,
             env={"PATH": SAFE_PATH, "LC_ALL": "C"},
         )
+        at_normal_priority(process.pid)
+        return process
 
     def check(self, step, argv, redact=None, **kwargs):
         ret = self.run(argv, **kwargs)

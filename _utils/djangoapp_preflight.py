@@ -20,6 +20,8 @@ Arguments: one JSON object (``argv[1]``) with
 - ``migration_linter``: the directory holding django-migration-linter (the
   formula installs it beside the tools); appended to ``sys.path``, after the
   release's own packages, for this process only
+- ``gunicorn_check``: ``{"config", "chdir", "app"}`` to check as ``gunicorn
+  --check-config -c CONFIG --chdir CHDIR APP`` would (left out: not checked)
 
 Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
 the project prints goes to stderr. Exit code 0 when every check passed.
@@ -251,6 +253,7 @@ def _new_result():
         "media_url": None,
         "media_root": None,
         "collectstatic": None,
+        "gunicorn_checked": False,
     }
 
 
@@ -328,6 +331,46 @@ def collectstatic(options, result):
         }
 
 
+def gunicorn_config(options, result):
+    """
+    What ``gunicorn --check-config`` checks, without a second process that
+    loads the app again: the release's Gunicorn reads its config file and
+    command line, and loads the app (imported already). Last: the config file
+    may change this process's environment. Its own error output (Gunicorn
+    prints a broken config file's traceback and exits) is the stage's error.
+    """
+    check = options.get("gunicorn_check")
+    if not check:
+        return
+    import contextlib
+    import io
+
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    argv = ["gunicorn", "--check-config", "--chdir", check["chdir"]]
+    if check.get("config"):
+        argv += ["-c", check["config"]]
+    saved = (sys.argv, os.getcwd(), dict(os.environ))
+    sys.argv = [*argv, check["app"]]
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(output):
+            application = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]")
+            application.load()
+    except BaseException as exc:
+        said = output.getvalue().strip()[-1500:]
+        raise RuntimeError(
+            "gunicorn --check-config failed: "
+            + (said or f"{type(exc).__name__}: {exc}")
+        ) from None
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        os.environ.clear()
+        os.environ.update(saved[2])
+    result["gunicorn_checked"] = True
+
+
 STAGES = (
     ("setup", setup),
     ("import", import_app),
@@ -335,6 +378,7 @@ STAGES = (
     ("makemigrations", makemigrations),
     ("migrate_plan", migrate_plan),
     ("collectstatic", collectstatic),
+    ("gunicorn_config", gunicorn_config),
 )
 
 

@@ -4,6 +4,7 @@ working directories, environments, start times, and which releases are in use.
 """
 
 import contextlib
+import contextvars
 import os
 from datetime import datetime
 
@@ -12,6 +13,54 @@ from djangoapp_common import inside
 
 def __virtual__():
     return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def renice(pids, niceness):
+    niceness = max(-20, min(19, niceness))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
+# The niceness the engine's thread had before ``raised_priority``; what the
+# processes it leaves running go back to.
+_normal_niceness = contextvars.ContextVar("djangoapp_normal_niceness", default=None)
+
+
+@contextlib.contextmanager
+def raised_priority(change):
+    """
+    The calling thread, and every process it starts meanwhile (build, checks,
+    migrations, as root or as the app's user), at its niceness plus ``change``
+    (negative: ahead of the app's serving workers), back as it was on leaving.
+    Linux sets a niceness per thread: a minion running jobs in threads keeps
+    its other threads as they are. Without the right to raise it (not root),
+    the niceness stays.
+    """
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    token = _normal_niceness.set(before)
+    raised = False
+    if change:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, max(-20, min(19, before + change)))
+            raised = True
+        except OSError:
+            pass
+    try:
+        yield
+    finally:
+        _normal_niceness.reset(token)
+        if raised:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
+def at_normal_priority(pid):
+    """A process started under ``raised_priority`` that outlives the step
+    (work left in the background) back at the niceness from before."""
+    niceness = _normal_niceness.get()
+    if niceness is not None:
+        renice([pid], niceness)
 
 
 def _proc_pids():

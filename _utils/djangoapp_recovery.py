@@ -31,8 +31,14 @@ from djangoapp_disk import (
     switch_current,
 )
 from djangoapp_django import PARTIAL_SUFFIX
-from djangoapp_gunicorn import GunicornControl, reload_workers, renice
-from djangoapp_procs import children, proc_ppid, proc_start_time, release_users
+from djangoapp_gunicorn import GunicornControl, reload_workers
+from djangoapp_procs import (
+    children,
+    proc_ppid,
+    proc_start_time,
+    release_users,
+    renice,
+)
 from salt.exceptions import CommandExecutionError
 
 

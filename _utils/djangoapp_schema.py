@@ -283,6 +283,7 @@ APP = {
         ),
         "process_manager": {"choices": PROCESS_MANAGERS},
         "check_deploy_fail_level": {"choices": CHECK_LEVELS},
+        "release_niceness": _int(-20, 19),
         # Read by the state tree as they are (Gunicorn, Nginx).
         "worker_class": RESERVED,
         "threads": RESERVED,

@@ -208,6 +208,7 @@ def app_json(app, config):
         "hooks": {point: list(commands) for point, commands in app["hooks"].items()},
         "keep_releases": app["keep_releases"],
         "check_deploy_fail_level": app["check_deploy_fail_level"],
+        "release_niceness": app["release_niceness"],
         "graceful_timeout": app["graceful_timeout"],
         "database": {
             "engine": database["engine"],

@@ -142,6 +142,7 @@ def write_app(config_dir, name, base_dir, **overrides):
         "health": None,
         "keep_releases": 3,
         "check_deploy_fail_level": "ERROR",
+        "release_niceness": 0,
         "graceful_timeout": 30,
         "database": {"engine": "none"},
         "backup_dir": str(pathlib.Path(base_dir).parent / "backups" / name),

@@ -91,3 +91,26 @@ def test_a_failing_hook_after_the_build_changes_nothing(mods, tiny_app, base):
         f"removed the failed release {ret['id']}",
     ]
     assert os.readlink(base / "current") == before
+
+
+NICENESS = (
+    "import os, pathlib, sys; pathlib.Path(sys.argv[1]).write_text(str(os.nice(0)))"
+)
+
+
+def test_the_release_runs_its_commands_at_its_niceness(mods, tiny_app, base):
+    """``release_niceness``: the release's commands (a hook here, as the build and
+    the checks) run that much nicer than the minion; the minion's thread is back
+    at its own niceness afterwards."""
+    minion = os.nice(0)
+    tiny_app(
+        "hooked",
+        base,
+        release_niceness=-3,
+        hooks=hooks(after_build=[["python", "-c", NICENESS, "niceness.txt"]]),
+    )
+    ret = mods["djangoapp.release"]("v1.2.0", app="hooked")
+    assert ret["result"] is True, ret
+    written = pathlib.Path(base, "releases", ret["id"], "src", "niceness.txt")
+    assert int(written.read_text()) == max(-20, minion - 3)
+    assert os.nice(0) == minion

@@ -269,6 +269,27 @@ def test_changed_gunicorn_config_takes_a_hup(mods, app, base):
     assert _step(ret, "reload")["method"] == "rolling", ret
 
 
+def test_a_config_gunicorn_cannot_read_stops_the_release_at_its_preflight(
+    mods, app, base
+):
+    settings = gunicorn_settings(base, "rolling")
+    settings["env_file"] = app["env_file"]
+    render_config(mods, settings, extra="\nworkers = 'many'\n")
+    live = os.readlink(base / "current")
+    workers = {w["pid"] for w in mods["djangoapp.status"]("rolling")["workers"]}
+    try:
+        ret = mods["djangoapp.release"]("v1.2.0", app="rolling")
+    finally:
+        render_config(mods, settings, extra="\n# changed\n")
+    assert (ret["result"], ret["failed_step"]) == (False, "preflight")
+    assert ret["error"].startswith(
+        "gunicorn_config failed: RuntimeError: gunicorn --check-config failed: "
+        "Invalid value for workers: many"
+    ), ret["error"]
+    assert os.readlink(base / "current") == live
+    assert {w["pid"] for w in mods["djangoapp.status"]("rolling")["workers"]} == workers
+
+
 def _sha256(path):
     import hashlib
 
