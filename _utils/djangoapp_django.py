@@ -8,9 +8,11 @@ backup taken before migrating, and ``migrate``.
 import contextlib
 import json
 import os
+import queue
 import selectors
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -20,13 +22,16 @@ from djangoapp_common import (
     StepFailed,
     file_sha256,
     naming_a_full_disk,
+    os_user,
     tail,
     user_ids,
 )
 from djangoapp_deps import requirements_digest
 from djangoapp_files import STATIC_STAGING
+from djangoapp_host import as_user
 
 PREFLIGHT_MARKER = "DJANGOAPP-PREFLIGHT "
+MIGRATED_MARKER = "DJANGOAPP-MIGRATED "
 PREFLIGHT_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "djangoapp_preflight.py"
 )
@@ -155,17 +160,7 @@ def _preflight_result(ret, redact):
     return result
 
 
-def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
-    """
-    One process of the new release's python runs the Django checks
-    (djangoapp_preflight.py) and, when ``check_config``, what ``gunicorn
-    --check-config`` checks. Returns the preflight result dict; raises
-    StepFailed.
-    """
-    if not os.path.isdir(project_dir(cfg, rdir)):
-        raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
-    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
-        source = handle.read()
+def _preflight_options(cfg, rdir, collect, check_config):
     options = {
         "app_callable": cfg["asgi"] or cfg["wsgi"],
         "fail_level": cfg["check_deploy_fail_level"] or "ERROR",
@@ -175,18 +170,177 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     }
     if check_config and os.path.exists(os.path.join(rdir, "venv", "bin", "gunicorn")):
         options["gunicorn_check"] = _gunicorn_check(cfg, rdir)
-    python = os.path.join(rdir, "venv", "bin", "python")
-    ret = host.run(
-        [python, "-", json.dumps(options)],
-        stdin=source,
-        stdin_raw_newlines=True,
-        **as_app(cfg, env, rdir, version, timeout=900),
-    )
-    result = _preflight_result(ret, redact)
+    return options
+
+
+def _with_checks(result):
     result["also_checked"] = (
         ["gunicorn --check-config"] if result.get("gunicorn_checked") else []
     )
     return result
+
+
+# Runs djangoapp_preflight.py from its first argv[1] bytes of stdin, and keeps
+# the rest of stdin for its requests.
+BOOTSTRAP = (
+    "import sys\n"
+    "source = sys.stdin.buffer.read(int(sys.argv[1]))\n"
+    "namespace = {'__name__': 'djangoapp_preflight'}\n"
+    "exec(compile(source, 'djangoapp_preflight.py', 'exec'), namespace)\n"
+    "sys.exit(namespace['main'](sys.argv[:1] + sys.argv[2:], sys.stdin.buffer))\n"
+)
+
+
+class PreflightProcess:
+    """
+    The preflight in a process that stays, when it found pending migrations,
+    to run them later in the release (``migrate``) with Django set up already:
+    a second process would start Python and set Django up again. Started and
+    read as Salt's ``cmd.run_all`` would; ``close`` ends it (``migrate`` does,
+    and the release does at its end whatever happened).
+    """
+
+    def __init__(self, cfg, rdir, env, redact, version):
+        self.cfg = cfg
+        self.rdir = rdir
+        self.env = env
+        self.redact = redact
+        self.version = version
+        self.process = None
+        self.said = {"stdout": [], "stderr": []}
+        self.lines = queue.Queue()
+
+    def start(self, argv, options):
+        """``argv``: the release's python, as the app's user."""
+        with open(PREFLIGHT_SCRIPT, "rb") as handle:
+            source = handle.read()
+        run_as = as_app(self.cfg, self.env, self.rdir, self.version, timeout=None)
+        self.process = subprocess.Popen(  # pylint: disable=consider-using-with
+            [*argv, "-c", BOOTSTRAP, str(len(source)), json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=run_as["cwd"],
+            env=run_as["env"],
+        )
+        for name in ("stdout", "stderr"):
+            threading.Thread(target=self._read, args=(name,), daemon=True).start()
+        self.process.stdin.write(source)
+        self.process.stdin.flush()
+
+    def _read(self, name):
+        """Every line of ``name``: stdout's to the queue, both kept (the end)."""
+        stream = getattr(self.process, name)
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            kept = self.said[name]
+            kept.append(line)
+            del kept[:-200]
+            if name == "stdout":
+                self.lines.put(line)
+        if name == "stdout":
+            self.lines.put(None)
+
+    def answer(self, marker, timeout):
+        """The JSON after ``marker`` on the next line that has it; None when the
+        process ends first or ``timeout`` seconds pass (then it is killed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close(kill=True)
+                return None
+            if line is None:
+                return None
+            if line.startswith(marker):
+                with contextlib.suppress(ValueError):
+                    return json.loads(line[len(marker) :])
+
+    def output(self):
+        self.close(wait=2)
+        return {
+            "retcode": self.process.returncode,
+            "stdout": "\n".join(self.said["stdout"]),
+            "stderr": "\n".join(self.said["stderr"]),
+        }
+
+    def result(self, timeout=900):
+        """The preflight's result; raises StepFailed."""
+        found = self.answer(PREFLIGHT_MARKER, timeout)
+        if found is None or not found.get("ok"):
+            return _preflight_result(self.output(), self.redact)
+        return _with_checks(found)
+
+    def migrate(self, targets, timeout=MIGRATE_TIMEOUT):
+        """``migrate`` up to each of ``targets`` (all: None); raises StepFailed."""
+        request = {"targets": [list(target) for target in targets or []]}
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # it ended: said below
+        found = self.answer(MIGRATED_MARKER, timeout)
+        if found is None or not found.get("ok"):
+            ret = self.output()
+            detail = (found or {}).get("traceback") or tail(
+                ret["stderr"] + "\n" + ret["stdout"]
+            )
+            raise StepFailed("migrate", self.redact(f"migrate failed: {tail(detail)}"))
+
+    @property
+    def serving(self):
+        return self.process is not None and self.process.poll() is None
+
+    def close(self, wait=10, kill=False):
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        if kill:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
+    """
+    One process of the new release's python runs the Django checks
+    (djangoapp_preflight.py) and, when ``check_config``, what ``gunicorn
+    --check-config`` checks. Returns (the preflight result dict, the
+    ``PreflightProcess`` to migrate with, or None); raises StepFailed.
+    """
+    if not os.path.isdir(project_dir(cfg, rdir)):
+        raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
+    options = _preflight_options(cfg, rdir, collect, check_config)
+    python = os.path.join(rdir, "venv", "bin", "python")
+    argv = [python]
+    if cfg["user"] != os_user():
+        argv = as_user(cfg["user"], argv)
+    if argv is None:  # no setpriv: Salt's runas, one process per command
+        with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
+            source = handle.read()
+        ret = host.run(
+            [python, "-", json.dumps(options)],
+            stdin=source,
+            stdin_raw_newlines=True,
+            **as_app(cfg, env, rdir, version, timeout=900),
+        )
+        return _with_checks(_preflight_result(ret, redact)), None
+    preflight = PreflightProcess(cfg, rdir, env, redact, version)
+    try:
+        preflight.start(argv, options)
+        result = preflight.result()
+    except BaseException:
+        preflight.close(kill=True)
+        raise
+    if not result["pending_migrations"]:
+        preflight.close()  # it ends by itself: nothing to migrate
+        return result, None
+    return result, preflight
 
 
 def read_migrations(cfg, host, rdir, env, redact, version):
@@ -209,9 +363,14 @@ def read_migrations(cfg, host, rdir, env, redact, version):
     return _preflight_result(ret, redact)
 
 
-def migrate(cfg, host, rdir, env, redact, version, targets=None):
+def migrate(cfg, host, rdir, env, redact, version, targets=None, preflight=None):
     """``manage.py migrate --noinput`` in the new release, as the app user; with
-    ``targets`` (``[(app_label, migration), ...]``), up to each of them only."""
+    ``targets`` (``[(app_label, migration), ...]``), up to each of them only.
+    With ``preflight`` (a ``PreflightProcess`` still there), in that process."""
+    if preflight is not None and preflight.serving:
+        with migration_lock(cfg, env, redact):
+            preflight.migrate(targets)
+        return
     python = os.path.join(rdir, "venv", "bin", "python")
     if os.path.isfile(os.path.join(project_dir(cfg, rdir), "manage.py")):
         command = [python, "manage.py", "migrate", "--noinput"]
@@ -229,7 +388,6 @@ def migrate(cfg, host, rdir, env, redact, version, targets=None):
                     "migrate",
                     redact(f"migrate failed (exit {ret.get('retcode')}): {output}"),
                 )
-    return ret
 
 
 @contextlib.contextmanager

@@ -133,6 +133,7 @@ class Run:
         self.pending = []
         self.migration_plan = None
         self.preflight_static = None
+        self.preflight_process = None
         self.master = 0
         self.entry = None
         self.done = False
@@ -249,6 +250,8 @@ def execute(run, steps, finishing=()):
                 except StepFailed as exc:
                     run.note(f"{step.name} failed (the {run.action} stands): {exc}")
     finally:
+        if run.preflight_process:
+            run.preflight_process.close()
         if run.lock:
             run.lock.release()
         run.ret["seconds"] = round(time.monotonic() - run.clock, 3)
@@ -259,6 +262,8 @@ def put_back(run, step, message):
     """The one failure handler: what was live before is live again, a release
     that failed is removed, and the result says what was done."""
     layout = run.layout
+    if run.preflight_process:
+        run.preflight_process.close(kill=True)
     if run.lock is None:
         restored = ["nothing changed"]
     elif run.switched:
@@ -403,7 +408,7 @@ def preflight(run, info):
     pending migrations, in the new release, as the app's user."""
     live = run.layout.release_json(run.current) if run.current else None
     check_config = not gunicorn_checked(run.cfg, live, run.rdir)
-    found = run_preflight(
+    found, run.preflight_process = run_preflight(
         run.cfg,
         run.host,
         run.rdir,

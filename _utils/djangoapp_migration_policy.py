@@ -185,15 +185,22 @@ def after_switch_due(run):
 def migrate_before_switch(run, info):
     run.entry["migrations_ran"] = run.ret["migrations_ran"] = True
     info["migrations"] = list(run.migration_plan["before_switch"])
-    migrate(
-        run.cfg,
-        run.host,
-        run.rdir,
-        run.env,
-        run.redact,
-        run.version,
-        targets=targets_before(run.migration_plan),
-    )
+    preflight = run.preflight_process
+    info["in_preflight_process"] = bool(preflight and preflight.serving)
+    try:
+        migrate(
+            run.cfg,
+            run.host,
+            run.rdir,
+            run.env,
+            run.redact,
+            run.version,
+            targets=targets_before(run.migration_plan),
+            preflight=preflight,
+        )
+    finally:
+        if preflight:
+            preflight.close()
 
 
 def migrate_after_switch(run, info):

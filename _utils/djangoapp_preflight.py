@@ -25,6 +25,12 @@ Arguments: one JSON object (``argv[1]``) with
 
 Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
 the project prints goes to stderr. Exit code 0 when every check passed.
+
+Run as ``python -c BOOTSTRAP <length> <options>`` with this file's first
+``<length>`` bytes on stdin (``BOOTSTRAP`` in ``djangoapp_django.py``), the
+process stays after a preflight that found pending migrations: the engine
+takes the backup meanwhile, then asks it to migrate (``serve_migrations``),
+which spares a second Python and Django setup.
 """
 
 import json
@@ -34,6 +40,7 @@ import time
 import traceback
 
 MARKER = "DJANGOAPP-PREFLIGHT "
+MIGRATED_MARKER = "DJANGOAPP-MIGRATED "
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
@@ -382,7 +389,33 @@ STAGES = (
 )
 
 
-def main(argv):
+def serve_migrations(result_stream, requests):
+    """
+    Run ``migrate`` in this process, with Django set up already, each time the
+    engine asks: a JSON line ``{"targets": [[app_label, migration], ...]}``
+    (empty: all of them) on ``requests``, answered by a line
+    ``DJANGOAPP-MIGRATED {"ok", "error", "traceback"}``. Ends with its input.
+    """
+    from django.core.management import call_command
+    from django.db import connections
+
+    for line in iter(requests.readline, b""):
+        answer = {"ok": False, "error": None}
+        try:
+            for target in json.loads(line).get("targets") or [[]]:
+                call_command("migrate", *target, interactive=False, verbosity=1)
+            answer["ok"] = True
+        except BaseException as exc:  # answered; the engine decides
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            answer["error"] = text
+            answer["traceback"] = traceback.format_exc()[-4000:]
+        finally:
+            connections.close_all()
+        result_stream.write(MIGRATED_MARKER + json.dumps(answer) + "\n")
+        result_stream.flush()
+
+
+def main(argv, requests=None):
     options = json.loads(argv[1]) if len(argv) > 1 else {}
     # Keep stdout for the result alone: the project's own output (and any C
     # extension writing to fd 1) goes to stderr.
@@ -410,6 +443,8 @@ def main(argv):
         result["traceback"] = traceback.format_exc()[-4000:]
     result_stream.write("\n" + MARKER + json.dumps(result, default=str) + "\n")
     result_stream.flush()
+    if result["ok"] and result["pending_migrations"] and requests is not None:
+        serve_migrations(result_stream, requests)
     return 0 if result["ok"] else 1
 
 

@@ -309,6 +309,12 @@ TINY_MIGRATIONS = {
         "migrations.RunPython(touch, elidable=True), "
         "migrations.RunPython(touch, migrations.RunPython.noop)",
     ),
+    "failing-migration": _tiny_migration(
+        "0003_fail",
+        "migrations.RunPython(fail, migrations.RunPython.noop)",
+        head="def fail(apps, schema_editor):\n"
+        "    raise RuntimeError('the tiny migration fails')\n",
+    ),
 }
 
 GIT_ENV = {

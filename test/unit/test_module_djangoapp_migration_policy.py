@@ -213,6 +213,37 @@ def test_runpython_elidable_or_reversible_runs_before_the_switch(mods, released)
     assert ret["migrations"]["incompatible"] == {}
 
 
+def _columns(base):
+    with contextlib.closing(sqlite3.connect(base / "shared" / "db.sqlite3")) as db:
+        return [row[1] for row in db.execute("PRAGMA table_info(tinyapp_item)")]
+
+
+def test_the_migrations_run_in_the_preflights_process(mods, tiny_app, tmp_path):
+    base = tmp_path / "srv"
+    tiny_app("tiny", base)
+    assert mods["djangoapp.release"]("v1.1.0", app="tiny")["result"] is True
+    assert "note" not in _columns(base)
+    ret = mods["djangoapp.release"]("v1.2.0", app="tiny")
+    assert ret["result"] is True, ret
+    migrate = next(step for step in ret["steps"] if step["name"] == "migrate")
+    assert migrate["in_preflight_process"] is True
+    assert migrate["migrations"] == ["tinyapp.0002_item_note"]
+    assert "note" in _columns(base)
+
+
+def test_a_migration_that_fails_in_the_preflights_process(mods, released):
+    _, base = released()
+    live = os.readlink(base / "current")
+    ret = mods["djangoapp.release"]("failing-migration", app="tiny")
+    assert (ret["result"], ret["failed_step"]) == (False, "migrate")
+    assert ret["error"].startswith("migrate failed: Traceback"), ret["error"]
+    assert ret["error"].endswith("RuntimeError: the tiny migration fails")
+    migrate = next(step for step in ret["steps"] if step["name"] == "migrate")
+    assert migrate["in_preflight_process"] is True
+    assert os.readlink(base / "current") == live
+    assert not (base / "releases" / ret["id"]).exists()
+
+
 def test_no_pending_migration_needs_no_linter(mods, released):
     released(migration_linter="/nonexistent")
     ret = mods["djangoapp.release"]("v1.1.0", app="tiny")

@@ -199,6 +199,7 @@ def test_release_with_migration(mods, app, base):
         "markers": {},
     }
     assert _step(ret, "migrate")["migrations"] == ["tinyapp.0002_item_note"]
+    assert _step(ret, "migrate")["in_preflight_process"] is True
     assert _ledger(base)[-1]["migrations"] == ret["migrations"]
     # keep_releases=2: v1.0.0 goes, failed attempts never stayed
     assert _on_disk(base) == sorted([ret["id"], ret["previous"]["id"]])
