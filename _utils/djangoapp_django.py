@@ -311,7 +311,8 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     One process of the new release's python runs the Django checks
     (djangoapp_preflight.py) and, when ``check_config``, what ``gunicorn
     --check-config`` checks. Returns (the preflight result dict, the
-    ``PreflightProcess`` to migrate with, or None); raises StepFailed.
+    ``PreflightProcess``, there to migrate with when it found pending
+    migrations, or None); raises StepFailed.
     """
     if not os.path.isdir(project_dir(cfg, rdir)):
         raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
@@ -337,9 +338,7 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     except BaseException:
         preflight.close(kill=True)
         raise
-    if not result["pending_migrations"]:
-        preflight.close()  # it ends by itself: nothing to migrate
-        return result, None
+    # With nothing to migrate it ends by itself, while the release goes on.
     return result, preflight
 
 

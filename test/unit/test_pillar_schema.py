@@ -383,6 +383,10 @@ def message(pillar):
             "non-empty list of arguments",
         ),
         (
+            {"apps": {"demo": app(release_niceness=-21)}},
+            "djangoapp:apps:demo:release_niceness must be an integer -20..19",
+        ),
+        (
             {"apps": {"demo": app(hooks={"before_build": []})}},
             "djangoapp:apps:demo:hooks:before_build is not a known key (allowed: "
             "after_build, after_migrate, after_switch)",
