@@ -46,8 +46,16 @@ if fd < 0 or libc.inotify_add_watch(fd, lock.encode(), IN_MODIFY) < 0:
     sys.exit(f"inotify: errno {ctypes.get_errno()}")
 
 def holder():
-    with open(lock) as handle:
-        return json.loads(handle.read() or "null")
+    # The run rewrites its lock in place: a read that met a write half done is
+    # read again.
+    for _ in range(50):
+        with open(lock) as handle:
+            text = handle.read()
+        try:
+            return json.loads(text or "null")
+        except ValueError:
+            time.sleep(0.001)
+    return json.loads(text)
 
 print("ready", flush=True)
 deadline = time.monotonic() + 300
