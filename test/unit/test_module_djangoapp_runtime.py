@@ -82,6 +82,7 @@ class FakeControl:
         self.commands = []
         self.restarting = False
         self.silent = 0  # connections to take and never answer
+        self.answer_changes = False  # answer a change of the count, as Gunicorn can
         self.held = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(self.path)
@@ -113,8 +114,13 @@ class FakeControl:
                 elif words[:1] == ["worker"] and words[1] in ("add", "remove"):
                     change = int(words[2]) * (1 if words[1] == "add" else -1)
                     self.stats["workers_target"] += change
-                    self.restarting = True
-                    continue
+                    if not self.answer_changes:
+                        self.restarting = True
+                        continue
+                    answer = {
+                        "status": "ok",
+                        "data": {"total": self.stats["workers_target"]},
+                    }
                 else:
                     answer = {"status": "error", "error": f"Unknown command: {text}"}
                 payload = json.dumps(answer).encode()
@@ -157,6 +163,32 @@ def test_a_connection_nobody_answers_is_given_up_and_made_again(fake_control):
     started = time.monotonic()
     assert client.command("show stats")["pid"] == 4242
     assert time.monotonic() - started < 2
+
+
+def test_a_change_answered_with_the_new_count_is_not_looked_at_again(fake_control):
+    fake_control.answer_changes = True
+    client = djangoapp_gunicorn.GunicornControl(fake_control.path, timeout=5)
+    client.set_workers(6)
+    assert fake_control.stats["workers_target"] == 6
+    assert fake_control.commands == ["show stats", "worker add 3"]
+
+
+def test_a_connection_nobody_answers_costs_a_fifth_of_a_second_first(fake_control):
+    fake_control.silent = 1
+    client = djangoapp_gunicorn.GunicornControl(fake_control.path, timeout=5)
+    started = time.monotonic()
+    assert client.command("show stats")["pid"] == 4242
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_master_slow_to_answer_is_given_longer_each_time(fake_control):
+    fake_control.silent = 3  # 0.1 s, 0.2 s and 0.4 s given up
+    client = djangoapp_gunicorn.GunicornControl(
+        fake_control.path, timeout=5, attempt=0.1, longest_attempt=0.4
+    )
+    started = time.monotonic()
+    assert client.command("show stats")["pid"] == 4242
+    assert 0.7 <= time.monotonic() - started < 1.5
 
 
 def test_control_socket_that_does_not_answer(tmp_path):
