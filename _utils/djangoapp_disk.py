@@ -188,18 +188,24 @@ class ReleaseLock:
         self.stale = None
 
     @staticmethod
-    def read_holder(path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read().strip()
-        except OSError:
-            return None
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            return {"raw": text[:200]}
+    def read_holder(path, tries=5):
+        """Who holds the lock, as the holder wrote it. The holder rewrites the
+        file in place (the lock is the file's): a read in the middle of that
+        sees half of each, and is made again."""
+        for attempt in range(tries):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read().strip()
+            except OSError:
+                return None
+            if not text:
+                return None
+            try:
+                return json.loads(text)
+            except ValueError:
+                if attempt + 1 < tries:
+                    time.sleep(0.01)
+        return {"raw": text[:200]}
 
     @staticmethod
     def is_held(path):

@@ -200,21 +200,17 @@ class PreflightProcess:
     and the release does at its end whatever happened).
     """
 
-    def __init__(self, cfg, rdir, env, redact, version):
-        self.cfg = cfg
-        self.rdir = rdir
-        self.env = env
+    def __init__(self, redact):
         self.redact = redact
-        self.version = version
         self.process = None
         self.said = {"stdout": [], "stderr": []}
         self.lines = queue.Queue()
 
-    def start(self, argv, options):
-        """``argv``: the release's python, as the app's user."""
+    def start(self, argv, options, run_as):
+        """``argv``: the release's python, as the app's user; ``run_as``: its
+        ``cwd`` and ``env`` (``as_app``)."""
         with open(PREFLIGHT_SCRIPT, "rb") as handle:
             source = handle.read()
-        run_as = as_app(self.cfg, self.env, self.rdir, self.version, timeout=None)
         self.process = subprocess.Popen(  # pylint: disable=consider-using-with
             [*argv, "-c", BOOTSTRAP, str(len(source)), json.dumps(options)],
             stdin=subprocess.PIPE,
@@ -293,17 +289,24 @@ class PreflightProcess:
         return self.process is not None and self.process.poll() is None
 
     def close(self, wait=10, kill=False):
-        if self.process is None or self.process.returncode is not None:
-            return
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        if kill:
-            self.process.kill()
-        try:
-            self.process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            end_process(self.process, wait, kill)
+
+
+def end_process(process, wait, kill=False):
+    """End a process that reads its stdin until it closes: stdin closed, then
+    ``wait`` seconds for it to exit before it is killed (at once: ``kill``)."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    if kill:
+        process.kill()
+    try:
+        process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=True):
@@ -322,18 +325,11 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     if cfg["user"] != os_user():
         argv = as_user(cfg["user"], argv)
     if argv is None:  # no setpriv: Salt's runas, one process per command
-        with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
-            source = handle.read()
-        ret = host.run(
-            [python, "-", json.dumps(options)],
-            stdin=source,
-            stdin_raw_newlines=True,
-            **as_app(cfg, env, rdir, version, timeout=900),
-        )
+        ret = _run_preflight_script(cfg, host, rdir, env, version, options, 900)
         return _with_checks(_preflight_result(ret, redact)), None
-    preflight = PreflightProcess(cfg, rdir, env, redact, version)
+    preflight = PreflightProcess(redact)
     try:
-        preflight.start(argv, options)
+        preflight.start(argv, options, as_app(cfg, env, rdir, version, timeout=None))
         result = preflight.result()
     except BaseException:
         preflight.close(kill=True)
@@ -346,20 +342,25 @@ def read_migrations(cfg, host, rdir, env, redact, version):
     """The pending migrations of the code in ``rdir``, classified as the
     preflight does (its ``setup`` and ``migrate_plan`` stages alone); raises
     StepFailed."""
-    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
-        source = handle.read()
     options = {
         "stages": ["setup", "migrate_plan"],
         "migration_linter": cfg["migration_linter"],
     }
-    python = os.path.join(rdir, "venv", "bin", "python")
-    ret = host.run(
-        [python, "-", json.dumps(options)],
+    ret = _run_preflight_script(cfg, host, rdir, env, version, options, 300)
+    return _preflight_result(ret, redact)
+
+
+def _run_preflight_script(cfg, host, rdir, env, version, options, timeout):
+    """The preflight script with ``options``, run once by ``host.run`` as the
+    app user in the release's python (the script on stdin)."""
+    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
+        source = handle.read()
+    return host.run(
+        [os.path.join(rdir, "venv", "bin", "python"), "-", json.dumps(options)],
         stdin=source,
         stdin_raw_newlines=True,
-        **as_app(cfg, env, rdir, version, timeout=300),
+        **as_app(cfg, env, rdir, version, timeout=timeout),
     )
-    return _preflight_result(ret, redact)
 
 
 def migrate(cfg, host, rdir, env, redact, version, targets=None, preflight=None):
@@ -417,13 +418,7 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
         _wait_for_marker(holder, wait, redact)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            holder.stdin.close()
-        try:
-            holder.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait()
+        end_process(holder, wait=10)
 
 
 def _lock_session(db, wait):

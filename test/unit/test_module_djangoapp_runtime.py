@@ -534,3 +534,27 @@ def test_app_commands_name_their_release_for_sentry(tmp_path):
     assert env["SENTRY_RELEASE"] == "v2"
     assert env["SENTRY_DSN"] == "https://k@sentry.example/1"
     assert env["PATH"].startswith("/srv/djangoapp/demo/releases/v2-1234abcd/venv/bin:")
+
+
+# --------------------------------------------------------------------------
+# the release lock's holder, read while the holder rewrites it
+
+
+def test_a_holder_read_in_the_middle_of_a_rewrite_is_read_again(tmp_path):
+    path = tmp_path / ".release.lock"
+    path.write_text('{"action": "release", "step": "reload"}tion": "release"}')
+    rewritten = threading.Timer(
+        0.015, path.write_text, args=('{"action": "release", "step": "verify"}',)
+    )
+    rewritten.start()
+    holder = djangoapp_disk.ReleaseLock.read_holder(str(path))
+    rewritten.join()
+    assert holder == {"action": "release", "step": "verify"}
+
+
+def test_a_holder_that_stays_unreadable_is_shown_as_it_is(tmp_path):
+    path = tmp_path / ".release.lock"
+    path.write_text("not json")
+    assert djangoapp_disk.ReleaseLock.read_holder(str(path)) == {"raw": "not json"}
+    path.write_text("")
+    assert djangoapp_disk.ReleaseLock.read_holder(str(path)) is None
