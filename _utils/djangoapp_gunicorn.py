@@ -58,19 +58,16 @@ class GunicornControl:
     and starts it again, which closes the connections and recreates the
     socket; a connection made in the middle of that may also land in a socket
     that a new worker inherited and nobody answers on. So each command gets
-    its own connection and a short wait (``attempt``, doubled on each try up
-    to ``longest_attempt``: the master answers in milliseconds, and a
-    hand-over should not stand still for two seconds on a lost connection),
-    and is tried again until ``timeout``. A command whose answer was lost may
-    have been carried out: the worker count changes through ``set_workers``,
-    which looks at the count again instead of repeating a change.
+    its own connection and a short wait (``attempt``), and is tried again
+    until ``timeout``. A command whose answer was lost may have been carried
+    out: the worker count changes through ``set_workers``, which looks at the
+    count again instead of repeating a change.
     """
 
-    def __init__(self, path, timeout=20.0, attempt=0.2, longest_attempt=2.0):
+    def __init__(self, path, timeout=20.0, attempt=2.0):
         self.path = path
         self.timeout = timeout
         self.attempt = attempt
-        self.longest_attempt = longest_attempt
 
     def command(self, text, repeatable=True):
         """
@@ -81,12 +78,11 @@ class GunicornControl:
         payload = json.dumps({"id": 1, "command": text, "args": []}).encode()
         request = struct.pack(">I", len(payload)) + payload
         deadline = time.monotonic() + self.timeout
-        attempt = self.attempt
         while True:
             sent = False
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(attempt)
+                    sock.settimeout(self.attempt)
                     sock.connect(self.path)
                     sent = True
                     sock.sendall(request)
@@ -102,7 +98,6 @@ class GunicornControl:
                     raise ControlSocketError(
                         f"gunicorn control socket {self.path}, {text!r}: {exc}"
                     ) from exc
-                attempt = min(attempt * 2, self.longest_attempt)
                 time.sleep(0.02)
         if answer.get("status") != "ok":
             raise CommandExecutionError(

@@ -15,14 +15,12 @@ The tests run in file order and share one app.
 """
 
 import http.client
-import importlib.util
 import json
 import os
 import pathlib
 import signal
 import socket
 import subprocess
-import sysconfig
 import threading
 import time
 
@@ -299,8 +297,7 @@ def _sha256(path):
 
 
 # Appended to the formula's config: each worker records, once it has loaded the app,
-# its niceness, the ROLLING_MARK of its environment and the modules of the standard
-# library it imported itself (not found loaded from the master).
+# its niceness and the ROLLING_MARK of its environment.
 WORKER_RECORDER = """
 _formula_post_worker_init = post_worker_init
 
@@ -311,11 +308,6 @@ def post_worker_init(worker):
             {
                 "niceness": os.getpriority(os.PRIO_PROCESS, 0),
                 "mark": os.environ.get("ROLLING_MARK"),
-                "stdlib_imported": sorted(
-                    name
-                    for name, module in list(sys.modules.items())
-                    if name not in inherited_modules and from_stdlib(module)
-                ),
             },
             record,
         )
@@ -347,23 +339,6 @@ def test_new_workers_boot_ahead_and_end_at_the_masters_priority(mods, app, base)
         # loaded the app boosted, and serves at the master's priority
         assert _recorded(base, worker["pid"])["niceness"] == -5, worker
         assert os.getpriority(os.PRIO_PROCESS, worker["pid"]) == 0
-
-
-def test_new_workers_find_the_standard_library_loaded_by_the_master(mods, app, base):
-    # the workers of the master's start listed what they imported of the standard
-    # library; the master imported it before it forked the workers of the hand-overs
-    listed = json.loads((base / "run" / "stdlib-modules.json").read_text())
-    assert listed == sorted(set(listed)) and len(listed) > 10, listed
-    stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "")
-    for name in listed:
-        origin = importlib.util.find_spec(name).origin
-        assert origin.startswith(stdlib) and "-packages" not in origin, (name, origin)
-    state = json.loads((base / "run" / "gunicorn.json").read_text())
-    assert state["stdlib_preloaded"] == len(listed)
-    workers = mods["djangoapp.status"]("rolling")["workers"]
-    assert len(workers) == WORKERS
-    for worker in workers:
-        assert _recorded(base, worker["pid"])["stdlib_imported"] == [], worker
 
 
 def test_reload_hands_a_changed_environment_over_without_a_failed_request(
