@@ -605,13 +605,27 @@ def _dump_postgresql(host, db, path, run_env):
         raise StepFailed("backup", f"pg_restore --list cannot read {path}")
 
 
-def _dump_mysql(host, db, path, run_env):
+# mysqldump's snapshot met a table that another session altered after it began
+# (another web minion of a fleet migrating the shared database): "Error 1412 ...
+# please retry transaction". Tried again, a second apart, while that goes on.
+TABLE_CHANGED = "Error 1412"
+TABLE_CHANGED_TRIES = 30
+
+
+def _dump_mysql(host, db, path, run_env, pause=1.0):
     if db.get("password"):
         run_env["MYSQL_PWD"] = db["password"]
     argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
     argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
     argv += [f"--user={db['user']}", f"--result-file={path}"]
-    _dump(host, argv + ["--databases", db["name"]], run_env)
+    for attempt in range(1, TABLE_CHANGED_TRIES + 1):
+        try:
+            _dump(host, argv + ["--databases", db["name"]], run_env)
+            break
+        except StepFailed as exc:
+            if TABLE_CHANGED not in str(exc) or attempt == TABLE_CHANGED_TRIES:
+                raise
+            time.sleep(pause)
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 512))
         if b"-- Dump completed" not in handle.read():

@@ -540,3 +540,46 @@ def test_a_holder_that_stays_unreadable_is_shown_as_it_is(tmp_path):
     assert djangoapp_disk.ReleaseLock.read_holder(str(path)) == {"raw": "not json"}
     path.write_text("")
     assert djangoapp_disk.ReleaseLock.read_holder(str(path)) is None
+
+
+# --------------------------------------------------------------------------
+# a MariaDB dump that meets a table another minion is altering
+
+
+class DumpingHost:
+    """Runs mysqldump as told by ``answers`` (exit code, stderr), one per try; a
+    try that succeeds writes a complete dump to --result-file."""
+
+    check = djangoapp_host.Host.check
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.tries = 0
+
+    def run(self, argv, **kwargs):
+        self.tries += 1
+        retcode, stderr = self.answers.pop(0)
+        if retcode == 0:
+            path = next(a for a in argv if a.startswith("--result-file="))
+            pathlib.Path(path.split("=", 1)[1]).write_text("-- Dump completed\n")
+        return {"retcode": retcode, "stdout": "", "stderr": stderr}
+
+
+DB = {"host": "db", "user": "shop", "name": "shop", "password": "secret"}
+TABLE_CHANGED = "mysqldump: Error 1412: Table definition has changed, please retry"
+
+
+def test_a_dump_that_met_a_table_being_altered_is_taken_again(tmp_path):
+    host = DumpingHost([(3, TABLE_CHANGED), (3, TABLE_CHANGED), (0, "")])
+    path = tmp_path / "shop.sql"
+    djangoapp_django._dump_mysql(host, dict(DB), str(path), {}, pause=0.01)
+    assert host.tries == 3
+    assert path.read_text() == "-- Dump completed\n"
+
+
+def test_a_dump_that_fails_otherwise_is_not_taken_again(tmp_path):
+    host = DumpingHost([(2, "mysqldump: Got error: 1045: Access denied"), (0, "")])
+    with pytest.raises(djangoapp_common.StepFailed) as failed:
+        djangoapp_django._dump_mysql(host, dict(DB), str(tmp_path / "s.sql"), {})
+    assert failed.value.step == "backup"
+    assert host.tries == 1
