@@ -522,16 +522,21 @@ def test_app_commands_name_their_release_for_sentry(tmp_path):
 # the release lock's holder, read while the holder rewrites it
 
 
-def test_a_holder_read_in_the_middle_of_a_rewrite_is_read_again(tmp_path):
+def test_a_holder_read_in_the_middle_of_a_rewrite_is_read_again(
+    tmp_path, monkeypatch
+):
     path = tmp_path / ".release.lock"
     path.write_text('{"action": "release", "step": "reload"}tion": "release"}')
-    rewritten = threading.Timer(
-        0.015, path.write_text, args=('{"action": "release", "step": "verify"}',)
-    )
-    rewritten.start()
+    pauses = []
+
+    def holder_finishes_its_rewrite(seconds):
+        pauses.append(seconds)
+        path.write_text('{"action": "release", "step": "verify"}')
+
+    monkeypatch.setattr(djangoapp_disk.time, "sleep", holder_finishes_its_rewrite)
     holder = djangoapp_disk.ReleaseLock.read_holder(str(path))
-    rewritten.join()
     assert holder == {"action": "release", "step": "verify"}
+    assert pauses == [0.01]
 
 
 def test_a_holder_that_stays_unreadable_is_shown_as_it_is(tmp_path):
