@@ -618,9 +618,10 @@ def _dump_mysql(host, db, path, run_env, pause=1.0):
     argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
     argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
     argv += [f"--user={db['user']}", f"--result-file={path}"]
+    argv += ["--databases", db["name"]]
     for attempt in range(1, TABLE_CHANGED_TRIES + 1):
         try:
-            _dump(host, argv + ["--databases", db["name"]], run_env)
+            _dump(host, argv, run_env)
             break
         except StepFailed as exc:
             if TABLE_CHANGED not in str(exc) or attempt == TABLE_CHANGED_TRIES:

@@ -522,9 +522,7 @@ def test_app_commands_name_their_release_for_sentry(tmp_path):
 # the release lock's holder, read while the holder rewrites it
 
 
-def test_a_holder_read_in_the_middle_of_a_rewrite_is_read_again(
-    tmp_path, monkeypatch
-):
+def test_a_holder_read_in_the_middle_of_a_rewrite_is_read_again(tmp_path, monkeypatch):
     path = tmp_path / ".release.lock"
     path.write_text('{"action": "release", "step": "reload"}tion": "release"}')
     pauses = []
