@@ -36,6 +36,7 @@ djangoapp-{{ name }}-supervisor-program-file-managed:
     - mode: "0644"
     - context:
         app: {{ app | json }}
+        web_group: {{ djangoapp.nginx.group | json }}
     - require:
       - pkg: djangoapp-supervisor-package-installed
 

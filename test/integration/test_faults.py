@@ -74,6 +74,33 @@ if master and os.path.isdir(reports):
 print(json.dumps({"master": master, "ready": sorted(ready)}))
 """
 
+# The listening sockets bound at a path, each with the pids that hold it open.
+SOCKET_HOLDERS = r"""
+import json, os, sys
+listening = set()
+with open("/proc/net/unix") as table:
+    next(table)
+    for line in table:
+        fields = line.split()
+        # Flags 00010000: a listening socket.
+        if len(fields) == 8 and fields[7] == sys.argv[1] and fields[3] == "00010000":
+            listening.add(fields[6])
+holders = {inode: [] for inode in listening}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in holders:
+            holders[target[8:-1]].append(int(pid))
+print(json.dumps(sorted(sorted(set(pids)) for pids in holders.values())))
+"""
+
 
 def faults_pillar(module) -> dict:
     master = module.MASTER_IP
@@ -143,6 +170,25 @@ def gunicorn_state(host: SecondHost, app: str) -> dict:
     return json.loads(result.stdout)
 
 
+def process_manager_pid(host: SecondHost, app: str) -> int:
+    if MANAGERS[app] == "systemd":
+        return 1
+    return int(host.host.exec(["supervisorctl", "pid"]).stdout)
+
+
+def assert_the_process_manager_holds_the_socket(host: SecondHost, app: str) -> None:
+    """One socket listens at the app's path, held open by its process manager (so
+    that it outlives the master) and by the master."""
+    result = host.host.exec(
+        ["python3", "-c", SOCKET_HOLDERS, f"/run/djangoapp/{app}/gunicorn.sock"]
+    )
+    sockets = json.loads(result.stdout)
+    assert len(sockets) == 1, sockets
+    holders = set(sockets[0])
+    master = gunicorn_state(host, app)["master"]
+    assert {process_manager_pid(host, app), master} <= holders, (sockets, master)
+
+
 def wait_until(condition: Callable[[], bool], what: str) -> float:
     """Seconds until ``condition()`` held, polled every 0.1 s."""
     started = time.monotonic()
@@ -179,6 +225,7 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(
 ):
     before = gunicorn_state(faults, app)
     assert before["master"] is not None and before["ready"], before
+    assert_the_process_manager_holds_the_socket(faults, app)
 
     def back() -> bool:
         now = gunicorn_state(faults, app)
@@ -205,14 +252,16 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(
             "first_failures": result.failures[:3],
         },
     )
-    # Only the requests in flight fail (a client has one at a time): under systemd
-    # the socket unit holds the socket, so later ones wait for the new master;
-    # under Supervisor the old workers answer until it binds again.
+    # Only the requests in flight fail (a client has one at a time): the process
+    # manager holds the socket (systemd's socket unit, supervisord's fcgi-program
+    # socket, bound again before the new master starts), so later ones wait in its
+    # backlog for the new master.
     assert result.failed <= CLIENTS, result.failures
     assert all(0 <= at <= IN_FLIGHT_SECONDS for at in failed_after_kill), (
         failed_after_kill
     )
     assert result.succeeded > 0
+    assert_the_process_manager_holds_the_socket(faults, app)
 
     release = release_under_load(faults, app, next_version)
     reload = next(step for step in release["steps"] if step["name"] == "reload")
@@ -336,6 +385,7 @@ def test_after_a_power_cycle_the_same_releases_serve_with_no_manual_step(faults)
             "socket": True,
             "control_socket": True,
         }
+        assert_the_process_manager_holds_the_socket(faults, app)
     assert faults.infra.run("nft list table inet djangoapp").rc == 0
     services = faults.host.exec(["systemctl", "is-active", *HOST_SERVICES], check=False)
     assert services.stdout.split() == ["active"] * len(HOST_SERVICES), services.stdout

@@ -378,3 +378,85 @@ def test_reload_of_a_changed_gunicorn_config_takes_a_hup(mods, app, base):
     assert ret["workers"] and not set(ret["workers"]) & before
     state = json.loads((base / "run" / "gunicorn.json").read_text())
     assert state["config_sha256"] == _sha256(base / "gunicorn.conf.py")
+
+
+def _ready_workers(run_dir):
+    workers = run_dir / "workers"
+    return {path.stem for path in workers.glob("*.json")} if workers.is_dir() else set()
+
+
+def _wait_for_new_workers(run_dir, master, old):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = _ready_workers(run_dir)
+        if len(ready) >= WORKERS and not ready & old:
+            return ready
+        assert master.poll() is None, (run_dir / "gunicorn.log").read_text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError((run_dir / "gunicorn.log").read_text()[-3000:])
+
+
+def _page(path):
+    connection = UnixHTTPConnection(str(path))
+    try:
+        connection.request("GET", "/", headers={"Host": "example.com"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_master_handed_its_socket_as_stdin_serves_on_it_also_after_a_hup(
+    mods, app, base
+):
+    """As under Supervisor: the socket bound by the process manager (here the
+    test) comes as stdin, and the master neither binds the path again nor, on a
+    HUP, lets go of it."""
+    run_dir = base / "run-handed"
+    run_dir.mkdir()
+    settings = gunicorn_settings(base, "rolling")
+    settings.update(
+        env_file=app["env_file"],
+        gunicorn_config=str(run_dir / "gunicorn.conf.py"),
+        run_dir=str(run_dir),
+        socket=str(run_dir / "gunicorn.sock"),
+        control_socket=str(run_dir / "gunicorn.ctl"),
+    )
+    render_config(mods, settings)
+    socket_path = run_dir / "gunicorn.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(64)
+    bound_inode = socket_path.stat().st_ino
+    with open(run_dir / "gunicorn.log", "ab") as log:
+        master = subprocess.Popen(
+            [
+                str(base / "current" / "venv" / "bin" / "python"),
+                "-m",
+                "gunicorn",
+                "--config",
+                settings["gunicorn_config"],
+                "tinysite.wsgi:application",
+            ],
+            cwd=str(base),
+            env={
+                "PATH": os.environ["PATH"],
+                "HOME": str(base),
+                "DJANGOAPP_LISTEN_FD": "0",
+            },
+            stdin=listener,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    listener.close()
+    try:
+        first = _wait_for_new_workers(run_dir, master, set())
+        assert _page(socket_path) == 200
+        assert socket_path.stat().st_ino == bound_inode
+        master.send_signal(signal.SIGHUP)
+        _wait_for_new_workers(run_dir, master, first)
+        assert _page(socket_path) == 200
+        assert socket_path.stat().st_ino == bound_inode
+        assert master.poll() is None
+    finally:
+        master.send_signal(signal.SIGTERM)
+        master.wait(30)
