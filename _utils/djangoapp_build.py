@@ -317,7 +317,11 @@ class Builder:
         if shared:
             os.symlink(os.path.relpath(self.venv, self.rdir), release_venv)
         self.lap("permissions")
-        return {"tool": "uv" if uv else "pip", "dependencies": self.deps.format}
+        return {
+            "tool": "uv" if uv else "pip",
+            "dependencies": self.deps.format,
+            "requirements": self.deps.digest(),
+        }
 
     def install(self, uv):
         if uv:

@@ -52,6 +52,7 @@ class Dependencies:
         self.pyproject = self._found("pyproject.toml")
         self.format = self._format()
         self.files = self._files()
+        self._digest = None
 
     def _found(self, name):
         path = os.path.join(self.src, name)
@@ -126,6 +127,11 @@ class Dependencies:
     def digest(self):
         """What the virtualenv depends on, in 16 hex digits: the format, the
         interpreter, the extra packages, the groups and extras, every file."""
+        if self._digest is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def _compute_digest(self):
         digest = hashlib.sha256()
         cfg = self.cfg
         digest.update(
@@ -176,11 +182,6 @@ class Dependencies:
                 'the pillar to an interpreter that fits (a version such as "3.12" '
                 "or a path)",
             )
-
-
-def requirements_digest(cfg, src):
-    """The digest of the dependencies of the project in ``src``."""
-    return Dependencies(cfg, src).digest()
 
 
 def with_includes(paths, src):

@@ -26,7 +26,6 @@ from djangoapp_common import (
     tail,
     user_ids,
 )
-from djangoapp_deps import requirements_digest
 from djangoapp_files import STATIC_STAGING
 from djangoapp_host import as_user
 
@@ -87,10 +86,11 @@ def as_app(cfg, env, rdir, version, timeout):
     }
 
 
-def gunicorn_checked(cfg, live_info, rdir):
+def gunicorn_checked(cfg, live_info, rdir, requirements):
     """
     True when ``gunicorn --check-config`` can tell nothing new about the
-    release in ``rdir``: the live release passed it with the same config file,
+    release in ``rdir``, built from the dependencies whose digest is
+    ``requirements``: the live release passed it with the same config file,
     the same Gunicorn and the same requirements (the worker class), and the
     preflight imports the app itself.
     """
@@ -100,8 +100,7 @@ def gunicorn_checked(cfg, live_info, rdir):
     return (
         live_info["gunicorn_config"] == file_sha256(cfg["gunicorn_config"])
         and live_info.get("gunicorn") == venv_package_version(venv, "gunicorn")
-        and live_info.get("requirements")
-        == requirements_digest(cfg, os.path.join(rdir, "src"))
+        and live_info.get("requirements") == requirements
     )
 
 

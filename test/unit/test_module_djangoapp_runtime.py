@@ -347,23 +347,23 @@ def test_gunicorn_check_config_is_skipped_only_when_nothing_changed(tmp_path):
         "dependency_groups": [],
         "extras": [],
     }
+    same = djangoapp_deps.Dependencies(cfg, str(src)).digest()
     live = {
         "gunicorn_config": djangoapp_common.file_sha256(str(config)),
         "gunicorn": "27.0.1",
-        "requirements": djangoapp_deps.requirements_digest(cfg, str(src)),
+        "requirements": same,
     }
     rdir = layout.release("r2")
-    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is True
-    assert djangoapp_django.gunicorn_checked(cfg, None, rdir) is False
-    assert (
-        djangoapp_django.gunicorn_checked(cfg, dict(live, gunicorn="26.0"), rdir)
-        is False
-    )
+    checked = djangoapp_django.gunicorn_checked
+    assert checked(cfg, live, rdir, same) is True
+    assert checked(cfg, None, rdir, same) is False
+    assert checked(cfg, dict(live, gunicorn="26.0"), rdir, same) is False
     (src / "requirements.txt").write_text("Django\nhumanize\n")
-    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is False
-    (src / "requirements.txt").write_text("Django\n")
+    other = djangoapp_deps.Dependencies(cfg, str(src)).digest()
+    assert other != same
+    assert checked(cfg, live, rdir, other) is False
     config.write_text("workers = 3\n")
-    assert djangoapp_django.gunicorn_checked(cfg, live, rdir) is False
+    assert checked(cfg, live, rdir, same) is False
 
 
 # --------------------------------------------------------------------------
