@@ -89,6 +89,8 @@ def test_gunicorn_runs_as_the_app_user_from_the_live_release(demo_app, host):
 def test_gunicorn_listens_on_a_socket_only_nginx_can_reach(demo_app, host):
     socket = host.file(f"/run/djangoapp/{demo_app['name']}/gunicorn.sock")
     assert socket.is_socket
+    # Bound by the process manager (supervisord or systemd), not by Gunicorn.
+    assert (socket.user, socket.mode) == (demo_app["name"], 0o660)
     directory = host.file(f"/run/djangoapp/{demo_app['name']}")
     assert directory.user == demo_app["name"]
     assert directory.mode & 0o007 == 0
