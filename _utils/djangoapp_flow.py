@@ -127,10 +127,8 @@ class Run:
         self.notes = self.ret["notes"]
         self.lock = None
         self.current = None
-        self.rid = self.rdir = self.sha = None
+        self.rid = self.rdir = self.sha = self.deps_digest = None
         self.built = self.reused = self.switched = False
-        # the digest of the release's dependencies (its shared virtualenv's name)
-        self.requirements = None
         self.pending = []
         self.migration_plan = None
         self.preflight_static = None
@@ -390,7 +388,7 @@ def build(run, info):
     if run.reused:
         info["reused"] = True
         run.note(f"{run.rid} is already built on disk (a good release): reused")
-        run.requirements = (run.layout.release_json(run.rid) or {}).get("requirements")
+        run.deps_digest = (run.layout.release_json(run.rid) or {}).get("requirements")
         return
     if os.path.lexists(rdir):
         run.note(f"removed a half-built {run.rid} left by an earlier attempt")
@@ -400,7 +398,7 @@ def build(run, info):
     live = run.layout.release(run.current) if run.current else None
     builder = Builder(run.cfg, run.host, run.notes, rdir, previous=live)
     info.update(builder.build(Git(run.cfg, run.layout, run.host), run.sha))
-    run.requirements = info["requirements"]
+    run.deps_digest = info["requirements"]
     info["timings"] = builder.timings
     info["bytecode_linked"] = builder.linked
     info["compiled"] = builder.compiled
@@ -410,7 +408,7 @@ def preflight(run, info):
     """Django's checks with the production environment, collectstatic and the
     pending migrations, in the new release, as the app's user."""
     live = run.layout.release_json(run.current) if run.current else None
-    check_config = not gunicorn_checked(run.cfg, live, run.rdir, run.requirements)
+    check_config = not gunicorn_checked(run.cfg, live, run.rdir, run.deps_digest)
     found, run.preflight_process = run_preflight(
         run.cfg,
         run.host,
@@ -453,7 +451,7 @@ def release_record(run, found):
         "check_warnings": run.ret["check_warnings"],
         "python": found.get("python"),
         "django": found.get("django"),
-        "requirements": run.requirements,
+        "requirements": run.deps_digest,
         "gunicorn": venv_package_version(venv, "gunicorn"),
         "gunicorn_config": file_sha256(run.cfg["gunicorn_config"]),
     }

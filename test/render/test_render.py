@@ -1,6 +1,7 @@
 """Every SLS renders for each supported OS, with the right names for its family, and a
 bad pillar stops the render with a message that names the key."""
 
+import configparser
 import copy
 
 import pytest
@@ -183,6 +184,26 @@ def test_systemd_process_manager(renderer):
     function, listening = state_args(states, "djangoapp-shop-gunicorn-socket-listening")
     assert (function, listening["name"]) == ("service.running", "djangoapp-shop.socket")
     assert "djangoapp-supervisor-service-running" not in states
+
+
+@pytest.mark.parametrize(
+    ("platform", "web_group"), [("debian-12", "www-data"), ("rocky-9", "nginx")]
+)
+def test_supervisor_holds_the_socket_and_hands_it_to_gunicorn(
+    renderer, platform, web_group
+):
+    states = renderer.show_sls(platform, pillar())
+    _, program = state_args(states, "djangoapp-shop-supervisor-program-file-managed")
+    rendered = renderer.render_file(platform, program["source"], program["context"])
+    parser = configparser.RawConfigParser()
+    parser.read_string(rendered)
+    assert parser.sections() == ["fcgi-program:djangoapp-shop"]
+    section = parser["fcgi-program:djangoapp-shop"]
+    assert section["socket"] == "unix:///run/djangoapp/shop/gunicorn.sock"
+    assert section["socket_owner"] == f"shop:{web_group}"
+    assert section["socket_mode"] == "0660"
+    # What makes gunicorn.conf.py bind fd://0, the socket supervisord hands over.
+    assert 'DJANGOAPP_LISTEN_FD="0"' in section["environment"].split(",")
 
 
 def test_proxy_is_configured_for_the_package_manager(renderer):
