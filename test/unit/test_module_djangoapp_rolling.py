@@ -138,6 +138,24 @@ def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
     return cfg
 
 
+def _ready_workers(run_dir):
+    workers = run_dir / "workers"
+    return {path.stem for path in workers.glob("*.json")} if workers.is_dir() else set()
+
+
+def _wait_for_new_workers(run_dir, master, log, old=frozenset()):
+    """The pids of WORKERS workers of ``master`` that reported ready, none of
+    ``old``; ``log`` (its stderr) in the error when it exits or is late."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = _ready_workers(run_dir)
+        if len(ready) >= WORKERS and not ready & old:
+            return ready
+        assert master.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(log.read_text()[-3000:])
+
+
 @pytest.fixture(scope="module")
 def master(base):
     procs = []
@@ -159,14 +177,8 @@ def master(base):
             stderr=open(base / "gunicorn.log", "ab"),  # noqa: SIM115
         )
         procs.append(proc)
-        deadline = time.monotonic() + 60
-        workers = base / "run" / "workers"
-        while time.monotonic() < deadline:
-            if workers.is_dir() and len(list(workers.glob("*.json"))) >= WORKERS:
-                return proc
-            assert proc.poll() is None, (base / "gunicorn.log").read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError((base / "gunicorn.log").read_text()[-3000:])
+        _wait_for_new_workers(base / "run", proc, base / "gunicorn.log")
+        return proc
 
     yield start
     for proc in procs:
@@ -380,22 +392,6 @@ def test_reload_of_a_changed_gunicorn_config_takes_a_hup(mods, app, base):
     assert state["config_sha256"] == _sha256(base / "gunicorn.conf.py")
 
 
-def _ready_workers(run_dir):
-    workers = run_dir / "workers"
-    return {path.stem for path in workers.glob("*.json")} if workers.is_dir() else set()
-
-
-def _wait_for_new_workers(run_dir, master, old):
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready = _ready_workers(run_dir)
-        if len(ready) >= WORKERS and not ready & old:
-            return ready
-        assert master.poll() is None, (run_dir / "gunicorn.log").read_text()[-3000:]
-        time.sleep(0.05)
-    raise AssertionError((run_dir / "gunicorn.log").read_text()[-3000:])
-
-
 def _page(path):
     connection = UnixHTTPConnection(str(path))
     try:
@@ -449,11 +445,11 @@ def test_a_master_handed_its_socket_as_stdin_serves_on_it_also_after_a_hup(
         )
     listener.close()
     try:
-        first = _wait_for_new_workers(run_dir, master, set())
+        first = _wait_for_new_workers(run_dir, master, run_dir / "gunicorn.log")
         assert _page(socket_path) == 200
         assert socket_path.stat().st_ino == bound_inode
         master.send_signal(signal.SIGHUP)
-        _wait_for_new_workers(run_dir, master, first)
+        _wait_for_new_workers(run_dir, master, run_dir / "gunicorn.log", first)
         assert _page(socket_path) == 200
         assert socket_path.stat().st_ino == bound_inode
         assert master.poll() is None
