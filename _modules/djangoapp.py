@@ -486,11 +486,12 @@ def reload(app=None, **kwargs):
     gunicorn config, without a failed request. state.apply calls it when
     either changed. It waits for a release or rollback of the app to finish,
     then hands the workers over to new ones of the live release (they read
-    env.json when forked); a changed gunicorn config takes a HUP instead.
+    env.json when forked); a changed gunicorn config takes a HUP instead. An
+    app with ``preload_app`` gets a new master of the live release instead.
 
-    Returns ``{"result": True, "method": "rolling"|"hup", "workers": [pids]}``
-    (``reason`` says why a HUP), or ``result: False`` with a ``comment`` when
-    gunicorn is not running.
+    Returns ``{"result": True, "method": "preloaded"|"rolling"|"hup",
+    "master": pid, "workers": [pids]}`` (``reason`` says why a HUP), or
+    ``result: False`` with a ``comment`` when gunicorn is not running.
 
     CLI Example:
 

@@ -53,7 +53,7 @@ from djangoapp_django import (
     run_preflight,
 )
 from djangoapp_files import place_static, prepare_media_root
-from djangoapp_gunicorn import Service, reload_workers
+from djangoapp_gunicorn import KEEPER_START, Service, reload_workers
 from djangoapp_health import check_health
 from djangoapp_migration_policy import (
     after_switch_due,
@@ -528,6 +528,7 @@ def service_running(run):
 
 def reload(run, info):
     info.update(reload_workers(run.service, run.layout, run.rid, run.master))
+    run.master = info["master"]
 
 
 def verify(run, info):
@@ -771,12 +772,10 @@ def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
     Have gunicorn take up a changed environment file or gunicorn config
     (state.apply calls this when either changed). Once no release or rollback
     of the app runs (waiting up to ``wait`` seconds for it), the workers are
-    handed over to new ones of the live release, which read the environment
-    file when forked; when the master must read its config again, a HUP.
-    Either way, returns once every worker is a new one that has loaded the
-    app: ``{"result": True, "method": "rolling"|"hup", "workers": [pids]}``
-    (a HUP names its ``reason``), or ``{"result": False, "comment": ...}``
-    when gunicorn is not running.
+    handed over (``reload_workers``). Returns once every worker is a new one
+    that has loaded the app: ``{"result": True, "method", "master", "workers":
+    [pids]}``, or ``{"result": False, "comment": ...}`` when gunicorn is not
+    running.
     """
     layout = Layout(cfg["base_dir"])
     service = Service(cfg, host)
@@ -786,15 +785,16 @@ def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
         if lock.stale:
             recover(cfg, layout, service, lock.stale)
         master = service.master_pid()
-        if not master:
+        # preloaded: a keeper starting its first master hands over all the same
+        if not (master or service.preloaded and service.keeper_pid(KEEPER_START)):
             return {"result": False, "comment": f"{cfg['service']} is not running"}
         rid = layout.current_id()
         if rid is None:
             service.hup(master)
             return {"result": True, "method": "hup", "reason": "no release is live"}
-        before = set(children(master))
+        before = set(children(master)) if master else set()
         how = reload_workers(service, layout, rid, master)
-        how["workers"] = service.verify_workers(layout, rid, master, replaced=before)
-        return {"result": True, **how}
+        pids = service.verify_workers(layout, rid, how["master"], replaced=before)
+        return {"result": True, **how, "workers": pids}
     finally:
         lock.release()

@@ -28,6 +28,8 @@ from djangoapp_procs import (
 from salt.exceptions import CommandExecutionError
 
 CONTROL_MESSAGE_LIMIT = 16 * 1024 * 1024
+# What the process manager runs in Gunicorn's place when the app preloads.
+KEEPER = "gunicorn-keeper"
 
 
 def __virtual__():
@@ -157,6 +159,10 @@ class Service:
         self.control_socket = cfg["control_socket"] or os.path.join(
             run_dir, "gunicorn.ctl"
         )
+        # preload_app: the process manager runs gunicorn-keeper, which starts a
+        # master per hand-over
+        self.preloaded = bool(cfg.get("preload_app"))
+        self.keeper_state_file = os.path.join(run_dir, "keeper.json")
 
     @property
     def worker_timeout(self):
@@ -184,25 +190,83 @@ class Service:
         )
 
     def master_pid(self):
+        if self.preloaded:
+            return self.pidfile_master() or self.keeper_master()
         return self.pidfile_master() or self.manager_master()
 
     def is_master(self, pid):
         """
         True when ``pid`` is this app's gunicorn master: gunicorn started with
-        this app's config file, by the app's process manager.
+        this app's config file, by the app's process manager (preloaded: by the
+        app's gunicorn-keeper).
         """
         argv = proc_cmdline(pid)
-        config = self.cfg["gunicorn_config"]
         if not any(os.path.basename(arg) == "gunicorn" for arg in argv[:3]):
             return False
-        if config not in argv and f"--config={config}" not in argv:
+        if not self.names_config(argv):
             return False
+        if self.preloaded:
+            return self.is_keeper(proc_ppid(pid))
+        return self.started_by_manager(pid)
+
+    def started_by_manager(self, pid):
         parent = proc_ppid(pid)
         if self.manager == "systemd":
             return parent == 1
         return any(
             os.path.basename(arg) == "supervisord" for arg in proc_cmdline(parent)[:2]
         )
+
+    def names_config(self, argv):
+        config = self.cfg["gunicorn_config"]
+        return config in argv or f"--config={config}" in argv
+
+    def is_keeper(self, pid):
+        argv = proc_cmdline(pid)
+        keeper = any(os.path.basename(arg) == KEEPER for arg in argv[:2])
+        return keeper and self.names_config(argv)
+
+    def is_managed_keeper(self, pid):
+        return self.is_keeper(pid) and (
+            self.started_by_manager(pid) or self.manager_master() == pid
+        )
+
+    def keeper_pid(self, wait=0.0):
+        """
+        The app's gunicorn-keeper, or 0: the pid keeper.json names, checked
+        against /proc and the process manager. The keeper writes that file once
+        it takes SIGHUP as a hand-over (until then a SIGHUP would end it): for
+        a keeper the process manager has just started, wait up to ``wait`` s.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            pid = self.keeper_state().get("pid")
+            if isinstance(pid, int) and self.is_managed_keeper(pid):
+                return pid
+            if time.monotonic() >= deadline or not self.is_keeper(
+                self.manager_master()
+            ):
+                return 0
+            time.sleep(WORKER_POLL)
+
+    def serving(self, master):
+        """The app's Gunicorn processes: the master and its workers; preloaded,
+        every master of the keeper (one may be starting) and their workers."""
+        keeper = self.keeper_pid() if self.preloaded else 0
+        masters = children(keeper) if keeper else [master] if master else []
+        return {pid for each in masters for pid in (each, *children(each))}
+
+    def keeper_state(self):
+        try:
+            state = read_json(self.keeper_state_file)
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def keeper_master(self):
+        """The master the keeper says serves, checked against /proc."""
+        pid = self.keeper_state().get("live")
+        return pid if isinstance(pid, int) and self.is_master(pid) else 0
 
     def pidfile_master(self):
         try:
@@ -232,6 +296,8 @@ class Service:
     def hup(self, master):
         """A graceful reload: what ``systemctl reload`` and ``supervisorctl
         signal HUP`` would send."""
+        if not master:  # os.kill(0) would signal the whole process group
+            raise CommandExecutionError("no gunicorn master to send HUP to")
         try:
             os.kill(master, signal.SIGHUP)
         except OSError as exc:
@@ -349,6 +415,9 @@ def hup_reason(service, layout, rid, master):
 # How often the workers are looked at while they are replaced (a look reads /proc and
 # the run directory: a few milliseconds).
 WORKER_POLL = 0.02
+
+# How long a gunicorn-keeper just started may take to say that it takes SIGHUP.
+KEEPER_START = 10.0
 
 # During a hand-over, relative to the master's own niceness: the old workers yield the
 # CPU, and the new ones (forked while the master is boosted) load the app ahead of
@@ -471,17 +540,77 @@ class HandOver:
         return ready
 
 
+class PreloadedHandOver:
+    """
+    A hand-over by gunicorn-keeper (``preload_app``): a SIGHUP has it start a
+    new master of the release ``current`` names, which imports the app once
+    and forks its workers; once they are all ready the keeper stops the old
+    master, or, when the new one fails, stops it and keeps the old one. Here
+    the new master loads the app ahead of everything else on the host while
+    the old workers yield the CPU, as in the rolling hand-over.
+    """
+
+    def __init__(self, service, master):
+        self.service = service
+        self.master = master
+
+    def run(self, timeout):
+        keeper = self.service.keeper_pid(wait=KEEPER_START)
+        if not keeper:
+            raise CommandExecutionError(
+                f"gunicorn-keeper of {self.service.name} is not running"
+            )
+        asked = self.service.keeper_state().get("requests") or 0
+        niceness = os.getpriority(os.PRIO_PROCESS, keeper)
+        retiring = children(self.master) if self.master else []
+        started = time.monotonic()
+        # the master the keeper forks now inherits the boost
+        renice([keeper], niceness + BOOTING_NICENESS)
+        renice(retiring, niceness + RETIRING_NICENESS)
+        try:
+            os.kill(keeper, signal.SIGHUP)
+            while True:
+                last = self.service.keeper_state().get("last") or {}
+                if (last.get("request") or 0) > asked:
+                    break
+                if not pid_alive(keeper):
+                    raise CommandExecutionError(f"gunicorn-keeper {keeper} is gone")
+                if time.monotonic() - started > timeout:
+                    raise CommandExecutionError(
+                        f"gunicorn-keeper {keeper} did not answer in {timeout}s"
+                    )
+                time.sleep(WORKER_POLL)
+        finally:
+            renice([keeper, *retiring], niceness)
+            for master in children(keeper):
+                renice([master, *children(master)], niceness)
+        if last.get("result") != "ready":
+            raise CommandExecutionError(
+                f"the new gunicorn master kept nothing: {last.get('error')}"
+            )
+        return {
+            "method": "preloaded",
+            "master": last["master"],
+            "ready_seconds": round(time.monotonic() - started, 3),
+        }
+
+
 def reload_workers(service, layout, rid, master):
     """
-    Have the master's workers run ``releases/<rid>`` (``current`` already
-    points there): a rolling hand-over when it can be right, else a HUP.
-    Returns ``{"method": "rolling"|"hup", ...}``; a HUP names its reason.
+    Have the workers run ``releases/<rid>`` (``current`` already points
+    there): a new master by gunicorn-keeper when the app preloads; else a
+    rolling hand-over when it can be right, else a HUP. Returns
+    ``{"method": "preloaded"|"rolling"|"hup", "master": pid, ...}``; a HUP
+    names its reason.
     """
+    if service.preloaded:
+        return PreloadedHandOver(service, master).run(service.worker_timeout)
     reason = hup_reason(service, layout, rid, master)
     if reason is None:
         try:
-            return HandOver(service, layout, rid, master).run(service.worker_timeout)
+            how = HandOver(service, layout, rid, master).run(service.worker_timeout)
+            return {**how, "master": master}
         except HandOverUnavailable as exc:
             reason = str(exc)
     service.hup(master)
-    return {"method": "hup", "reason": reason}
+    return {"method": "hup", "reason": reason, "master": master}

@@ -133,11 +133,11 @@ def restore(service, layout, previous):
     restored += settle_workers(service, master)
     try:
         how = reload_workers(service, layout, previous, master)
-        if how["method"] == "rolling":
-            restored.append("handed the workers over to it (rolling)")
-        else:
+        if how["method"] == "hup":
             restored.append("sent HUP to gunicorn")
-        pids = service.verify_workers(layout, previous, master)
+        else:
+            restored.append(f"handed the workers over to it ({how['method']})")
+        pids = service.verify_workers(layout, previous, how["master"])
         restored.append(f"workers back on {previous}: {pids}")
     except CommandExecutionError as exc:
         restored.append(f"restore incomplete: {exc}")
@@ -185,11 +185,10 @@ def settle_workers(service, master):
     return done
 
 
-def orphans(layout, rid, master):
+def orphans(layout, rid, service, master):
     """Processes still using the stopped run's release that are not the app's
     Gunicorn (a build or a migration whose parent was killed)."""
-    serving = {master, *children(master)} if master else set()
-    return sorted(release_users(layout).get(rid, set()) - serving)
+    return sorted(release_users(layout).get(rid, set()) - service.serving(master))
 
 
 def recover(cfg, layout, service, stopped):
@@ -204,7 +203,7 @@ def recover(cfg, layout, service, stopped):
     put_back = None
     master = service.master_pid()
     if rid:
-        ended = end_processes(orphans(layout, rid, master))
+        ended = end_processes(orphans(layout, rid, service, master))
         if ended:
             done.append(f"ended the processes it left running: {ended}")
     if master:
@@ -215,12 +214,13 @@ def recover(cfg, layout, service, stopped):
         if current != live:
             done += restore(service, layout, live)
             current = put_back = live
+            master = service.master_pid()  # preloaded: a new one
     if master and current and service.workers(layout, master):
         stray = {w["release"] for w in service.workers(layout, master)} - {current}
         if stray:
             done.append(f"workers of {sorted(stray)} handed over to {current}")
-            reload_workers(service, layout, current, master)
-            service.verify_workers(layout, current, master)
+            how = reload_workers(service, layout, current, master)
+            service.verify_workers(layout, current, how["master"])
     # kept: what serves or is live, and a release that succeeded before (the
     # stopped run was taking it up again)
     kept = {w["release"] for w in service.workers(layout)} | {current}

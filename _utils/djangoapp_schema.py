@@ -268,6 +268,7 @@ APP = {
         "tls": TLS,
         "keep_releases": _int(1),
         "workers": _int(0),  # 0: two per CPU plus one
+        "preload_app": SWITCH,
         "timeout": _int(1),
         "graceful_timeout": _int(0),
         "health_path": {

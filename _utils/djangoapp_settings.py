@@ -209,6 +209,7 @@ def app_json(app, config):
         "keep_releases": app["keep_releases"],
         "check_deploy_fail_level": app["check_deploy_fail_level"],
         "release_niceness": app["release_niceness"],
+        "preload_app": app["preload_app"],
         "graceful_timeout": app["graceful_timeout"],
         "database": {
             "engine": database["engine"],

@@ -53,6 +53,7 @@ def status(cfg, host):
             "running": bool(master),
             "master_pid": master or None,
             "master_release": layout.release_of(proc_cwd(master)) if master else None,
+            "keeper": keeper_status(service),
         },
         "workers": [
             {
@@ -66,6 +67,18 @@ def status(cfg, host):
         "release_stopped": stopped,
         "maintenance": maintenance_state(cfg),
         "previous_good": rollback_target(entries, current, layout.on_disk()),
+    }
+
+
+def keeper_status(service):
+    """With ``preload_app``: the gunicorn-keeper and how its last hand-over
+    ended (keeper.json's ``last``); else None."""
+    if not service.preloaded:
+        return None
+    pid = service.keeper_pid()
+    return {
+        "pid": pid or None,
+        "last_handover": service.keeper_state().get("last") if pid else None,
     }
 
 

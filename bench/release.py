@@ -51,6 +51,7 @@ INPLACE_SCRIPT = "/srv/formula/bench/inplace.sh"
 FORMULA_HOOKS = (
     "on_starting",
     "on_reload",
+    "when_ready",
     "post_fork",
     "post_worker_init",
     "worker_exit",
@@ -249,6 +250,16 @@ class Bench:
             )
         demo = self.tryout.write_pillar(self.work / "pillar")
         self.demo_app = demo["djangoapp"]["apps"][APP]
+        # The scenarios go back to the first release by its id: kept, however many
+        # releases follow.
+        self.demo_app.update(keep_releases=50, preload_app=self.args.preload)
+        bench_app = {k: self.demo_app[k] for k in ("keep_releases", "preload_app")}
+        (self.work / "pillar" / "bench.sls").write_text(
+            json.dumps({"djangoapp": {"apps": {APP: bench_app}}})
+        )
+        self.pillar_files = ["demo", "try", "bench"]
+        top = self.work / "pillar" / "top.sls"
+        top.write_text(json.dumps({"base": {"*": self.pillar_files}}))
         self.server_name = self.demo_app["server_names"][0]
 
     def boot(self) -> float:
@@ -562,6 +573,8 @@ class Bench:
             f"with open({self.cfg['gunicorn_config']!r}) as managed:\n"
             "    exec(managed.read())\n"
             f"chdir = {INPLACE_DIR!r}\n"
+            # as the guides run it: a HUP loads the new code
+            "preload_app = False\n"
             f"for hook in {FORMULA_HOOKS!r}:\n"
             "    globals().pop(hook, None)\n",
         )
@@ -671,7 +684,7 @@ class Bench:
             (pillar_dir / "scale.sls").write_text(
                 json.dumps({"djangoapp": {"apps": extra}}, indent=1)
             )
-            top.write_text(json.dumps({"base": {"*": ["demo", "try", "scale"]}}))
+            top.write_text(json.dumps({"base": {"*": [*self.pillar_files, "scale"]}}))
             try:
                 converged = self.converge()
             finally:
@@ -1370,6 +1383,11 @@ def main(argv: list[str] | None = None) -> int:
         dest="strict_loader",
         action="store_false",
         help="without minion.conf.example's loader setting on the host",
+    )
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="the demo app with preload_app: a new master per hand-over",
     )
     parser.add_argument("--slowest", type=int, default=10, help="states listed")
     parser.add_argument(

@@ -2,12 +2,20 @@
     systemd, per app. Started after the first release exists. #}
 {%- from tpldir ~ "/map.jinja" import djangoapp with context %}
 {%- set supervisor = djangoapp.supervisor %}
+{%- set keeper = djangoapp.paths.lib_dir ~ "/gunicorn-keeper" %}
 {%- set supervised_apps = djangoapp.apps.values()
       | selectattr("process_manager", "equalto", "supervisor") | list %}
 
 include:
   - .packages
   - .release
+
+djangoapp-gunicorn-keeper-file-managed:
+  file.managed:
+    - name: {{ keeper }}
+    - source: salt://{{ tpldir }}/files/gunicorn-keeper.py
+    - makedirs: true
+    - mode: "0755"
 
 {%- if supervised_apps %}
 
@@ -26,6 +34,16 @@ djangoapp-supervisor-service-running:
 {%- endif %}
 
 {%- for name, app in djangoapp.apps.items() %}
+{%-   set python = app.base_dir ~ "/current/venv/bin/python" %}
+{%-   set gunicorn_arguments = ["--config", app.gunicorn_config, app.app_path] %}
+{#-   With preload_app, gunicorn-keeper starts a Gunicorn master per hand-over:
+      RELEASE_LINK RUN_DIR TIMEOUT -- GUNICORN_ARGUMENTS #}
+{%-   if app.preload_app %}
+{%-     set command = [python, keeper, app.base_dir ~ "/current", app.run_dir,
+                       app.graceful_timeout + 15, "--"] + gunicorn_arguments %}
+{%-   else %}
+{%-     set command = [python, "-m", "gunicorn"] + gunicorn_arguments %}
+{%-   endif %}
 {%-   if app.process_manager == "supervisor" %}
 
 djangoapp-{{ name }}-supervisor-program-file-managed:
@@ -37,8 +55,10 @@ djangoapp-{{ name }}-supervisor-program-file-managed:
     - context:
         app: {{ app | json }}
         web_group: {{ djangoapp.nginx.group | json }}
+        command: {{ command | join(" ") | json }}
     - require:
       - pkg: djangoapp-supervisor-package-installed
+      - file: djangoapp-gunicorn-keeper-file-managed
 
 djangoapp-{{ name }}-supervisor-program-updated:
   cmd.run:
@@ -71,6 +91,9 @@ djangoapp-{{ name }}-systemd-unit-file-managed:
     - mode: "0644"
     - context:
         app: {{ app | json }}
+        command: {{ command | join(" ") | json }}
+    - require:
+      - file: djangoapp-gunicorn-keeper-file-managed
 
 djangoapp-{{ name }}-systemd-socket-file-managed:
   file.managed:

@@ -3,6 +3,7 @@ bad pillar stops the render with a message that names the key."""
 
 import configparser
 import copy
+import shlex
 
 import pytest
 
@@ -204,6 +205,50 @@ def test_supervisor_holds_the_socket_and_hands_it_to_gunicorn(
     assert section["socket_mode"] == "0660"
     # What makes gunicorn.conf.py bind fd://0, the socket supervisord hands over.
     assert 'DJANGOAPP_LISTEN_FD="0"' in section["environment"].split(",")
+
+
+KEEPER_COMMAND = [
+    "/srv/djangoapp/shop/current/venv/bin/python",
+    "/usr/local/lib/djangoapp/gunicorn-keeper",
+    "/srv/djangoapp/shop/current",
+    "/run/djangoapp/shop",
+    "45",
+    "--",
+    "--config",
+    "/etc/djangoapp/shop/gunicorn.conf.py",
+    "shop.wsgi:application",
+]
+
+
+@pytest.mark.parametrize("preload_app", [True, False])
+def test_preload_app_has_both_process_managers_run_the_keeper(renderer, preload_app):
+    states = renderer.show_sls("debian-12", pillar(preload_app=preload_app))
+    _, program = state_args(states, "djangoapp-shop-supervisor-program-file-managed")
+    parser = configparser.RawConfigParser()
+    parser.read_string(
+        renderer.render_file("debian-12", program["source"], program["context"])
+    )
+    command = shlex.split(parser["fcgi-program:djangoapp-shop"]["command"])
+    _, keeper = state_args(states, "djangoapp-gunicorn-keeper-file-managed")
+    assert keeper["name"] == KEEPER_COMMAND[1]
+    assert {"file": "djangoapp-gunicorn-keeper-file-managed"} in program["require"]
+
+    states = renderer.show_sls(
+        "debian-12", pillar(preload_app=preload_app, process_manager="systemd")
+    )
+    _, unit_state = state_args(states, "djangoapp-shop-systemd-unit-file-managed")
+    unit = configparser.RawConfigParser(strict=False)
+    unit.read_string(
+        renderer.render_file("debian-12", unit_state["source"], unit_state["context"])
+    )
+    exec_start = shlex.split(unit["Service"]["ExecStart"])
+    if preload_app:
+        assert command == exec_start == KEEPER_COMMAND
+    else:
+        gunicorn = [KEEPER_COMMAND[0], "-m", "gunicorn", *KEEPER_COMMAND[6:]]
+        assert command == exec_start == gunicorn
+    # a reload is a HUP to the main process: the keeper's hand-over, preloaded
+    assert unit["Service"]["ExecReload"] == "/bin/kill -s HUP $MAINPID"
 
 
 def test_proxy_is_configured_for_the_package_manager(renderer):

@@ -102,6 +102,7 @@ def gunicorn_settings(base, name):
         "workers": WORKERS,
         "timeout": 30,
         "graceful_timeout": 5,
+        "preload_app": False,
     }
 
 

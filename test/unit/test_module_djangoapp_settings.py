@@ -209,6 +209,7 @@ def test_app_json_holds_every_key_of_the_engine_config(derive, repo_root):
         "keep_releases": 5,
         "check_deploy_fail_level": "ERROR",
         "release_niceness": -5,
+        "preload_app": False,
         "graceful_timeout": 30,
         # No password: that is in env.json only.
         "database": {

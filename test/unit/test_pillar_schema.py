@@ -387,6 +387,10 @@ def message(pillar):
             "djangoapp:apps:demo:release_niceness must be an integer -20..19",
         ),
         (
+            {"apps": {"demo": app(preload_app="yes")}},
+            "djangoapp:apps:demo:preload_app must be true or false",
+        ),
+        (
             {"apps": {"demo": app(hooks={"before_build": []})}},
             "djangoapp:apps:demo:hooks:before_build is not a known key (allowed: "
             "after_build, after_migrate, after_switch)",

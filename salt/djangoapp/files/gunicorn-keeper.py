@@ -1,0 +1,264 @@
+"""
+Keeps an app's Gunicorn masters when the app preloads (`preload_app: true`), managed
+by Salt (djangoapp). The process manager runs this program in Gunicorn's place and
+hands it the socket; it starts a master of the live release on that socket, each
+master importing the app once and forking its workers from it.
+
+SIGHUP is a hand-over: a new master of the release `current` names now starts beside
+the serving one, and once all its workers have loaded the app the old master is told
+to stop (TERM: its workers finish their requests). When the new master fails or is
+not ready in time it is stopped and the old one goes on serving. A master that dies
+unexpectedly is replaced at once; meanwhile the socket, held here, keeps the
+connections waiting. SIGTERM stops every master gracefully, then this program.
+
+What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
+taken, and `last` says how the last hand-over ended (`request`: the count when it
+started). `gunicorn.pid` names the master serving, `gunicorn.json` what it loaded.
+
+Usage: gunicorn-keeper RELEASE_LINK RUN_DIR TIMEOUT -- GUNICORN_ARGUMENTS...
+"""
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+POLL = 0.02
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent():
+    """This process gets SIGTERM when its parent dies: a master does not outlive its
+    keeper (the process manager starts a new keeper, and that one new masters)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def write_file(path, text):
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return {int(child) for child in handle.read().split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def listening_descriptor():
+    """The socket the process manager holds: systemd's first LISTEN_FDS, or the
+    descriptor Supervisor's program names in DJANGOAPP_LISTEN_FD."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get(
+        "LISTEN_FDS"
+    ):
+        return 3
+    if os.environ.get("DJANGOAPP_LISTEN_FD"):
+        return int(os.environ["DJANGOAPP_LISTEN_FD"])
+    sys.exit("gunicorn-keeper: no socket given (LISTEN_FDS or DJANGOAPP_LISTEN_FD)")
+
+
+class Keeper:
+    def __init__(self, release_link, run_dir, timeout, gunicorn_arguments):
+        self.release_link = release_link
+        self.run_dir = run_dir
+        self.timeout = timeout
+        self.gunicorn_arguments = gunicorn_arguments
+        self.listen_fd = listening_descriptor()
+        self.masters = set()
+        self.live = None
+        # the master being started: pid, the request it answers, when it started
+        self.starting = None
+        self.requests = 0
+        self.last = None
+        self.stopping = False
+        self.wake_read, wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGHUP, self.on_hup)
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def on_hup(self, *_):
+        self.requests += 1
+
+    def on_stop(self, *_):
+        self.stopping = True
+
+    def record(self):
+        state = {
+            "pid": os.getpid(),
+            "live": self.live,
+            "starting": self.starting[0] if self.starting else None,
+            "requests": self.requests,
+            "last": self.last,
+        }
+        write_file(os.path.join(self.run_dir, "keeper.json"), json.dumps(state))
+
+    # ------------------------------------------------------------------ masters
+
+    def spawn(self, request):
+        """Start a master of the release `current` names now, resolved once: the
+        master's code and packages stay those of one release."""
+        release = os.path.realpath(self.release_link)
+        python = os.path.join(release, "venv", "bin", "python")
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("LISTEN_")
+        }
+        environment["DJANGOAPP_LISTEN_FD"] = str(self.listen_fd)
+        environment["DJANGOAPP_RELEASE_DIR"] = release
+        pid = os.fork()
+        if pid == 0:
+            try:
+                stop_with_parent()
+                os.set_inheritable(self.listen_fd, True)
+                argv = [python, "-m", "gunicorn", *self.gunicorn_arguments]
+                os.execve(python, argv, environment)  # noqa: S606 (the point)
+            except OSError as error:
+                print(f"gunicorn-keeper: {python}: {error}", file=sys.stderr)
+            finally:
+                os._exit(127)
+        self.masters.add(pid)
+        self.starting = (pid, request, time.monotonic())
+        self.record()
+
+    def signal_master(self, pid, signum=signal.SIGTERM):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+    def ready(self, pid):
+        """All the master's workers have loaded the app and reported it."""
+        state = read_json(os.path.join(self.run_dir, "masters", f"{pid}.json"))
+        if not isinstance(state, dict) or not state.get("workers"):
+            return False
+        reported = set()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(os.path.join(self.run_dir, "workers")):
+                stem, _, ext = name.partition(".")
+                if ext == "json" and stem.isdigit():
+                    reported.add(int(stem))
+        return len(children(pid) & reported) >= int(state["workers"])
+
+    def promote(self, pid):
+        """The master serves: the pidfile and the master's record name it."""
+        self.live = pid
+        write_file(os.path.join(self.run_dir, "gunicorn.pid"), f"{pid}\n")
+        with contextlib.suppress(OSError):
+            os.replace(
+                os.path.join(self.run_dir, "masters", f"{pid}.json"),
+                os.path.join(self.run_dir, "gunicorn.json"),
+            )
+
+    def reap(self):
+        """Collect the masters that exited; returns {pid: exit status}."""
+        ended = {}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            ended[pid] = os.waitstatus_to_exitcode(status)
+            self.masters.discard(pid)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.run_dir, "masters", f"{pid}.json"))
+        return ended
+
+    # ---------------------------------------------------------------- the loop
+
+    def step(self, ended):
+        """React to the masters that ended and to the one starting."""
+        if self.live in ended:
+            # gone without being told: replaced at once, or by the one starting
+            print(
+                f"gunicorn-keeper: master {self.live} exited ({ended[self.live]})",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.live = None
+        if self.starting:
+            pid, request, started = self.starting
+            if pid in ended:
+                self.finish(False, f"master {pid} exited ({ended[pid]}) before ready")
+            elif self.ready(pid):
+                old = self.live
+                self.promote(pid)
+                if old:
+                    self.signal_master(old)
+                self.finish(True, None)
+            elif time.monotonic() - started > self.timeout:
+                self.signal_master(pid)
+                self.finish(False, f"master {pid} not ready after {self.timeout}s")
+            if self.live is None and not self.starting:
+                # nothing serves: the process manager's restarts (and their limit)
+                # take over from here
+                sys.exit(f"gunicorn-keeper: {self.last['error']}")
+        if not self.starting and (self.live is None or self.answered < self.requests):
+            self.spawn(self.requests)
+
+    @property
+    def answered(self):
+        return self.last["request"] if self.last else 0
+
+    def finish(self, ready, error):
+        pid, request, started = self.starting
+        self.starting = None
+        self.last = {
+            "request": request,
+            "result": "ready" if ready else "failed",
+            "master": pid,
+            "error": error,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if error:
+            print(f"gunicorn-keeper: {error}", file=sys.stderr, flush=True)
+        self.record()
+
+    def run(self):
+        os.makedirs(os.path.join(self.run_dir, "masters"), exist_ok=True)
+        self.spawn(0)
+        while not self.stopping:
+            self.step(self.reap())
+            with contextlib.suppress(InterruptedError):
+                select.select([self.wake_read], [], [], POLL if self.starting else 1)
+            with contextlib.suppress(OSError):
+                os.read(self.wake_read, 4096)
+        for pid in self.masters:
+            self.signal_master(pid)
+        deadline = time.monotonic() + self.timeout
+        while self.masters and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for pid in self.masters:
+            self.signal_master(pid, signal.SIGKILL)
+
+
+def main(argv):
+    if len(argv) < 5 or argv[3] != "--":
+        sys.exit(__doc__.strip().splitlines()[-1])
+    release_link, run_dir, timeout = argv[0], argv[1], float(argv[2])
+    Keeper(release_link, run_dir, timeout, argv[4:]).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,337 @@
+"""
+``preload_app``: gunicorn-keeper in Gunicorn's place, a master per hand-over.
+
+Releases of the tiny project served by the formula's gunicorn-keeper and its
+gunicorn.conf.py (rendered by Salt with ``preload_app: true``) on a socket that
+the test binds and hands over as stdin, as supervisord does, while a client
+keeps requesting the page through it. The process manager is the stand-in
+``supervisorctl`` of the rolling tests, reporting the keeper's pid.
+
+The tests run in file order and share one app.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from standins import Health
+from test_module_djangoapp_rolling import (
+    WORKERS,
+    Client,
+    UnixHTTPConnection,
+    gunicorn_settings,
+    render_config,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+KEEPER = REPO / "salt" / "djangoapp" / "files" / "gunicorn-keeper.py"
+
+# Appended to the formula's config: each worker records whether the app was in
+# memory already when it was forked.
+FORK_RECORDER = """
+import sys
+
+_formula_post_fork = post_fork
+
+
+def post_fork(server, worker):
+    with open(os.path.join(RUN_DIR, f"forked-{worker.pid}.json"), "w") as record:
+        json.dump({"app_loaded": "tinysite.wsgi" in sys.modules}, record)
+    _formula_post_fork(server, worker)
+"""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("preloaded") / "srv"
+
+
+@pytest.fixture
+def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
+    settings = {**gunicorn_settings(base, "preloaded"), "preload_app": True}
+    (base / "run").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "manager-main.pid"))
+    url = f"http://127.0.0.1:{health_server.server_address[1]}/healthz/"
+    cfg = tiny_app(
+        "preloaded",
+        base,
+        health={"url": url, "host": "example.com", "timeout": 5, "verify_tls": False},
+        graceful_timeout=5,
+        gunicorn_config=settings["gunicorn_config"],
+        run_dir=settings["run_dir"],
+        control_socket=settings["control_socket"],
+        preload_app=True,
+    )
+    settings["env_file"] = cfg["env_file"]
+    if not pathlib.Path(settings["gunicorn_config"]).exists():
+        render_config(mods, settings, extra=FORK_RECORDER)
+    return cfg
+
+
+class ProcessManager:
+    """Binds the socket and runs the keeper with it as stdin, as supervisord runs
+    the formula's fcgi-program."""
+
+    def __init__(self, base):
+        self.base = base
+        self.socket_path = base / "run" / "gunicorn.sock"
+        self.keeper = None
+
+    def start(self):
+        installed = self.base / "gunicorn-keeper"
+        shutil.copy(KEEPER, installed)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket_path.unlink(missing_ok=True)
+        listener.bind(str(self.socket_path))
+        listener.listen(64)
+        self.inode = self.socket_path.stat().st_ino
+        with open(self.base / "gunicorn.log", "ab") as log:
+            self.keeper = subprocess.Popen(
+                [
+                    str(self.base / "current" / "venv" / "bin" / "python"),
+                    str(installed),
+                    str(self.base / "current"),
+                    str(self.base / "run"),
+                    "20",
+                    "--",
+                    "--config",
+                    str(self.base / "gunicorn.conf.py"),
+                    "tinysite.wsgi:application",
+                ],
+                cwd=str(self.base),
+                env={
+                    "PATH": os.environ["PATH"],
+                    "HOME": str(self.base),
+                    "DJANGOAPP_LISTEN_FD": "0",
+                },
+                stdin=listener,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        listener.close()
+        (self.base / "manager-main.pid").write_text(f"{self.keeper.pid}\n")
+
+    def state(self):
+        try:
+            return json.loads((self.base / "run" / "keeper.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_for_answer(self, request, timeout=60):
+        """keeper.json once the hand-over of ``request`` (a SIGHUP count) ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state()
+            last = state.get("last") or {}
+            if (
+                state.get("pid") == self.keeper.pid
+                and last.get("request", -1) >= request
+            ):
+                return state
+            assert self.keeper.poll() is None, self.log()
+            time.sleep(0.05)
+        raise AssertionError(self.log())
+
+    def log(self):
+        return (self.base / "gunicorn.log").read_text()[-3000:]
+
+    def stop(self):
+        if self.keeper and self.keeper.poll() is None:
+            self.keeper.send_signal(signal.SIGTERM)
+            self.keeper.wait(30)
+
+
+@pytest.fixture(scope="module")
+def manager(base):
+    manager = ProcessManager(base)
+    yield manager
+    manager.stop()
+
+
+def _step(ret, name):
+    return next(s for s in ret["steps"] if s["name"] == name)
+
+
+def _page(path):
+    connection = UnixHTTPConnection(str(path))
+    try:
+        connection.request("GET", "/", headers={"Host": "example.com"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def _parent(pid):
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rpartition(")")[2].split()[1])
+
+
+def _gone(pid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def _workers(mods):
+    return mods["djangoapp.status"]("preloaded")["workers"]
+
+
+def test_the_keeper_starts_a_master_that_loaded_the_app_before_forking(
+    mods, app, base, manager
+):
+    ret = mods["djangoapp.release"]("v1.0.0", app="preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    manager.start()
+    state = manager.wait_for_answer(0)
+    assert state["last"]["result"] == "ready", state
+    live = state["live"]
+    assert (state["pid"], state["starting"]) == (manager.keeper.pid, None)
+    assert _parent(live) == manager.keeper.pid
+    assert (base / "run" / "gunicorn.pid").read_text().strip() == str(live)
+    assert json.loads((base / "run" / "gunicorn.json").read_text())["pid"] == live
+    workers = _workers(mods)
+    assert {(w["release"], w["version"]) for w in workers} == {(ret["id"], "v1.0.0")}
+    assert len(workers) == WORKERS
+    for worker in workers:
+        record = json.loads((base / "run" / f"forked-{worker['pid']}.json").read_text())
+        assert record == {"app_loaded": True}
+    assert _page(manager.socket_path) == (200, "version 1")
+
+
+def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manager):
+    before = manager.state()["live"]
+    with Client(str(manager.socket_path)) as client:
+        time.sleep(0.5)
+        ret = mods["djangoapp.release"]("v1.1.0", app="preloaded")
+        time.sleep(0.5)
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    reload = _step(ret, "reload")
+    assert reload["method"] == "preloaded", reload
+    assert reload["master"] == manager.state()["live"] != before
+    assert _gone(before), "the old master did not stop"
+    assert sorted(_step(ret, "verify")["workers"]) == sorted(
+        w["pid"] for w in _workers(mods)
+    )
+    assert client.failures == []
+    assert "version 1" in client.answers and client.answers[-1] == "version 2"
+    assert {(w["release"], w["version"]) for w in _workers(mods)} == {
+        (ret["id"], "v1.1.0")
+    }
+    # the socket the process manager bound is the one that serves
+    assert manager.socket_path.stat().st_ino == manager.inode
+    # the boost of the hand-over is over: keeper, master and workers as before
+    serving = [manager.keeper.pid, reload["master"], *_step(ret, "verify")["workers"]]
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in serving] == [0] * len(
+        serving
+    )
+
+
+def test_a_failed_health_check_hands_back_to_a_master_of_the_previous_release(
+    mods, app, base, manager
+):
+    before = os.readlink(base / "current").split("/")[-1]
+    Health.status["code"] = 500
+    try:
+        with Client(str(manager.socket_path)) as client:
+            ret = mods["djangoapp.release"]("v1.2.0", app="preloaded")
+            time.sleep(0.5)
+    finally:
+        Health.status["code"] = 200
+    assert (ret["result"], ret["failed_step"]) == (False, "health"), ret["error"]
+    assert "handed the workers over to it (preloaded)" in ret["restored"]
+    assert client.failures == []
+    assert client.answers[-1] == "version 2"
+    assert {(w["release"], w["version"]) for w in _workers(mods)} == {
+        (before, "v1.1.0")
+    }
+
+
+def test_reload_and_rollback_start_a_new_master_too(mods, app, manager):
+    live = manager.state()["live"]
+    ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["method"]) == (True, "preloaded"), ret
+    assert ret["master"] == manager.state()["live"] != live
+    ret = mods["djangoapp.rollback"]("preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert _step(ret, "reload")["method"] == "preloaded"
+    assert _page(manager.socket_path) == (200, "version 1")
+
+
+def test_a_master_that_cannot_start_leaves_the_serving_one(mods, base, app, manager):
+    state = manager.state()
+    live = os.readlink(base / "current")
+    broken = base / "releases" / "no-virtualenv"
+    broken.mkdir()
+    os.symlink("releases/no-virtualenv", base / "current.new")
+    os.replace(base / "current.new", base / "current")
+    try:
+        manager.keeper.send_signal(signal.SIGHUP)
+        after = manager.wait_for_answer(state["requests"] + 1)
+    finally:
+        os.symlink(live, base / "current.new")
+        os.replace(base / "current.new", base / "current")
+        broken.rmdir()
+    assert after["last"]["result"] == "failed"
+    assert after["last"]["error"] == (
+        f"master {after['last']['master']} exited (127) before ready"
+    )
+    assert after["live"] == state["live"]
+    assert _page(manager.socket_path) == (200, "version 1")
+    keeper = mods["djangoapp.status"]("preloaded")["service"]["keeper"]
+    assert keeper == {"pid": manager.keeper.pid, "last_handover": after["last"]}
+
+
+def test_a_killed_master_is_replaced_while_the_socket_keeps_the_requests(
+    mods, app, manager
+):
+    live = manager.state()["live"]
+    with Client(str(manager.socket_path)) as client:
+        time.sleep(0.3)
+        os.kill(live, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while manager.state().get("live") in (live, None):
+            assert time.monotonic() < deadline, manager.log()
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert client.failures == []
+    assert _parent(manager.state()["live"]) == manager.keeper.pid
+    assert len(_workers(mods)) == WORKERS
+
+
+def test_the_keeper_stops_its_masters_when_told_to(manager):
+    live = manager.state()["live"]
+    workers = pathlib.Path(f"/proc/{live}/task/{live}/children").read_text().split()
+    assert len(workers) == WORKERS
+    manager.keeper.send_signal(signal.SIGTERM)
+    assert manager.keeper.wait(30) == 0
+    assert all(_gone(int(pid), 5) for pid in [live, *workers])
+
+
+def test_a_reload_as_the_keeper_starts_hands_over_all_the_same(mods, app, manager):
+    """As on a first converge: the process manager has just started the keeper,
+    which has not started its first master yet, when the state's reload comes."""
+    manager.start()
+    ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["method"]) == (True, "preloaded"), ret
+    state = manager.state()
+    assert (state["pid"], state["live"]) == (manager.keeper.pid, ret["master"])
+    assert (state["requests"], state["last"]["request"]) == (1, 1)
+
+
+def test_the_masters_of_a_keeper_that_died_stop_with_it(app, manager):
+    """The process manager starts a new keeper, which starts a new master: none of
+    the old ones may be left serving."""
+    live = manager.state()["live"]
+    workers = pathlib.Path(f"/proc/{live}/task/{live}/children").read_text().split()
+    manager.keeper.send_signal(signal.SIGKILL)
+    manager.keeper.wait(5)
+    assert all(_gone(int(pid), 10) for pid in [live, *workers])
