@@ -26,7 +26,8 @@ from test_module_djangoapp_rolling import (
     Client,
     UnixHTTPConnection,
     gunicorn_settings,
-    render_config,
+    release_while_requested,
+    served_app,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -54,25 +55,12 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
-    settings = {**gunicorn_settings(base, "preloaded"), "preload_app": True}
-    (base / "run").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "manager-main.pid"))
-    url = f"http://127.0.0.1:{health_server.server_address[1]}/healthz/"
-    cfg = tiny_app(
-        "preloaded",
-        base,
-        health={"url": url, "host": "example.com", "timeout": 5, "verify_tls": False},
-        graceful_timeout=5,
-        gunicorn_config=settings["gunicorn_config"],
-        run_dir=settings["run_dir"],
-        control_socket=settings["control_socket"],
-        preload_app=True,
+    settings = {**gunicorn_settings(base, "preloaded"), "preload_app": True}
+    return served_app(
+        tiny_app, base, settings, health_server, mods, extra=FORK_RECORDER
     )
-    settings["env_file"] = cfg["env_file"]
-    if not pathlib.Path(settings["gunicorn_config"]).exists():
-        render_config(mods, settings, extra=FORK_RECORDER)
-    return cfg
 
 
 class ProcessManager:
@@ -209,11 +197,9 @@ def test_the_keeper_starts_a_master_that_loaded_the_app_before_forking(
 
 def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manager):
     before = manager.state()["live"]
-    with Client(str(manager.socket_path)) as client:
-        time.sleep(0.5)
-        ret = mods["djangoapp.release"]("v1.1.0", app="preloaded")
-        time.sleep(0.5)
-    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    ret, client = release_while_requested(
+        mods, manager.socket_path, "v1.1.0", "preloaded"
+    )
     reload = _step(ret, "reload")
     assert reload["method"] == "preloaded", reload
     assert reload["master"] == manager.state()["live"] != before

@@ -117,26 +117,34 @@ def render_config(mods, settings, extra=""):
     pathlib.Path(settings["gunicorn_config"]).write_text(text + extra)
 
 
-@pytest.fixture
-def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
-    settings = gunicorn_settings(base, "rolling")
+def served_app(tiny_app, base, settings, health_server, mods, extra=""):
+    """app.json and env.json of the tiny app served by Gunicorn with ``settings``
+    (the formula's config rendered once, with ``extra`` appended), its health URL
+    on ``health_server``."""
     (base / "run").mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "run" / "gunicorn.pid"))
     url = f"http://127.0.0.1:{health_server.server_address[1]}/healthz/"
     cfg = tiny_app(
-        "rolling",
+        settings["name"],
         base,
         health={"url": url, "host": "example.com", "timeout": 5, "verify_tls": False},
-        graceful_timeout=5,
+        graceful_timeout=settings["graceful_timeout"],
         gunicorn_config=settings["gunicorn_config"],
         run_dir=settings["run_dir"],
         control_socket=settings["control_socket"],
+        preload_app=settings["preload_app"],
     )
     settings["env_file"] = cfg["env_file"]
     if not pathlib.Path(settings["gunicorn_config"]).exists():
-        render_config(mods, settings)
+        render_config(mods, settings, extra=extra)
     return cfg
+
+
+@pytest.fixture
+def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
+    monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "run" / "gunicorn.pid"))
+    settings = gunicorn_settings(base, "rolling")
+    return served_app(tiny_app, base, settings, health_server, mods)
 
 
 def _ready_workers(run_dir):
@@ -210,12 +218,20 @@ def test_first_release_then_gunicorn_starts(mods, app, base, master):
     assert _worker_versions(mods) == {(ret["id"], "v1.0.0")}
 
 
-def test_release_hands_the_workers_over_without_a_failed_request(mods, app, base):
-    with Client(str(base / "run" / "gunicorn.sock")) as client:
+def release_while_requested(mods, socket_path, version, app):
+    """``djangoapp.release`` while a client requests the page; returns the
+    release's return and the client."""
+    with Client(str(socket_path)) as client:
         time.sleep(0.5)
-        ret = mods["djangoapp.release"]("v1.1.0", app="rolling")
+        ret = mods["djangoapp.release"](version, app=app)
         time.sleep(0.5)
     assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    return ret, client
+
+
+def test_release_hands_the_workers_over_without_a_failed_request(mods, app, base):
+    socket_path = base / "run" / "gunicorn.sock"
+    ret, client = release_while_requested(mods, socket_path, "v1.1.0", "rolling")
     reload = _step(ret, "reload")
     assert reload["method"] == "rolling", reload
     assert reload["workers_added"] == WORKERS
