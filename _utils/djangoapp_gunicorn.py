@@ -226,11 +226,6 @@ class Service:
         keeper = any(os.path.basename(arg) == KEEPER for arg in argv[:2])
         return keeper and self.names_config(argv)
 
-    def is_managed_keeper(self, pid):
-        return self.is_keeper(pid) and (
-            self.started_by_manager(pid) or self.manager_master() == pid
-        )
-
     def keeper_pid(self, wait=0.0):
         """
         The app's gunicorn-keeper, or 0: the pid keeper.json names, checked
@@ -239,13 +234,18 @@ class Service:
         a keeper the process manager has just started, wait up to ``wait`` s.
         """
         deadline = time.monotonic() + wait
+        managed = None  # the process manager's main pid, asked once (a client)
         while True:
             pid = self.keeper_state().get("pid")
-            if isinstance(pid, int) and self.is_managed_keeper(pid):
-                return pid
-            if time.monotonic() >= deadline or not self.is_keeper(
-                self.manager_master()
-            ):
+            if isinstance(pid, int) and self.is_keeper(pid):
+                if self.started_by_manager(pid):
+                    return pid
+                managed = managed if managed is not None else self.manager_master()
+                if managed == pid:
+                    return pid
+            if managed is None:
+                managed = self.manager_master()
+            if time.monotonic() >= deadline or not self.is_keeper(managed):
                 return 0
             time.sleep(WORKER_POLL)
 
