@@ -155,6 +155,18 @@ def rollback_target(entries, current_id, on_disk):
     return None
 
 
+def newest_good_of_version(layout, entries, version):
+    """The release on disk of ``version`` that was last released successfully."""
+    on_disk = layout.on_disk()
+    for rid in reversed(successful_releases(entries)):
+        if (
+            rid in on_disk
+            and (layout.release_json(rid) or {}).get("version") == version
+        ):
+            return rid
+    return None
+
+
 def last_deploy_of(entries, rid):
     """The ledger entry that last made ``rid`` live (release or rollback)."""
     for entry in reversed(entries):

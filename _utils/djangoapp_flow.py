@@ -39,6 +39,7 @@ from djangoapp_disk import (
     ledger_append,
     ledger_read,
     lock_holder,
+    newest_good_of_version,
     prune,
     remove_release,
     rollback_target,
@@ -133,7 +134,7 @@ class Run:
         self.migration_plan = None
         self.preflight_static = None
         self.preflight_process = None
-        self.master = 0
+        self.master = self.standby = 0
         self.entry = None
         self.done = False
         self.ahead_check = None
@@ -251,6 +252,8 @@ def execute(run, steps, finishing=()):
     finally:
         if run.preflight_process:
             run.preflight_process.close()
+        if run.standby:
+            run.service.drop_standby()
         if run.lock:
             run.lock.release()
         run.ret["seconds"] = round(time.monotonic() - run.clock, 3)
@@ -407,6 +410,8 @@ def build(run, info):
 def preflight(run, info):
     """Django's checks with the production environment, collectstatic and the
     pending migrations, in the new release, as the app's user."""
+    if not built_with_hooks(run):  # else after them: they may change what it imports
+        start_standby(run, info)
     live = run.layout.release_json(run.current) if run.current else None
     check_config = not gunicorn_checked(run.cfg, live, run.rdir, run.deps_digest)
     found, run.preflight_process = run_preflight(
@@ -481,6 +486,12 @@ def after_build(run, info):
     static = run.preflight_static
     with lent_to(run.cfg["user"], [os.path.join(run.rdir, "src"), static]):
         info["commands"] = run_app_hooks(run, "after_build")
+    start_standby(run, info)
+
+
+def start_standby(run, info):
+    """``preload_app``: a master of the release imports the app meanwhile."""
+    run.standby = info["standby"] = run.service.prepare_standby(run.rdir, run.version)
 
 
 def run_app_hooks(run, point):
@@ -585,18 +596,6 @@ def prune_releases(run, info):
 
 # --------------------------------------------------------------------------
 # rollback
-
-
-def newest_good_of_version(layout, entries, version):
-    """The release on disk of ``version`` that was last released successfully."""
-    on_disk = layout.on_disk()
-    for rid in reversed(successful_releases(entries)):
-        if (
-            rid in on_disk
-            and (layout.release_json(rid) or {}).get("version") == version
-        ):
-            return rid
-    return None
 
 
 def select(run, info):
@@ -793,6 +792,7 @@ def reload_service(cfg, host, user=None, jid=None, wait=RELOAD_LOCK_WAIT):
             service.hup(master)
             return {"result": True, "method": "hup", "reason": "no release is live"}
         before = set(children(master)) if master else set()
+        service.drop_standby()  # it read the environment and config before this
         how = reload_workers(service, layout, rid, master)
         pids = service.verify_workers(layout, rid, how["master"], replaced=before)
         return {"result": True, **how, "workers": pids}

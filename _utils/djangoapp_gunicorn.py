@@ -163,6 +163,7 @@ class Service:
         # master per hand-over
         self.preloaded = bool(cfg.get("preload_app"))
         self.keeper_state_file = os.path.join(run_dir, "keeper.json")
+        self.standby_file = os.path.join(run_dir, "standby.json")
 
     @property
     def worker_timeout(self):
@@ -267,6 +268,45 @@ class Service:
         """The master the keeper says serves, checked against /proc."""
         pid = self.keeper_state().get("live")
         return pid if isinstance(pid, int) and self.is_master(pid) else 0
+
+    def prepare_standby(self, rdir, version):
+        """
+        With ``preload_app``: have gunicorn-keeper start a standby master of the
+        release in ``rdir``, which imports the app now, boosted as a hand-over's
+        new master is, and forks its workers at the hand-over to that release.
+        Returns its pid, or 0 (no keeper, or no answer in STANDBY_ANSWER s).
+        """
+        keeper = self.keeper_pid() if self.preloaded else 0
+        state = self.keeper_state() if keeper else {}
+        if "standby" not in state:
+            # none, or one started before the formula had standbys: SIGUSR1 would end it
+            return 0
+        before = state["standby"]
+        write_for_keeper(self.standby_file, {"release": rdir, "version": version})
+        niceness = os.getpriority(os.PRIO_PROCESS, keeper)
+        renice([keeper], niceness + BOOTING_NICENESS)
+        try:
+            os.kill(keeper, signal.SIGUSR1)
+            deadline = time.monotonic() + STANDBY_ANSWER
+            while time.monotonic() < deadline:
+                standby = self.keeper_state().get("standby")
+                if standby and standby != before:
+                    return standby
+                time.sleep(WORKER_POLL)
+        finally:
+            renice([keeper], niceness)
+        return 0
+
+    def drop_standby(self):
+        """End the keeper's standby master, if one is left; wait (up to
+        STANDBY_ANSWER s) until the keeper says it has none."""
+        keeper = self.keeper_pid() if self.preloaded else 0
+        if not (keeper and self.keeper_state().get("standby")):
+            return
+        os.kill(keeper, signal.SIGUSR2)
+        deadline = time.monotonic() + STANDBY_ANSWER
+        while self.keeper_state().get("standby") and time.monotonic() < deadline:
+            time.sleep(WORKER_POLL)
 
     def pidfile_master(self):
         try:
@@ -416,8 +456,10 @@ def hup_reason(service, layout, rid, master):
 # the run directory: a few milliseconds).
 WORKER_POLL = 0.02
 
-# How long a gunicorn-keeper just started may take to say that it takes SIGHUP.
+# How long a gunicorn-keeper just started may take to say that it takes SIGHUP, and
+# one that runs to name the standby master it started.
 KEEPER_START = 10.0
+STANDBY_ANSWER = 1.0
 
 # During a hand-over, relative to the master's own niceness: the old workers yield the
 # CPU, and the new ones (forked while the master is boosted) load the app ahead of
@@ -591,6 +633,7 @@ class PreloadedHandOver:
         return {
             "method": "preloaded",
             "master": last["master"],
+            "standby": bool(last.get("standby")),
             "ready_seconds": round(time.monotonic() - started, 3),
         }
 
@@ -614,3 +657,13 @@ def reload_workers(service, layout, rid, master):
             reason = str(exc)
     service.hup(master)
     return {"method": "hup", "reason": reason, "master": master}
+
+
+def write_for_keeper(path, data):
+    """Write ``data`` as JSON at ``path`` in the run directory, which is the app
+    user's: under a new name that no link of theirs can stand for, then renamed."""
+    temporary = f"{path}.{os.getpid()}.{time.monotonic_ns()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(temporary, flags, 0o644), "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(temporary, path)

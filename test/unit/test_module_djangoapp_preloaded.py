@@ -203,6 +203,9 @@ def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manag
     reload = _step(ret, "reload")
     assert reload["method"] == "preloaded", reload
     assert reload["master"] == manager.state()["live"] != before
+    # the master that took over is the standby started beside the release's checks
+    assert reload["standby"] is True
+    assert reload["master"] == _step(ret, "preflight")["standby"]
     assert _gone(before), "the old master did not stop"
     assert sorted(_step(ret, "verify")["workers"]) == sorted(
         w["pid"] for w in _workers(mods)
@@ -239,6 +242,64 @@ def test_a_failed_health_check_hands_back_to_a_master_of_the_previous_release(
     assert {(w["release"], w["version"]) for w in _workers(mods)} == {
         (before, "v1.1.0")
     }
+
+
+def test_a_release_that_fails_its_checks_ends_its_standby(mods, app, manager):
+    live = manager.state()["live"]
+    ret = mods["djangoapp.release"]("missing-migration", app="preloaded")
+    assert (ret["result"], ret["failed_step"]) == (False, "preflight"), ret["error"]
+    standby = _step(ret, "preflight")["standby"]
+    assert standby not in (0, live)
+    assert _gone(standby, 10), "the standby master did not stop"
+    state = manager.state()
+    assert (state["live"], state["standby"]) == (live, None)
+    assert _page(manager.socket_path) == (200, "version 2")
+
+
+def _start_standby(manager, release):
+    """What the release engine does: standby.json names the release, SIGUSR1."""
+    before = manager.state().get("standby")
+    (manager.base / "run" / "standby.json").write_text(
+        json.dumps({"release": str(release), "version": "test"})
+    )
+    manager.keeper.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while manager.state().get("standby") in (None, before):
+        assert time.monotonic() < deadline, manager.log()
+        time.sleep(0.02)
+    return manager.state()["standby"]
+
+
+def test_a_reload_ends_a_standby_of_the_live_release(mods, app, manager):
+    """A reload takes up a changed environment or config, which a standby
+    started before it has not read."""
+    standby = _start_standby(manager, os.path.realpath(manager.base / "current"))
+    ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["method"], ret["standby"]) == (True, "preloaded", False)
+    assert ret["master"] == manager.state()["live"] != standby
+    assert _gone(standby, 10), "the standby master did not stop"
+    assert len(_workers(mods)) == WORKERS
+
+
+def test_a_hand_over_takes_the_standby_of_its_release_and_no_other(manager):
+    """What the keeper does with a SIGHUP (``systemctl reload``) and a standby."""
+    live = os.path.realpath(manager.base / "current")
+    other = next(
+        path
+        for path in (manager.base / "releases").iterdir()
+        if str(path) != live and (path / "venv" / "bin" / "python").exists()
+    )
+    for release, taken in ((other, False), (live, True)):
+        standby = _start_standby(manager, release)
+        request = manager.state()["requests"] + 1
+        manager.keeper.send_signal(signal.SIGHUP)
+        state = manager.wait_for_answer(request)
+        assert (state["last"]["result"], state["last"]["standby"]) == ("ready", taken)
+        assert (state["live"] == standby) is taken
+        assert state["standby"] is None
+        if not taken:
+            assert _gone(standby, 10), "the standby master did not stop"
+    assert _page(manager.socket_path) == (200, "version 2")
 
 
 def test_reload_and_rollback_start_a_new_master_too(mods, app, manager):
@@ -321,3 +382,18 @@ def test_the_masters_of_a_keeper_that_died_stop_with_it(app, manager):
     manager.keeper.send_signal(signal.SIGKILL)
     manager.keeper.wait(5)
     assert all(_gone(int(pid), 10) for pid in [live, *workers])
+
+
+def test_a_keeper_from_before_standbys_is_sent_no_sigusr1(mods, app, manager):
+    """A keeper that an older formula started (keeper.json without ``standby``)
+    has no handler for SIGUSR1, which would end it and its masters: the release
+    starts no standby and hands over as before."""
+    manager.start()
+    state = manager.wait_for_answer(0)
+    del state["standby"]
+    (manager.base / "run" / "keeper.json").write_text(json.dumps(state))
+    ret = mods["djangoapp.release"]("v1.2.0", app="preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert _step(ret, "preflight")["standby"] == 0
+    assert _step(ret, "reload")["standby"] is False
+    assert (manager.keeper.poll(), manager.state()["pid"]) == (None, manager.keeper.pid)

@@ -11,6 +11,12 @@ not ready in time it is stopped and the old one goes on serving. A master that d
 unexpectedly is replaced at once; meanwhile the socket, held here, keeps the
 connections waiting. SIGTERM stops every master gracefully, then this program.
 
+SIGUSR1 starts a standby: a master of the release `standby.json` names (a release
+about to go live) that imports the app and then waits, serving nothing, until the
+hand-over to that release tells it to fork its workers; a hand-over to another
+release, SIGUSR2, or STANDBY_LIFETIME seconds end it. The release engine starts one
+while it checks the release, so that the app is imported by the time it switches.
+
 What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
 taken, and `last` says how the last hand-over ended (`request`: the count when it
 started). `gunicorn.pid` names the master serving, `gunicorn.json` what it loaded.
@@ -29,6 +35,8 @@ import time
 
 POLL = 0.02
 PR_SET_PDEATHSIG = 1
+STANDBY_LIFETIME = 600
+GO = b"go"
 
 
 def stop_with_parent():
@@ -84,14 +92,19 @@ class Keeper:
         self.live = None
         # the master being started: pid, the request it answers, when it started
         self.starting = None
+        # the standby: pid, release, the pipe that tells it to go, when it started
+        self.standby = None
         self.requests = 0
         self.last = None
         self.stopping = False
+        self.standby_told = self.standby_asked = False
         self.wake_read, wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGHUP, self.on_hup)
+        signal.signal(signal.SIGUSR1, self.on_standby)
+        signal.signal(signal.SIGUSR2, self.on_standby)
         signal.signal(signal.SIGTERM, self.on_stop)
         signal.signal(signal.SIGINT, self.on_stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -102,11 +115,16 @@ class Keeper:
     def on_stop(self, *_):
         self.stopping = True
 
+    def on_standby(self, signum, _frame):
+        self.standby_asked = signum == signal.SIGUSR1
+        self.standby_told = True
+
     def record(self):
         state = {
             "pid": os.getpid(),
             "live": self.live,
             "starting": self.starting[0] if self.starting else None,
+            "standby": self.standby["pid"] if self.standby else None,
             "requests": self.requests,
             "last": self.last,
         }
@@ -115,9 +133,23 @@ class Keeper:
     # ------------------------------------------------------------------ masters
 
     def spawn(self, request):
-        """Start a master of the release `current` names now, resolved once: the
-        master's code and packages stay those of one release."""
+        """Start a master of the release `current` names now, resolved once (the
+        master's code and packages stay those of one release), or have the standby
+        of that release go on."""
         release = os.path.realpath(self.release_link)
+        standby, self.standby = self.standby, None
+        pid = None
+        if standby and standby["release"] == release:
+            pid = self.go(standby)
+        else:
+            self.drop(standby)
+        from_standby = bool(pid)
+        if not pid:
+            pid = self.fork_master(release)
+        self.starting = (pid, request, time.monotonic(), from_standby)
+        self.record()
+
+    def fork_master(self, release, go=None, version=None):
         python = os.path.join(release, "venv", "bin", "python")
         environment = {
             key: value
@@ -126,11 +158,17 @@ class Keeper:
         }
         environment["DJANGOAPP_LISTEN_FD"] = str(self.listen_fd)
         environment["DJANGOAPP_RELEASE_DIR"] = release
+        if go is not None:
+            environment["DJANGOAPP_STANDBY_FD"] = str(go)
+            # imported before its release.json is written, the app sees its version
+            environment["SENTRY_RELEASE"] = version
         pid = os.fork()
         if pid == 0:
             try:
                 stop_with_parent()
                 os.set_inheritable(self.listen_fd, True)
+                if go is not None:
+                    os.set_inheritable(go, True)
                 argv = [python, "-m", "gunicorn", *self.gunicorn_arguments]
                 os.execve(python, argv, environment)  # noqa: S606 (the point)
             except OSError as error:
@@ -138,8 +176,77 @@ class Keeper:
             finally:
                 os._exit(127)
         self.masters.add(pid)
-        self.starting = (pid, request, time.monotonic())
+        return pid
+
+    # ---------------------------------------------------------------- standby
+
+    def asked_release(self):
+        """The release standby.json names, if it is one of the app's releases, and
+        its version."""
+        asked = read_json(os.path.join(self.run_dir, "standby.json"))
+        if not isinstance(asked, dict) or not isinstance(asked.get("release"), str):
+            return None, None
+        release = asked["release"]
+        release = os.path.realpath(release)
+        releases = os.path.dirname(os.path.realpath(self.release_link))
+        if os.path.dirname(release) != releases or not os.path.isfile(
+            os.path.join(release, "venv", "bin", "python")
+        ):
+            print(f"gunicorn-keeper: no standby of {release}", file=sys.stderr)
+            return None, None
+        return release, str(asked.get("version") or "")
+
+    def start_standby(self):
+        self.drop(self.standby)
+        self.standby = None
+        release, version = self.asked_release()
+        if release:
+            go_read, go_write = os.pipe()
+            try:
+                pid = self.fork_master(release, go=go_read, version=version)
+            finally:
+                os.close(go_read)
+            self.standby = {
+                "pid": pid,
+                "release": release,
+                "go": go_write,
+                "since": time.monotonic(),
+            }
         self.record()
+
+    def go(self, standby):
+        """Tell the standby to fork its workers; its pid, or None when it is gone."""
+        try:
+            os.write(standby["go"], GO)
+        except OSError:
+            return None
+        finally:
+            os.close(standby["go"])
+        return standby["pid"] if standby["pid"] in self.masters else None
+
+    def drop(self, standby):
+        """End a standby: the end of its pipe has it exit without forking."""
+        if standby:
+            with contextlib.suppress(OSError):
+                os.close(standby["go"])
+
+    def watch_standby(self, ended):
+        if self.standby_told:
+            self.standby_told = False
+            if self.standby_asked:
+                self.start_standby()
+            else:
+                self.drop(self.standby)
+                self.standby = None
+                self.record()
+        standby = self.standby
+        if standby and (
+            standby["pid"] in ended
+            or time.monotonic() - standby["since"] > STANDBY_LIFETIME
+        ):
+            self.drop(standby)
+            self.standby = None
+            self.record()
 
     def signal_master(self, pid, signum=signal.SIGTERM):
         with contextlib.suppress(OSError):
@@ -196,8 +303,9 @@ class Keeper:
                 flush=True,
             )
             self.live = None
+        self.watch_standby(ended)
         if self.starting:
-            pid, request, started = self.starting
+            pid, request, started, _ = self.starting
             if pid in ended:
                 self.finish(False, f"master {pid} exited ({ended[pid]}) before ready")
             elif self.ready(pid):
@@ -221,12 +329,13 @@ class Keeper:
         return self.last["request"] if self.last else 0
 
     def finish(self, ready, error):
-        pid, request, started = self.starting
+        pid, request, started, from_standby = self.starting
         self.starting = None
         self.last = {
             "request": request,
             "result": "ready" if ready else "failed",
             "master": pid,
+            "standby": from_standby,
             "error": error,
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -243,6 +352,7 @@ class Keeper:
                 select.select([self.wake_read], [], [], POLL if self.starting else 1)
             with contextlib.suppress(OSError):
                 os.read(self.wake_read, 4096)
+        self.drop(self.standby)
         for pid in self.masters:
             self.signal_master(pid)
         deadline = time.monotonic() + self.timeout
