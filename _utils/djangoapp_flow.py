@@ -252,8 +252,8 @@ def execute(run, steps, finishing=()):
     finally:
         if run.preflight_process:
             run.preflight_process.close()
-        if run.standby:
-            run.service.drop_standby()
+        if run.standby:  # unless it took over
+            run.service.drop_standby(run.standby)
         if run.lock:
             run.lock.release()
         run.ret["seconds"] = round(time.monotonic() - run.clock, 3)

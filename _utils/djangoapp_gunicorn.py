@@ -282,7 +282,10 @@ class Service:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
             return 0
         before = state["standby"]
-        write_for_keeper(self.standby_file, {"release": rdir, "version": version})
+        # keep_previous: once it took over, the keeper starts a standby of the
+        # release it replaced, for a switch-back or a rollback
+        asked = {"release": rdir, "version": version, "keep_previous": True}
+        write_for_keeper(self.standby_file, asked)
         niceness = os.getpriority(os.PRIO_PROCESS, keeper)
         renice([keeper], niceness + BOOTING_NICENESS)
         try:
@@ -297,11 +300,12 @@ class Service:
             renice([keeper], niceness)
         return 0
 
-    def drop_standby(self):
-        """End the keeper's standby master, if one is left; wait (up to
-        STANDBY_ANSWER s) until the keeper says it has none."""
+    def drop_standby(self, pid=None):
+        """End the keeper's standby master (if it is ``pid``, when given); wait (up
+        to STANDBY_ANSWER s) until the keeper says it has none."""
         keeper = self.keeper_pid() if self.preloaded else 0
-        if not (keeper and self.keeper_state().get("standby")):
+        standby = self.keeper_state().get("standby") if keeper else None
+        if not standby or pid not in (None, standby):
             return
         os.kill(keeper, signal.SIGUSR2)
         deadline = time.monotonic() + STANDBY_ANSWER
@@ -606,8 +610,9 @@ class PreloadedHandOver:
         niceness = os.getpriority(os.PRIO_PROCESS, keeper)
         retiring = children(self.master) if self.master else []
         started = time.monotonic()
-        # the master the keeper forks now inherits the boost
-        renice([keeper], niceness + BOOTING_NICENESS)
+        # the master the keeper forks now inherits the boost; a standby has it too
+        standby = [pid for pid in children(keeper) if pid != self.master]
+        renice([keeper, *standby], niceness + BOOTING_NICENESS)
         renice(retiring, niceness + RETIRING_NICENESS)
         try:
             os.kill(keeper, signal.SIGHUP)

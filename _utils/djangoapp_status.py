@@ -71,14 +71,16 @@ def status(cfg, host):
 
 
 def keeper_status(service):
-    """With ``preload_app``: the gunicorn-keeper and how its last hand-over
-    ended (keeper.json's ``last``); else None."""
+    """With ``preload_app``: the gunicorn-keeper, how its last hand-over ended
+    (keeper.json's ``last``) and its standby master; else None."""
     if not service.preloaded:
         return None
     pid = service.keeper_pid()
+    state = service.keeper_state() if pid else {}
     return {
         "pid": pid or None,
-        "last_handover": service.keeper_state().get("last") if pid else None,
+        "last_handover": state.get("last"),
+        "standby": state.get("standby"),
     }
 
 

@@ -169,6 +169,13 @@ def _gone(pid, timeout=30):
     return not os.path.exists(f"/proc/{pid}")
 
 
+def _release_of(master):
+    """The release the keeper started a master of (its environment says)."""
+    environ = pathlib.Path(f"/proc/{master}/environ").read_bytes().split(b"\0")
+    prefix = b"DJANGOAPP_RELEASE_DIR="
+    return next(v[len(prefix) :] for v in environ if v.startswith(prefix)).decode()
+
+
 def _workers(mods):
     return mods["djangoapp.status"]("preloaded")["workers"]
 
@@ -195,7 +202,9 @@ def test_the_keeper_starts_a_master_that_loaded_the_app_before_forking(
     assert _page(manager.socket_path) == (200, "version 1")
 
 
-def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manager):
+def test_a_release_starts_a_new_master_without_a_failed_request(
+    mods, app, base, manager
+):
     before = manager.state()["live"]
     ret, client = release_while_requested(
         mods, manager.socket_path, "v1.1.0", "preloaded"
@@ -206,6 +215,12 @@ def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manag
     # the master that took over is the standby started beside the release's checks
     assert reload["standby"] is True
     assert reload["master"] == _step(ret, "preflight")["standby"]
+    # and the release it replaced has a standby now, at the keeper's niceness
+    warm = manager.state()["standby"]
+    assert _release_of(warm) == os.path.realpath(
+        base / "releases" / ret["previous"]["id"]
+    )
+    assert os.getpriority(os.PRIO_PROCESS, warm) == 0
     assert _gone(before), "the old master did not stop"
     assert sorted(_step(ret, "verify")["workers"]) == sorted(
         w["pid"] for w in _workers(mods)
@@ -224,6 +239,25 @@ def test_a_release_starts_a_new_master_without_a_failed_request(mods, app, manag
     )
 
 
+def test_a_rollback_after_a_release_takes_the_previous_release_s_standby(
+    mods, app, base, manager
+):
+    """Right after the release above: its standby took over and left one of the
+    release it replaced."""
+    warm = manager.state()["standby"]
+    ret = mods["djangoapp.rollback"]("preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    reload = _step(ret, "reload")
+    assert (reload["standby"], reload["master"]) == (True, warm)
+    assert _release_of(warm) == os.path.realpath(base / "releases" / ret["id"])
+    # a rollback keeps nothing warm: only a release's standby does
+    assert manager.state()["standby"] is None
+    assert _page(manager.socket_path) == (200, "version 1")
+    ret = mods["djangoapp.release"]("v1.1.0", app="preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert _page(manager.socket_path) == (200, "version 2")
+
+
 def test_a_failed_health_check_hands_back_to_a_master_of_the_previous_release(
     mods, app, base, manager
 ):
@@ -237,6 +271,9 @@ def test_a_failed_health_check_hands_back_to_a_master_of_the_previous_release(
         Health.status["code"] = 200
     assert (ret["result"], ret["failed_step"]) == (False, "health"), ret["error"]
     assert "handed the workers over to it (preloaded)" in ret["restored"]
+    # to the standby of the previous release that the release's standby left
+    assert manager.state()["last"]["standby"] is True
+    assert manager.state()["standby"] is None
     assert client.failures == []
     assert client.answers[-1] == "version 2"
     assert {(w["release"], w["version"]) for w in _workers(mods)} == {
@@ -334,7 +371,11 @@ def test_a_master_that_cannot_start_leaves_the_serving_one(mods, base, app, mana
     assert after["live"] == state["live"]
     assert _page(manager.socket_path) == (200, "version 1")
     keeper = mods["djangoapp.status"]("preloaded")["service"]["keeper"]
-    assert keeper == {"pid": manager.keeper.pid, "last_handover": after["last"]}
+    assert keeper == {
+        "pid": manager.keeper.pid,
+        "last_handover": after["last"],
+        "standby": None,
+    }
 
 
 def test_a_killed_master_is_replaced_while_the_socket_keeps_the_requests(

@@ -16,6 +16,8 @@ about to go live) that imports the app and then waits, serving nothing, until th
 hand-over to that release tells it to fork its workers; a hand-over to another
 release, SIGUSR2, or STANDBY_LIFETIME seconds end it. The release engine starts one
 while it checks the release, so that the app is imported by the time it switches.
+When that standby takes over (`keep_previous`), a standby of the release it replaced
+starts, for a switch-back or a rollback to it.
 
 What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
 taken, and `last` says how the last hand-over ended (`request`: the count when it
@@ -90,10 +92,13 @@ class Keeper:
         self.listen_fd = listening_descriptor()
         self.masters = set()
         self.live = None
-        # the master being started: pid, the request it answers, when it started
+        # the master being started: pid, the request it answers, since, whether it
+        # was the standby, and whether the release it replaces is kept warm
         self.starting = None
-        # the standby: pid, release, the pipe that tells it to go, when it started
+        # the standby: pid, release, the pipe that tells it to go, since, keep_previous
         self.standby = None
+        self.release_of = {}  # master pid: its release directory
+        self.niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self.requests = 0
         self.last = None
         self.stopping = False
@@ -123,7 +128,7 @@ class Keeper:
         state = {
             "pid": os.getpid(),
             "live": self.live,
-            "starting": self.starting[0] if self.starting else None,
+            "starting": self.starting["pid"] if self.starting else None,
             "standby": self.standby["pid"] if self.standby else None,
             "requests": self.requests,
             "last": self.last,
@@ -143,13 +148,16 @@ class Keeper:
             pid = self.go(standby)
         else:
             self.drop(standby)
-        from_standby = bool(pid)
-        if not pid:
-            pid = self.fork_master(release)
-        self.starting = (pid, request, time.monotonic(), from_standby)
+        self.starting = {
+            "pid": pid or self.fork_master(release),
+            "request": request,
+            "since": time.monotonic(),
+            "standby": bool(pid),
+            "keep_previous": bool(pid and standby["keep_previous"]),
+        }
         self.record()
 
-    def fork_master(self, release, go=None, version=None):
+    def fork_master(self, release, go=None, version=None, niceness=None):
         python = os.path.join(release, "venv", "bin", "python")
         environment = {
             key: value
@@ -160,12 +168,16 @@ class Keeper:
         environment["DJANGOAPP_RELEASE_DIR"] = release
         if go is not None:
             environment["DJANGOAPP_STANDBY_FD"] = str(go)
+        if version:
             # imported before its release.json is written, the app sees its version
             environment["SENTRY_RELEASE"] = version
         pid = os.fork()
         if pid == 0:
             try:
                 stop_with_parent()
+                if niceness is not None:
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, 0, niceness)
                 os.set_inheritable(self.listen_fd, True)
                 if go is not None:
                     os.set_inheritable(go, True)
@@ -176,6 +188,7 @@ class Keeper:
             finally:
                 os._exit(127)
         self.masters.add(pid)
+        self.release_of[pid] = release
         return pid
 
     # ---------------------------------------------------------------- standby
@@ -185,25 +198,28 @@ class Keeper:
         its version."""
         asked = read_json(os.path.join(self.run_dir, "standby.json"))
         if not isinstance(asked, dict) or not isinstance(asked.get("release"), str):
-            return None, None
-        release = asked["release"]
-        release = os.path.realpath(release)
+            return None, None, False
+        release = os.path.realpath(asked["release"])
         releases = os.path.dirname(os.path.realpath(self.release_link))
         if os.path.dirname(release) != releases or not os.path.isfile(
             os.path.join(release, "venv", "bin", "python")
         ):
             print(f"gunicorn-keeper: no standby of {release}", file=sys.stderr)
-            return None, None
-        return release, str(asked.get("version") or "")
+            return None, None, False
+        return (
+            release,
+            str(asked.get("version") or ""),
+            asked.get("keep_previous") is True,
+        )
 
-    def start_standby(self):
+    def start_standby(self, release, version=None, keep_previous=False, niceness=None):
+        """A standby of ``release`` in place of the one there was, if any."""
         self.drop(self.standby)
         self.standby = None
-        release, version = self.asked_release()
         if release:
             go_read, go_write = os.pipe()
             try:
-                pid = self.fork_master(release, go=go_read, version=version)
+                pid = self.fork_master(release, go_read, version, niceness)
             finally:
                 os.close(go_read)
             self.standby = {
@@ -211,6 +227,7 @@ class Keeper:
                 "release": release,
                 "go": go_write,
                 "since": time.monotonic(),
+                "keep_previous": keep_previous,
             }
         self.record()
 
@@ -224,6 +241,13 @@ class Keeper:
             os.close(standby["go"])
         return standby["pid"] if standby["pid"] in self.masters else None
 
+    def keep_warm(self, release, live):
+        """A standby of the release a release's standby replaced, at this program's
+        own niceness (not a hand-over's): a switch-back or rollback to it then
+        forks workers only."""
+        if release and release != self.release_of.get(live) and os.path.isdir(release):
+            self.start_standby(release, niceness=self.niceness)
+
     def drop(self, standby):
         """End a standby: the end of its pipe has it exit without forking."""
         if standby:
@@ -234,7 +258,7 @@ class Keeper:
         if self.standby_told:
             self.standby_told = False
             if self.standby_asked:
-                self.start_standby()
+                self.start_standby(*self.asked_release())
             else:
                 self.drop(self.standby)
                 self.standby = None
@@ -287,6 +311,7 @@ class Keeper:
                 break
             ended[pid] = os.waitstatus_to_exitcode(status)
             self.masters.discard(pid)
+            self.release_of.pop(pid, None)
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.run_dir, "masters", f"{pid}.json"))
         return ended
@@ -305,15 +330,17 @@ class Keeper:
             self.live = None
         self.watch_standby(ended)
         if self.starting:
-            pid, request, started, _ = self.starting
+            pid, started = self.starting["pid"], self.starting["since"]
             if pid in ended:
                 self.finish(False, f"master {pid} exited ({ended[pid]}) before ready")
             elif self.ready(pid):
-                old = self.live
+                old, keep_previous = self.live, self.starting["keep_previous"]
                 self.promote(pid)
                 if old:
                     self.signal_master(old)
                 self.finish(True, None)
+                if old and keep_previous:
+                    self.keep_warm(self.release_of.get(old), pid)
             elif time.monotonic() - started > self.timeout:
                 self.signal_master(pid)
                 self.finish(False, f"master {pid} not ready after {self.timeout}s")
@@ -329,15 +356,14 @@ class Keeper:
         return self.last["request"] if self.last else 0
 
     def finish(self, ready, error):
-        pid, request, started, from_standby = self.starting
-        self.starting = None
+        starting, self.starting = self.starting, None
         self.last = {
-            "request": request,
+            "request": starting["request"],
             "result": "ready" if ready else "failed",
-            "master": pid,
-            "standby": from_standby,
+            "master": starting["pid"],
+            "standby": starting["standby"],
             "error": error,
-            "seconds": round(time.monotonic() - started, 3),
+            "seconds": round(time.monotonic() - starting["since"], 3),
         }
         if error:
             print(f"gunicorn-keeper: {error}", file=sys.stderr, flush=True)
