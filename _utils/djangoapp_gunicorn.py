@@ -272,8 +272,9 @@ class Service:
     def prepare_standby(self, rdir, version):
         """
         With ``preload_app``: have gunicorn-keeper start a standby master of the
-        release in ``rdir``, which imports the app now, boosted as a hand-over's
-        new master is, and forks its workers at the hand-over to that release.
+        release in ``rdir``, which imports the app now, at the keeper's niceness
+        (the serving workers' and the preflight's come first; the hand-over
+        boosts it), and forks its workers at the hand-over to that release.
         Returns its pid, or 0 (no keeper, or no answer in STANDBY_ANSWER s).
         """
         keeper = self.keeper_pid() if self.preloaded else 0
@@ -281,23 +282,17 @@ class Service:
         if "standby" not in state:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
             return 0
-        before = state["standby"]
         # keep_previous: once it took over, the keeper starts a standby of the
         # release it replaced, for a switch-back or a rollback
         asked = {"release": rdir, "version": version, "keep_previous": True}
         write_for_keeper(self.standby_file, asked)
-        niceness = os.getpriority(os.PRIO_PROCESS, keeper)
-        renice([keeper], niceness + BOOTING_NICENESS)
-        try:
-            os.kill(keeper, signal.SIGUSR1)
-            deadline = time.monotonic() + STANDBY_ANSWER
-            while time.monotonic() < deadline:
-                standby = self.keeper_state().get("standby")
-                if standby and standby != before:
-                    return standby
-                time.sleep(WORKER_POLL)
-        finally:
-            renice([keeper], niceness)
+        os.kill(keeper, signal.SIGUSR1)
+        deadline = time.monotonic() + STANDBY_ANSWER
+        while time.monotonic() < deadline:
+            standby = self.keeper_state().get("standby")
+            if standby and standby != state["standby"]:
+                return standby
+            time.sleep(WORKER_POLL)
         return 0
 
     def drop_standby(self, pid=None):
@@ -629,8 +624,10 @@ class PreloadedHandOver:
                 time.sleep(WORKER_POLL)
         finally:
             renice([keeper, *retiring], niceness)
+            kept_warm = self.service.keeper_state().get("standby")  # stays behind
             for master in children(keeper):
-                renice([master, *children(master)], niceness)
+                if master != kept_warm:
+                    renice([master, *children(master)], niceness)
         if last.get("result") != "ready":
             raise CommandExecutionError(
                 f"the new gunicorn master kept nothing: {last.get('error')}"

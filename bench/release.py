@@ -73,6 +73,7 @@ SCENARIOS = {
     "release_deps": "djangoapp.release, new dependency + 2 migrations",
     "release_code_master": "djangoapp.release, code only, through a master",
     "rollback": "djangoapp.rollback",
+    "rollback_warm": "djangoapp.rollback right after a release",
     "inplace_hup_code": "in place + HUP, code only",
     "inplace_hup_deps": "in place + HUP, new dependency + 2 migrations",
     "inplace_restart_code": "in place + restart, code only",
@@ -88,8 +89,15 @@ RATIOS = {
     "release_code_master": "inplace_hup_code",
     "release_deps": "inplace_hup_deps",
     "rollback": "inplace_hup_code",
+    "rollback_warm": "inplace_hup_code",
 }
-ZERO_DOWNTIME = ("release_code", "release_code_master", "release_deps", "rollback")
+ZERO_DOWNTIME = (
+    "release_code",
+    "release_code_master",
+    "release_deps",
+    "rollback",
+    "rollback_warm",
+)
 # Issue 16's targets
 CODE_RATIO_TARGET = 0.6
 ENGINE_TARGET_S = 1.2
@@ -749,6 +757,17 @@ class Bench:
         if self.current_id() != base_id:
             self.rollback(to=base_id)
             self.wait_for_version(BASE_VERSION)
+        # A rollback right after the release it undoes (with preload_app, that
+        # release's standby left one of the release it replaced).
+        for tag in self.tags["bench-ours"][:runs]:
+            self.release(tag)
+            self.wait_for_version(tag)
+            self.measure(
+                "rollback_warm",
+                f"{tag} -> {BASE_VERSION}",
+                lambda: self.rollback(base_id),
+                BASE_VERSION,
+            )
 
         for _ in range(runs):
             self.measure(
@@ -910,6 +929,7 @@ def engine_detail(rc: int, data) -> dict:
         "engine_s": data.get("seconds"),
         "id": data.get("id"),
         "reload_method": reload.get("method"),
+        "reload_standby": reload.get("standby"),
         "steps": {step["name"]: step["seconds"] for step in data.get("steps") or []},
         "step_timings": {
             step["name"]: step["timings"]
@@ -1130,16 +1150,20 @@ def speed_checks(rows: dict, runs: dict) -> list[tuple[str, bool, str]]:
                 f"= {ratio:.2f}",
             )
         )
-    back = rows.get("rollback")
-    if back:
-        checks.append(
-            (
-                f"rollback <= {ROLLBACK_TARGET_S} s wall",
-                back["wall_median"] <= ROLLBACK_TARGET_S,
-                f"median {back['wall_median']:.2f} s, max {back['wall_max']:.2f} s "
-                f"(engine median {fmt(back['engine_median'])} s)",
+    for name, what in (
+        ("rollback", "rollback"),
+        ("rollback_warm", "rollback right after a release"),
+    ):
+        back = rows.get(name)
+        if back:
+            checks.append(
+                (
+                    f"{what} <= {ROLLBACK_TARGET_S} s wall",
+                    back["wall_median"] <= ROLLBACK_TARGET_S,
+                    f"median {back['wall_median']:.2f} s, max {back['wall_max']:.2f} s "
+                    f"(engine median {fmt(back['engine_median'])} s)",
+                )
             )
-        )
     idem_row = rows.get("apply_idempotent")
     idem = runs.get("apply_idempotent") or []
     if idem_row:
@@ -1221,6 +1245,7 @@ def step_table(runs: dict) -> str:
         "release_code",
         "release_deps",
         "rollback",
+        "rollback_warm",
         "inplace_hup_code",
         "inplace_hup_deps",
         "inplace_restart_code",

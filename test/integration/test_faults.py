@@ -291,6 +291,9 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(faults, 
     # The new master's own control socket, not a stale one: workers handed over;
     # preloaded, a master of the release started by the keeper.
     assert reload["method"] == ("preloaded" if app in PRELOADED else "rolling"), reload
+    if app in PRELOADED:
+        # the master started beside the release's checks took over
+        assert reload["standby"] is True, reload
     assert release["service_running"] is True
 
 

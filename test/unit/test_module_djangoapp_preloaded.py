@@ -215,12 +215,12 @@ def test_a_release_starts_a_new_master_without_a_failed_request(
     # the master that took over is the standby started beside the release's checks
     assert reload["standby"] is True
     assert reload["master"] == _step(ret, "preflight")["standby"]
-    # and the release it replaced has a standby now, at the keeper's niceness
+    # and the release it replaced has a standby now, behind the serving workers
     warm = manager.state()["standby"]
     assert _release_of(warm) == os.path.realpath(
         base / "releases" / ret["previous"]["id"]
     )
-    assert os.getpriority(os.PRIO_PROCESS, warm) == 0
+    assert os.getpriority(os.PRIO_PROCESS, warm) == 10
     assert _gone(before), "the old master did not stop"
     assert sorted(_step(ret, "verify")["workers"]) == sorted(
         w["pid"] for w in _workers(mods)

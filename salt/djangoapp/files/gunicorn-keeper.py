@@ -38,6 +38,7 @@ import time
 POLL = 0.02
 PR_SET_PDEATHSIG = 1
 STANDBY_LIFETIME = 600
+WARM_NICENESS = 10  # a standby kept for a switch-back, relative to this program
 GO = b"go"
 
 
@@ -242,11 +243,11 @@ class Keeper:
         return standby["pid"] if standby["pid"] in self.masters else None
 
     def keep_warm(self, release, live):
-        """A standby of the release a release's standby replaced, at this program's
-        own niceness (not a hand-over's): a switch-back or rollback to it then
-        forks workers only."""
+        """A standby of the release a release's standby replaced, behind everything
+        else on the host (a hand-over to it boosts it): a switch-back or rollback to
+        it then forks workers only."""
         if release and release != self.release_of.get(live) and os.path.isdir(release):
-            self.start_standby(release, niceness=self.niceness)
+            self.start_standby(release, niceness=self.niceness + WARM_NICENESS)
 
     def drop(self, standby):
         """End a standby: the end of its pipe has it exit without forking."""
