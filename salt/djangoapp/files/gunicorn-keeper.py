@@ -335,13 +335,14 @@ class Keeper:
             if pid in ended:
                 self.finish(False, f"master {pid} exited ({ended[pid]}) before ready")
             elif self.ready(pid):
-                old, keep_previous = self.live, self.starting["keep_previous"]
+                old = self.live
                 self.promote(pid)
                 if old:
                     self.signal_master(old)
+                    if self.starting["keep_previous"]:
+                        # named in keeper.json before the hand-over's end is
+                        self.keep_warm(self.release_of.get(old), pid)
                 self.finish(True, None)
-                if old and keep_previous:
-                    self.keep_warm(self.release_of.get(old), pid)
             elif time.monotonic() - started > self.timeout:
                 self.signal_master(pid)
                 self.finish(False, f"master {pid} not ready after {self.timeout}s")
