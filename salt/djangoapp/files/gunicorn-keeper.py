@@ -255,23 +255,24 @@ class Keeper:
             with contextlib.suppress(OSError):
                 os.close(standby["go"])
 
+    def end_standby(self):
+        self.drop(self.standby)
+        self.standby = None
+        self.record()
+
     def watch_standby(self, ended):
         if self.standby_told:
             self.standby_told = False
             if self.standby_asked:
                 self.start_standby(*self.asked_release())
             else:
-                self.drop(self.standby)
-                self.standby = None
-                self.record()
+                self.end_standby()
         standby = self.standby
         if standby and (
             standby["pid"] in ended
             or time.monotonic() - standby["since"] > STANDBY_LIFETIME
         ):
-            self.drop(standby)
-            self.standby = None
-            self.record()
+            self.end_standby()
 
     def signal_master(self, pid, signum=signal.SIGTERM):
         with contextlib.suppress(OSError):
