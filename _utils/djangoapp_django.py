@@ -427,25 +427,19 @@ def _lock_session(db, wait):
     stderr, which it does not buffer. MariaDB: GET_LOCK, whose locks are the
     server's, on a name that holds the database's; the marker a row of the
     unbuffered client."""
-    run_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8"}
+    login, run_env = client_login(db)
+    run_env.update(PATH=SAFE_PATH, LANG="C.UTF-8")
     if db["engine"] == "mysql":
-        if db.get("password"):
-            run_env["MYSQL_PWD"] = db["password"]
         argv = ["mysql", "--batch", "--skip-column-names", "--unbuffered"]
-        argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
-        argv += [f"--user={db['user']}", db["name"]]
+        argv += login + [db["name"]]
         name = _sql_string(f"{MIGRATION_LOCK_KEY}:{db['name']}"[:64])
         request = (
             f"SELECT IF(GET_LOCK({name}, {int(wait)}) = 1, "
             f"'{MIGRATION_LOCK_MARKER}', 'not taken');\n"
         )
         return argv, run_env, request
-    if db.get("password"):
-        run_env["PGPASSWORD"] = db["password"]
     argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--tuples-only"]
-    argv += ["--set=ON_ERROR_STOP=1", f"--host={db['host']}"]
-    argv += [f"--port={db.get('port') or 5432}", f"--username={db['user']}"]
-    argv += [f"--dbname={db['name']}"]
+    argv += ["--set=ON_ERROR_STOP=1"] + login + [f"--dbname={db['name']}"]
     request = (
         f"SELECT pg_advisory_lock(hashtext('{MIGRATION_LOCK_KEY}'));\n"
         f"\\warn {MIGRATION_LOCK_MARKER}\n"
@@ -558,22 +552,37 @@ def database_of(cfg, env, step="backup"):
     return db
 
 
+def client_login(db):
+    """The options that name ``db``'s server and user to its own clients (psql,
+    pg_dump, mysql, mysqldump), and the environment that carries its password."""
+    if db.get("engine") == "mysql":
+        env = {"MYSQL_PWD": db["password"]} if db.get("password") else {}
+        user, port = f"--user={db['user']}", db.get("port") or 3306
+    else:
+        env = {"PGPASSWORD": db["password"]} if db.get("password") else {}
+        user, port = f"--username={db['user']}", db.get("port") or 5432
+    return [f"--host={db['host']}", f"--port={port}", user], env
+
+
+def sql_query(db, sql):
+    """The argv and environment of ``db``'s own client running ``sql``: one row
+    a line, its columns separated by tabs, no header."""
+    login, run_env = client_login(db)
+    run_env["PATH"] = SAFE_PATH
+    if db.get("engine") == "mysql":
+        argv = ["mysql", "--batch", "--skip-column-names"] + login
+        return argv + [f"--execute={sql}", db["name"]], run_env
+    argv = ["psql", "--no-psqlrc", "--no-password", "--quiet", "--no-align"]
+    argv += ["--tuples-only", "--field-separator=\t"] + login
+    return argv + [f"--dbname={db['name']}", f"--command={sql}"], run_env
+
+
 def database_answers(cfg, env, host):
     """None when the app's database server accepts the app's own credentials
     (``SELECT 1``), else what the client said: the first release on a web
     minion of a fleet waits for the db minion with it."""
     db = database_of(cfg, env, step="database")
-    port = db.get("port")
-    if db.get("engine") == "mysql":
-        run_env = {"MYSQL_PWD": db["password"]} if db.get("password") else {}
-        argv = ["mysql", "--batch", f"--host={db['host']}", f"--user={db['user']}"]
-        argv += [f"--port={port or 3306}", "--execute=SELECT 1", db["name"]]
-    else:
-        run_env = {"PGPASSWORD": db["password"]} if db.get("password") else {}
-        argv = ["psql", "--no-psqlrc", "--no-password", "--quiet"]
-        argv += [f"--host={db['host']}", f"--port={port or 5432}"]
-        argv += [f"--username={db['user']}", f"--dbname={db['name']}"]
-        argv += ["--command=SELECT 1"]
+    argv, run_env = sql_query(db, "SELECT 1")
     result = host.run(argv, env=run_env, clean_env=True, timeout=15)
     if result.get("retcode") == 0:
         return None
@@ -593,11 +602,10 @@ def _dump(host, argv, run_env):
 
 
 def _dump_postgresql(host, db, path, run_env):
-    if db.get("password"):
-        run_env["PGPASSWORD"] = db["password"]
-    argv = ["pg_dump", "--format=custom", "--no-password"]
-    argv += [f"--host={db['host']}", f"--port={db.get('port') or 5432}"]
-    argv += [f"--username={db['user']}", f"--file={path}", f"--dbname={db['name']}"]
+    login, password = client_login(db)
+    run_env.update(password)
+    argv = ["pg_dump", "--format=custom", "--no-password"] + login
+    argv += [f"--file={path}", f"--dbname={db['name']}"]
     _dump(host, argv, run_env)
     listing = host.check("backup", ["pg_restore", "--list", path], env=run_env)
     if "Archive created at" not in (listing.get("stdout") or ""):
@@ -612,12 +620,10 @@ TABLE_CHANGED_TRIES = 30
 
 
 def _dump_mysql(host, db, path, run_env, pause=1.0):
-    if db.get("password"):
-        run_env["MYSQL_PWD"] = db["password"]
-    argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"]
-    argv += [f"--host={db['host']}", f"--port={db.get('port') or 3306}"]
-    argv += [f"--user={db['user']}", f"--result-file={path}"]
-    argv += ["--databases", db["name"]]
+    login, password = client_login(db)
+    run_env.update(password)
+    argv = ["mysqldump", "--single-transaction", "--routines", "--triggers"] + login
+    argv += [f"--result-file={path}", "--databases", db["name"]]
     for attempt in range(1, TABLE_CHANGED_TRIES + 1):
         try:
             _dump(host, argv, run_env)

@@ -441,8 +441,7 @@ def preflight(run, info):
 
 
 def release_record(run, found):
-    """``release.json``: what the release is and what it was built and checked
-    with (a later release compares itself with it)."""
+    """``release.json``: what the release is, built and checked with (read later)."""
     venv = os.path.join(run.rdir, "venv")
     record = {
         "id": run.rid,
@@ -459,6 +458,7 @@ def release_record(run, found):
         "requirements": run.deps_digest,
         "gunicorn": venv_package_version(venv, "gunicorn"),
         "gunicorn_config": file_sha256(run.cfg["gunicorn_config"]),
+        "known_migrations": found.get("known_migrations"),
     }
     record.update(Git(run.cfg, run.layout, run.host).commit_info(run.sha))
     return record
@@ -599,8 +599,7 @@ def prune_releases(run, info):
 
 
 def select(run, info):
-    """The release to go back to: ``to`` (a release id, or a version: its
-    newest good release), or the previous good one."""
+    """The release to go back to: ``to`` (an id or a version), else the one before."""
     layout = run.layout
     entries = ledger_read(layout.ledger)
     on_disk = layout.on_disk()
@@ -644,6 +643,7 @@ def select(run, info):
 def migrations_ahead(run, info):
     """A rollback does not undo migrations: it names those the target lacks."""
     found = run.ahead_check.result(run.layout, run.rid, run.current)
+    info["by"] = run.ahead_check.by
     if found.get("error"):
         return run.note(f"migrations {run.rid} lacks: unknown ({found['error']})")
     run.ret["migrations_ahead"] = run.entry["migrations_ahead"] = found["ahead"]

@@ -5,24 +5,29 @@ code put back runs on the schema as it is, which backward-compatible migrations
 allow); it says which ones are ahead, so that whoever rolled back knows what the
 old code does not know of, and where the dump taken before they ran is.
 
-The check runs the target release's Django as the app's user with the production
-environment, in a thread beside the switch and the hand-over of the workers:
-Django's migration loader reads the ``django_migrations`` table and the migration
-files of the release (its own apps' and those of its virtualenv's packages).
+The check runs in a thread beside the switch and the hand-over of the workers.
+A release records in its ``release.json`` the migrations its code knows (its own
+apps' and those of its virtualenv's packages, as the preflight's Django loaded
+them); the check then asks the database's own client for the applied ones, the
+``django_migrations`` table, and compares. A release recorded before that, or a
+database with no client of ours (SQLite), is checked by its own Django, set up
+as the app's user with the production environment.
 """
 
 import json
 import os
 
-from djangoapp_common import Redactor, read_json, tail
+from djangoapp_common import Redactor, StepFailed, read_json, tail
 from djangoapp_config import load_env
 from djangoapp_disk import ledger_read
-from djangoapp_django import as_app, needs_backup
+from djangoapp_django import as_app, database_of, needs_backup, sql_query
 from djangoapp_host import run_in_thread
 from salt.exceptions import CommandExecutionError
 
 MARKER = "DJANGOAPP-MIGRATIONS "
 CHECK_TIMEOUT = 120
+APPLIED_QUERY = "SELECT app, name FROM django_migrations"
+CLIENTS = ("postgresql", "mysql")
 
 # Fed on stdin to the release's python, in the project's directory. Applied
 # migrations of apps the release does not install are left out (no code of it
@@ -58,21 +63,35 @@ def __virtual__():
 class AheadCheck:
     """
     The migrations applied in the app's database that the release in ``rdir``
-    does not have, found by that release's Django in a thread started at once;
-    ``result()`` waits for it.
+    does not have, found in a thread started at once; ``result()`` waits for it.
+    ``by`` says how: ``"record"`` (its ``release.json`` and the database's
+    client) or ``"django"``.
     """
 
-    def __init__(self, cfg, host, rdir, version):
+    def __init__(self, cfg, host, rdir, record):
         env = load_env(cfg)
         self.redact = Redactor.from_env(env)
+        known = record.get("known_migrations")
+        if known and (cfg["database"] or {}).get("engine") in CLIENTS:
+            self.by = "record"
+            argv, run_env = sql_query(
+                database_of(cfg, env, "migrations"), APPLIED_QUERY
+            )
+            join = run_in_thread(
+                host.run, argv, env=run_env, clean_env=True, timeout=CHECK_TIMEOUT
+            )
+            self._found = lambda: compare_applied(join(), known, self.redact)
+            return
+        self.by = "django"
         python = os.path.join(rdir, "venv", "bin", "python")
-        self._join = run_in_thread(
+        join = run_in_thread(
             host.run,
             [python, "-", MARKER],
             stdin=CHECK_SCRIPT,
             stdin_raw_newlines=True,
-            **as_app(cfg, env, rdir, version, timeout=CHECK_TIMEOUT),
+            **as_app(cfg, env, rdir, record.get("version") or "", CHECK_TIMEOUT),
         )
+        self._found = lambda: parse_result(join(), self.redact)
 
     def result(self, layout, target, left):
         """``{"ok": True, "ahead": ["app.migration", ...], "warning": ...}``
@@ -80,7 +99,7 @@ class AheadCheck:
         ``left`` migrated, if any), or ``{"ok": False, "error": ...}`` when
         Django or the database could not tell."""
         try:
-            found = parse_result(self._join(), self.redact)
+            found = self._found()
         except Exception as exc:  # pylint: disable=broad-except
             return {"ok": False, "error": self.redact(f"{type(exc).__name__}: {exc}")}
         if found["ok"] and found["ahead"]:
@@ -92,6 +111,27 @@ class AheadCheck:
             backup = next(filter(None, reversed(backups)), None)
             found["warning"] = ahead_warning(target, found["ahead"], backup)
         return found
+
+
+def compare_applied(ret, known, redact=str):
+    """The applied migrations that ``ret`` (the database client's
+    ``cmd.run_all`` return: ``app<TAB>name`` lines) lists and ``known`` (a
+    release's record) lacks, among the apps that have migrations in it: the
+    same rule as CHECK_SCRIPT's."""
+    if ret.get("retcode") != 0:
+        text = tail(ret.get("stderr") or ret.get("stdout"), 500)
+        return {
+            "ok": False,
+            "error": redact(f"the database did not list its migrations: {text}"),
+        }
+    apps, names = set(known.get("apps") or ()), set(known.get("names") or ())
+    rows = (line.split("\t") for line in (ret.get("stdout") or "").splitlines())
+    ahead = sorted(
+        f"{row[0]}.{row[1]}"
+        for row in rows
+        if len(row) == 2 and row[0] in apps and f"{row[0]}.{row[1]}" not in names
+    )
+    return {"ok": True, "ahead": ahead}
 
 
 def parse_result(ret, redact=str):
@@ -125,8 +165,8 @@ def start_check(cfg, host, rdir, note):
         return None
     try:
         record = read_json(os.path.join(rdir, "release.json"), default={}) or {}
-        return AheadCheck(cfg, host, rdir, record.get("version") or "")
-    except (CommandExecutionError, OSError, ValueError) as exc:
+        return AheadCheck(cfg, host, rdir, record)
+    except (CommandExecutionError, OSError, ValueError, StepFailed) as exc:
         note(f"could not check the migrations of {os.path.basename(rdir)}: {exc}")
         return None
 

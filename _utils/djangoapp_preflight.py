@@ -113,6 +113,7 @@ def _missing_migrations():
 
 
 def _pending_migrations():
+    """The plan of ``migrate``, and the migrations this code knows."""
     from django.db import DEFAULT_DB_ALIAS, connections
     from django.db.migrations.executor import MigrationExecutor
 
@@ -121,7 +122,20 @@ def _pending_migrations():
     targets = executor.loader.graph.leaf_nodes()
     plan = executor.migration_plan(targets)
     connection.close()
-    return plan
+    return plan, _known_migrations(executor.loader)
+
+
+def _known_migrations(loader):
+    """What a rollback to this code compares the database's applied migrations
+    with (djangoapp_migrations): the apps with migrations, and every migration
+    of their files, with those a squashed one replaces."""
+    known = set(loader.disk_migrations)
+    for migration in loader.disk_migrations.values():
+        known.update(tuple(key) for key in (migration.replaces or ()))
+    return {
+        "apps": sorted(loader.migrated_apps),
+        "names": sorted(f"{app}.{name}" for app, name in known),
+    }
 
 
 def _marker(migration):
@@ -255,6 +269,7 @@ def _new_result():
         "missing_migrations": None,
         "pending_migrations": [],
         "migrations": [],
+        "known_migrations": None,
         "static_url": None,
         "static_root": None,
         "media_url": None,
@@ -304,7 +319,7 @@ def makemigrations(options, result):
 
 
 def migrate_plan(options, result):
-    plan = _pending_migrations()
+    plan, result["known_migrations"] = _pending_migrations()
     result["pending_migrations"] = [
         "{}.{}{}".format(m.app_label, m.name, " (unapply)" if backwards else "")
         for m, backwards in plan

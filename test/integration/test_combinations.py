@@ -366,6 +366,21 @@ def test_release_backs_mariadb_up_and_reloads_through_systemd(converged):
     assert '<span class="version">v1.0.0</span>' in blog["body"]
 
 
+def test_a_rollback_asks_mariadb_which_migrations_it_leaves(converged):
+    """shop back to v1.0.0 after the release above: the mysql client lists the
+    applied migrations, and v1.0.0's release.json says which its code knows.
+    Then v1.1.0 again, as the tests below expect."""
+    rc, rollback, _ = converged.salt("djangoapp.rollback", "app=shop")
+    assert rc == 0 and rollback["result"] is True, rollback
+    assert rollback["version"] == "v1.0.0"
+    assert rollback["migrations_ahead"] == ["notes.0002_note_author"]
+    [checked] = [step for step in rollback["steps"] if step["name"] == "migrations"]
+    assert checked["by"] == "record"
+    rc, release, _ = converged.salt("djangoapp.release", "version=v1.1.0", "app=shop")
+    assert rc == 0 and release["result"] is True, release
+    assert release["migrations_ran"] is False
+
+
 def test_blog_static_root_outside_the_release_follows_releases(converged):
     """blog's STATIC_ROOT is an absolute path outside its releases: a link to the
     live release's collected files, so a release and a rollback switch it too."""

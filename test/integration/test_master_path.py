@@ -264,6 +264,9 @@ def test_the_readmes_commands_in_order(site, readme):
     rollback = returns["djangoapp.rollback"][2]
     assert rollback["result"] is True and rollback["version"] == "v1.0.0"
     assert rollback["migrations_ahead"] == ["notes.0002_note_author"]
+    # v1.0.0's release.json and psql told it, not a Django set up for it
+    [checked] = [step for step in rollback["steps"] if step["name"] == "migrations"]
+    assert checked["by"] == "record"
     assert rollback["warnings"] == [
         f"the database keeps 1 migration(s) that {rollback['id']} does not have "
         "(notes.0002_note_author): a rollback does not undo migrations; the dump "

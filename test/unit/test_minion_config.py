@@ -2,7 +2,8 @@
 loader module that Salt ships, and the formula's own, carries its virtual name in
 its file name. This checks the Salt pinned here, and that salt-call with the
 example's configuration runs states with `creates` and `unless`, the outputters and
-the formula's module as without it."""
+the formula's module as without it; and that its grains cache is read by the next
+salt-call and taken afresh on request."""
 
 from __future__ import annotations
 
@@ -79,8 +80,11 @@ def misnamed(directory: Path) -> list[str]:
     return found
 
 
-def test_the_example_sets_strict_matching_and_nothing_else():
-    assert yaml.safe_load(EXAMPLE.read_text()) == {"lazy_loader_strict_matching": True}
+def test_the_example_sets_strict_matching_and_the_grains_cache():
+    assert yaml.safe_load(EXAMPLE.read_text()) == {
+        "lazy_loader_strict_matching": True,
+        "grains_cache": True,
+    }
 
 
 def test_kitchen_and_the_test_hosts_use_the_example(tmp_path):
@@ -138,7 +142,7 @@ def salt_call(tmp_path):
 
     def call(strict: bool, *args: str) -> dict:
         config_dir = tmp_path / ("strict" if strict else "default")
-        (config_dir / "minion.d").mkdir(parents=True)
+        (config_dir / "minion.d").mkdir(parents=True, exist_ok=True)
         (config_dir / "minion").write_text(
             yaml.safe_dump(
                 {
@@ -193,3 +197,18 @@ def test_the_formulas_module_is_loaded_the_same(salt_call):
     assert {"djangoapp.release", "djangoapp.rollback", "djangoapp.status"} <= functions[
         1
     ]
+
+
+def test_the_next_salt_call_reads_the_cached_grains(salt_call, tmp_path):
+    """The first salt-call writes the cache; one that finds a grain planted in
+    it has read it instead of working the grains out;
+    ``--refresh-grains-cache`` does not."""
+    import salt.payload
+
+    call, _marker = salt_call
+    assert call(True, "grains.get", "os_family") == "Debian"
+    [cache] = (tmp_path / "strict" / "root").rglob("grains.cache.p")
+    grains = salt.payload.loads(cache.read_bytes())
+    cache.write_bytes(salt.payload.dumps({**grains, "planted": "from the cache"}))
+    assert call(True, "grains.get", "planted") == "from the cache"
+    assert call(True, "--refresh-grains-cache", "grains.get", "planted") == ""

@@ -568,7 +568,13 @@ class DumpingHost:
         return {"retcode": retcode, "stdout": "", "stderr": stderr}
 
 
-DB = {"host": "db", "user": "shop", "name": "shop", "password": "secret"}
+DB = {
+    "engine": "mysql",
+    "host": "db",
+    "user": "shop",
+    "name": "shop",
+    "password": "secret",
+}
 TABLE_CHANGED = "mysqldump: Error 1412: Table definition has changed, please retry"
 
 

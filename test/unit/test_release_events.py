@@ -125,6 +125,7 @@ def test_the_migration_check_names_what_the_target_lacks(app, base, mods):
     check = djangoapp_migrations.start_check(
         {**app, "database": {"engine": "sqlite"}}, host, layout.release(target), print
     )
+    assert check.by == "django"  # SQLite: no client of ours asks it
     found = check.result(layout, target, newer)
     assert found["ok"] is True, found
     assert found["ahead"] == ["tinyapp.0002_item_note"]
@@ -137,6 +138,126 @@ def test_the_migration_check_names_what_the_target_lacks(app, base, mods):
         {**app, "database": {"engine": "sqlite"}}, host, layout.release(newer), print
     ).result(layout, newer, target)
     assert found == {"ok": True, "ahead": []}
+
+
+def test_a_release_records_the_migrations_its_code_knows(app, base):
+    """What a later rollback to it compares the database with, as the
+    preflight's Django loaded them."""
+    layout = djangoapp_flow.Layout(app["base_dir"])
+    known = {}
+    for rid in layout.on_disk():
+        record = layout.release_json(rid)
+        known[record["version"]] = record["known_migrations"]
+    assert set(known) == {"v1.0.0", "v1.2.0"}
+    for version, tinyapp in (
+        ("v1.0.0", ["tinyapp.0001_initial"]),
+        ("v1.2.0", ["tinyapp.0001_initial", "tinyapp.0002_item_note"]),
+    ):
+        assert "tinyapp" in known[version]["apps"]
+        names = known[version]["names"]
+        assert [name for name in names if name.startswith("tinyapp.")] == tinyapp
+        assert "contenttypes.0001_initial" in names
+
+
+class ClientHost:
+    """Answers the database client's query with ``rows``, and keeps its argv."""
+
+    def __init__(self, rows, retcode=0):
+        self.rows, self.retcode, self.calls = rows, retcode, []
+
+    def run(self, argv, **options):
+        self.calls.append((argv, options))
+        stdout = "".join(f"{app}\t{name}\n" for app, name in self.rows)
+        return {"retcode": self.retcode, "stdout": stdout, "stderr": "no such table"}
+
+
+KNOWN = {
+    "apps": ["auth", "shop"],
+    "names": ["auth.0001_initial", "shop.0001_initial", "shop.0001_squashed_0003"],
+}
+APPLIED = [
+    ("auth", "0001_initial"),
+    ("shop", "0001_initial"),
+    ("shop", "0003_price"),  # replaced by the squashed migration: known
+    ("shop", "0004_stock"),  # ahead
+    ("gone", "0001_initial"),  # an app the release does not install: left out
+]
+
+
+@pytest.fixture
+def recorded(app, tmp_path):
+    """A release dir whose release.json knows KNOWN, with the squash's replaces."""
+    rdir = tmp_path / "release"
+    (rdir / "venv" / "bin").mkdir(parents=True)
+    (rdir / "venv" / "bin" / "python").touch()
+    names = KNOWN["names"] + ["shop.0002_name", "shop.0003_price"]
+    record = {"version": "v2.0.0", "known_migrations": {**KNOWN, "names": names}}
+    (rdir / "release.json").write_text(json.dumps(record))
+    env = pathlib.Path(app["env_file"])
+    saved = env.read_text() if env.exists() else None
+    env.write_text(json.dumps({"DATABASE_URL": "postgres://shop:pw@db:5433/shop"}))
+    yield rdir
+    if saved is None:
+        env.unlink()
+    else:
+        env.write_text(saved)
+
+
+def test_a_recorded_release_is_checked_by_the_database_client(app, base, recorded):
+    host = ClientHost(APPLIED)
+    cfg = {**app, "database": {"engine": "postgresql"}}
+    check = djangoapp_migrations.start_check(cfg, host, str(recorded), print)
+    assert check.by == "record"
+    found = check.result(djangoapp_flow.Layout(app["base_dir"]), "v2.0.0-x", None)
+    assert found == {
+        "ok": True,
+        "ahead": ["shop.0004_stock"],
+        "warning": djangoapp_migrations.ahead_warning("v2.0.0-x", ["shop.0004_stock"]),
+    }
+    [(argv, options)] = host.calls
+    assert argv[0] == "psql"
+    assert argv[-2:] == [
+        "--dbname=shop",
+        "--command=" + djangoapp_migrations.APPLIED_QUERY,
+    ]
+    assert {
+        "--host=db",
+        "--port=5433",
+        "--username=shop",
+        "--field-separator=\t",
+    } <= set(argv)
+    assert options["env"]["PGPASSWORD"] == "pw"
+
+
+def test_a_database_that_cannot_list_its_migrations_says_so(app, base, recorded):
+    env = {"DATABASE_URL": "mysql://shop:pw@db/shop"}
+    pathlib.Path(app["env_file"]).write_text(json.dumps(env))
+    host = ClientHost([], retcode=1)
+    cfg = {**app, "database": {"engine": "mysql"}}
+    check = djangoapp_migrations.start_check(cfg, host, str(recorded), print)
+    assert check.by == "record"
+    found = check.result(djangoapp_flow.Layout(app["base_dir"]), "v2.0.0-x", None)
+    [(argv, options)] = host.calls
+    assert argv[:3] == ["mysql", "--batch", "--skip-column-names"]
+    assert argv[-1] == "shop" and options["env"]["MYSQL_PWD"] == "pw"
+    assert found == {
+        "ok": False,
+        "error": "the database did not list its migrations: no such table",
+    }
+
+
+def test_a_release_recorded_before_is_checked_by_its_django(app, base, recorded):
+    record = json.loads((recorded / "release.json").read_text())
+    del record["known_migrations"]
+    (recorded / "release.json").write_text(json.dumps(record))
+    host = ClientHost(APPLIED)
+    cfg = {**app, "database": {"engine": "postgresql"}}
+    check = djangoapp_migrations.start_check(cfg, host, str(recorded), print)
+    assert check.by == "django"
+    check.result(djangoapp_flow.Layout(app["base_dir"]), "v2.0.0-x", None)
+    [(argv, options)] = host.calls
+    assert argv == [f"{recorded}/venv/bin/python", "-", djangoapp_migrations.MARKER]
+    assert options["runas"] == app["user"]
 
 
 def test_no_check_for_an_app_without_a_database(app, base, mods):
