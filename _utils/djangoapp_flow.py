@@ -6,7 +6,7 @@ named steps over one ``Run``, and the one failure handler that puts things back.
 
     release:  lock | fetch resolve build preflight backup migrate
                    | switch reload verify migrate_after_switch health | prune
-    rollback: lock | select | switch reload verify health
+    rollback: lock | select | switch reload verify health migrations | keep_warm
 
 Like Capistrano's flow: starting (``lock``), updating (up to ``migrate``: the
 live release still serves, and nothing it uses has changed but the database),
@@ -81,7 +81,7 @@ from djangoapp_recovery import (
     restore,
     stopping_on_signals,
 )
-from djangoapp_source import Git, release_id
+from djangoapp_source import Git, release_id, unknown_ref
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -349,25 +349,15 @@ def lock(run, info):
 
 
 def fetch(run, info):
-    open_entry(
-        run,
-        id=None,
-        version=run.version,
-        sha=None,
-        migrations_ran=False,
-        backup=None,
-        previous=run.current,
-    )
+    fields = {"id": None, "sha": None, "migrations_ran": False, "backup": None}
+    open_entry(run, **fields, version=run.version, previous=run.current)
     Git(run.cfg, run.layout, run.host).fetch()
 
 
 def resolve(run, info):
     sha = Git(run.cfg, run.layout, run.host).resolve(run.version)
     if not sha:
-        raise StepFailed(
-            "resolve",
-            f"version {run.version!r} is not a branch, tag or commit of the repository",
-        )
+        raise StepFailed("resolve", unknown_ref(run.version))
     info["sha"] = run.sha = sha
     run.rid = release_id(run.version, sha)
     run.rdir = run.layout.release(run.rid)
@@ -651,6 +641,14 @@ def migrations_ahead(run, info):
         run.ret["warnings"] = [found["warning"]]
 
 
+def keep_next_warm(run, info):
+    """``preload_app``: a standby of the release the next rollback would take."""
+    layout = run.layout
+    after = rollback_target(ledger_read(layout.ledger), run.rid, layout.on_disk())
+    if after:
+        info["standby"] = run.service.prepare_standby(layout.release(after), warm=True)
+
+
 PUBLISHING = (
     Step("switch", switch),
     Step("after_switch", after_switch, when=hooks_at("after_switch")),
@@ -681,6 +679,9 @@ ROLLBACK = (
     *PUBLISHING,
     Step("migrations", migrations_ahead, when=lambda run: run.ahead_check),
 )
+ROLLBACK_FINISHING = (
+    Step("keep_warm", keep_next_warm, when=lambda run: run.service.preloaded),
+)
 
 
 def release(cfg, version, host, user=None, jid=None, defer_after_switch=False):
@@ -696,7 +697,7 @@ def rollback(cfg, host, to=None, user=None, jid=None, force=False):
     """Make the previous good release (or ``to``) live again; no rebuild."""
     run = Run(cfg, host, "rollback", to=to, user=user, jid=jid, force=force)
     run.ret["event"] = "rollback"
-    ret = execute(run, ROLLBACK)
+    ret = execute(run, ROLLBACK, ROLLBACK_FINISHING)
     report(run)
     return ret
 
@@ -745,9 +746,7 @@ def plan_release(cfg, version, host):
         ret["previous"] = {"id": current, "version": live.get("version")}
     if not sha:
         if how == "unknown ref":
-            how = (
-                f"version {version!r} is not a branch, tag or commit of the repository"
-            )
+            how = unknown_ref(version)
         ret.update(result=False, failed_step="resolve", error=how)
         return ret
     rid = release_id(version, sha)

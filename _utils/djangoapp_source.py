@@ -177,6 +177,11 @@ def shell_word(word):
     return "'" + word.replace("'", "'\"'\"'") + "'"
 
 
+def unknown_ref(version):
+    """What a release of a ``version`` the repository does not have says."""
+    return f"version {version!r} is not a branch, tag or commit of the repository"
+
+
 def release_id(version, sha):
     """The id of the release of ``version`` at commit ``sha``: its directory name."""
     return "{}-{}".format(version.replace("/", "_"), sha[:8])

@@ -58,8 +58,15 @@ def app(tiny_app, base, fake_pm, health_server, monkeypatch, mods):
     monkeypatch.setenv("PATH", f"{fake_pm}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MASTER_PIDFILE", str(base / "manager-main.pid"))
     settings = {**gunicorn_settings(base, "preloaded"), "preload_app": True}
+    # three releases on disk: a rollback keeps the one before the last warm
     return served_app(
-        tiny_app, base, settings, health_server, mods, extra=FORK_RECORDER
+        tiny_app,
+        base,
+        settings,
+        health_server,
+        mods,
+        extra=FORK_RECORDER,
+        keep_releases=3,
     )
 
 
@@ -250,8 +257,45 @@ def test_a_rollback_after_a_release_takes_the_previous_release_s_standby(
     reload = _step(ret, "reload")
     assert (reload["standby"], reload["master"]) == (True, warm)
     assert _release_of(warm) == os.path.realpath(base / "releases" / ret["id"])
-    # a rollback keeps nothing warm: only a release's standby does
+    # nothing is older than v1.0.0 for a next rollback to take, so none is warm
+    assert "standby" not in _step(ret, "keep_warm")
     assert manager.state()["standby"] is None
+    assert _page(manager.socket_path) == (200, "version 1")
+    ret = mods["djangoapp.release"]("v1.1.0", app="preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert _page(manager.socket_path) == (200, "version 2")
+
+
+def _kept_standby(manager, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not manager.state().get("standby"):
+        assert time.monotonic() < deadline, manager.log()
+        time.sleep(0.02)
+    return manager.state()["standby"]
+
+
+def test_a_rollback_keeps_the_release_a_next_rollback_takes_warm(
+    mods, app, base, manager
+):
+    """v1.2.0 released over v1.1.0 over v1.0.0, then two rollbacks: the first
+    takes the standby the release kept of v1.1.0 and keeps one of v1.0.0,
+    behind the serving workers, which the second takes."""
+    first = os.readlink(base / "current").split("/")[-1]
+    ret = mods["djangoapp.release"]("v1.2.0", app="preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    ret = mods["djangoapp.rollback"]("preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    assert (ret["id"], _step(ret, "reload")["standby"]) == (first, True)
+    warm = _kept_standby(manager)
+    # the engine waits a second for the keeper to name it (busy hosts: 0)
+    assert _step(ret, "keep_warm")["standby"] in (warm, 0)
+    oldest = [e["id"] for e in mods["djangoapp.releases"]("preloaded")["history"]][0]
+    assert _release_of(warm) == os.path.realpath(base / "releases" / oldest)
+    assert os.getpriority(os.PRIO_PROCESS, warm) == 10
+    ret = mods["djangoapp.rollback"]("preloaded")
+    assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
+    reload = _step(ret, "reload")
+    assert (ret["id"], reload["standby"], reload["master"]) == (oldest, True, warm)
     assert _page(manager.socket_path) == (200, "version 1")
     ret = mods["djangoapp.release"]("v1.1.0", app="preloaded")
     assert ret["result"] is True, (ret.get("error"), ret.get("restored"))

@@ -117,10 +117,10 @@ def render_config(mods, settings, extra=""):
     pathlib.Path(settings["gunicorn_config"]).write_text(text + extra)
 
 
-def served_app(tiny_app, base, settings, health_server, mods, extra=""):
+def served_app(tiny_app, base, settings, health_server, mods, extra="", **overrides):
     """app.json and env.json of the tiny app served by Gunicorn with ``settings``
     (the formula's config rendered once, with ``extra`` appended), its health URL
-    on ``health_server``."""
+    on ``health_server``; ``overrides`` of app.json's values."""
     (base / "run").mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{health_server.server_address[1]}/healthz/"
     cfg = tiny_app(
@@ -132,6 +132,7 @@ def served_app(tiny_app, base, settings, health_server, mods, extra=""):
         run_dir=settings["run_dir"],
         control_socket=settings["control_socket"],
         preload_app=settings["preload_app"],
+        **overrides,
     )
     settings["env_file"] = cfg["env_file"]
     if not pathlib.Path(settings["gunicorn_config"]).exists():

@@ -17,7 +17,9 @@ hand-over to that release tells it to fork its workers; a hand-over to another
 release, SIGUSR2, or STANDBY_LIFETIME seconds end it. The release engine starts one
 while it checks the release, so that the app is imported by the time it switches.
 When that standby takes over (`keep_previous`), a standby of the release it replaced
-starts, for a switch-back or a rollback to it.
+starts, for a switch-back or a rollback to it. A standby asked for `warm` waits
+WARM_NICENESS behind everything else: the engine keeps the release a next rollback
+would take warm that way, once a rollback is done.
 
 What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
 taken, and `last` says how the last hand-over ended (`request`: the count when it
@@ -195,22 +197,23 @@ class Keeper:
     # ---------------------------------------------------------------- standby
 
     def asked_release(self):
-        """The release standby.json names, if it is one of the app's releases, and
-        its version."""
+        """The release standby.json names, if it is one of the app's releases: the
+        arguments of ``start_standby``."""
         asked = read_json(os.path.join(self.run_dir, "standby.json"))
         if not isinstance(asked, dict) or not isinstance(asked.get("release"), str):
-            return None, None, False
+            return None, None, False, None
         release = os.path.realpath(asked["release"])
         releases = os.path.dirname(os.path.realpath(self.release_link))
         if os.path.dirname(release) != releases or not os.path.isfile(
             os.path.join(release, "venv", "bin", "python")
         ):
             print(f"gunicorn-keeper: no standby of {release}", file=sys.stderr)
-            return None, None, False
+            return None, None, False, None
         return (
             release,
             str(asked.get("version") or ""),
             asked.get("keep_previous") is True,
+            self.niceness + WARM_NICENESS if asked.get("warm") is True else None,
         )
 
     def start_standby(self, release, version=None, keep_previous=False, niceness=None):
