@@ -244,7 +244,7 @@ def execute(run, steps, finishing=()):
     try:
         record_in_ledger(run)
         if run.ret["result"] and not run.done:
-            for step in finishing:
+            for step in (s for s in finishing if s.when is None or s.when(run)):
                 try:
                     perform(run, step)
                 except StepFailed as exc:
