@@ -287,8 +287,7 @@ class Service:
         # keep_previous: once it took over, the keeper starts a standby of the
         # release it replaced, for a switch-back or a rollback
         asked = {"release": rdir, "version": version, "keep_previous": not warm}
-        if warm:
-            asked["warm"] = True
+        asked["warm"] = warm
         write_for_keeper(self.standby_file, asked)
         os.kill(keeper, signal.SIGUSR1)
         deadline = time.monotonic() + STANDBY_ANSWER
