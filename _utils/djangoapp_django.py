@@ -349,6 +349,16 @@ def read_migrations(cfg, host, rdir, env, redact, version):
     return _preflight_result(ret, redact)
 
 
+def read_applied_migrations(cfg, host, rdir, env, redact, version, timeout):
+    """The migrations the code in ``rdir`` knows (``known_migrations``) and
+    those its database has applied (``applied_migrations``), as its own Django
+    sees them: the preflight's ``setup`` and ``applied_migrations`` stages;
+    raises StepFailed."""
+    options = {"stages": ["setup", "applied_migrations"]}
+    ret = _run_preflight_script(cfg, host, rdir, env, version, options, timeout)
+    return _preflight_result(ret, redact)
+
+
 def _run_preflight_script(cfg, host, rdir, env, version, options, timeout):
     """The preflight script with ``options``, run once by ``host.run`` as the
     app user in the release's python (the script on stdin)."""

@@ -10,50 +10,28 @@ A release records in its ``release.json`` the migrations its code knows (its own
 apps' and those of its virtualenv's packages, as the preflight's Django loaded
 them); the check then asks the database's own client for the applied ones, the
 ``django_migrations`` table, and compares. A release recorded before that, or a
-database with no client of ours (SQLite), is checked by its own Django, set up
-as the app's user with the production environment.
+database with no client of ours (SQLite), is checked by its own Django: the
+preflight's ``applied_migrations`` stage, in the release's python, as the app's
+user with the production environment.
 """
 
-import json
 import os
 
 from djangoapp_common import Redactor, StepFailed, read_json, tail
 from djangoapp_config import load_env
 from djangoapp_disk import ledger_read
-from djangoapp_django import as_app, database_of, needs_backup, sql_query
+from djangoapp_django import (
+    database_of,
+    needs_backup,
+    read_applied_migrations,
+    sql_query,
+)
 from djangoapp_host import run_in_thread
 from salt.exceptions import CommandExecutionError
 
-MARKER = "DJANGOAPP-MIGRATIONS "
 CHECK_TIMEOUT = 120
 APPLIED_QUERY = "SELECT app, name FROM django_migrations"
 CLIENTS = ("postgresql", "mysql")
-
-# Fed on stdin to the release's python, in the project's directory. Applied
-# migrations of apps the release does not install are left out (no code of it
-# reads their tables), and so are those a squashed migration of it replaces.
-CHECK_SCRIPT = r"""
-import json, sys
-marker = sys.argv[1]
-try:
-    import django
-    django.setup()
-    from django.db import connection
-    from django.db.migrations.loader import MigrationLoader
-    loader = MigrationLoader(connection, ignore_no_migrations=True)
-    known = set(loader.disk_migrations)
-    for migration in loader.disk_migrations.values():
-        known.update(tuple(key) for key in (migration.replaces or ()))
-    ahead = sorted(
-        "{}.{}".format(app, name)
-        for app, name in loader.applied_migrations
-        if app in loader.migrated_apps and (app, name) not in known
-    )
-    print(marker + json.dumps({"ok": True, "ahead": ahead}))
-except Exception as exc:
-    print(marker + json.dumps({"ok": False, "error": "{}: {}".format(
-        type(exc).__name__, exc)}))
-"""
 
 
 def __virtual__():
@@ -80,18 +58,20 @@ class AheadCheck:
             join = run_in_thread(
                 host.run, argv, env=run_env, clean_env=True, timeout=CHECK_TIMEOUT
             )
-            self._found = lambda: compare_applied(join(), known, self.redact)
+            self._found = lambda: _ahead(known, _client_rows(join(), self.redact))
             return
         self.by = "django"
-        python = os.path.join(rdir, "venv", "bin", "python")
         join = run_in_thread(
-            host.run,
-            [python, "-", MARKER],
-            stdin=CHECK_SCRIPT,
-            stdin_raw_newlines=True,
-            **as_app(cfg, env, rdir, record.get("version") or "", CHECK_TIMEOUT),
+            read_applied_migrations,
+            cfg,
+            host,
+            rdir,
+            env,
+            self.redact,
+            record.get("version") or "",
+            CHECK_TIMEOUT,
         )
-        self._found = lambda: parse_result(join(), self.redact)
+        self._found = lambda: _django_found(join())
 
     def result(self, layout, target, left):
         """``{"ok": True, "ahead": ["app.migration", ...], "warning": ...}``
@@ -99,7 +79,9 @@ class AheadCheck:
         ``left`` migrated, if any), or ``{"ok": False, "error": ...}`` when
         Django or the database could not tell."""
         try:
-            found = self._found()
+            found = {"ok": True, "ahead": self._found()}
+        except StepFailed as exc:
+            return {"ok": False, "error": exc.message}
         except Exception as exc:  # pylint: disable=broad-except
             return {"ok": False, "error": self.redact(f"{type(exc).__name__}: {exc}")}
         if found["ok"] and found["ahead"]:
@@ -113,46 +95,35 @@ class AheadCheck:
         return found
 
 
-def compare_applied(ret, known, redact=str):
-    """The applied migrations that ``ret`` (the database client's
-    ``cmd.run_all`` return: ``app<TAB>name`` lines) lists and ``known`` (a
-    release's record) lacks, among the apps that have migrations in it: the
-    same rule as CHECK_SCRIPT's."""
+def _ahead(known, applied):
+    """The ``applied`` migrations (``(app, name)`` pairs) that ``known`` (a
+    release's ``known_migrations``) lacks. Those of apps the release does not
+    install are left out: no code of it reads their tables. A squashed
+    migration's names include those it replaces."""
+    apps, names = set(known.get("apps") or ()), set(known.get("names") or ())
+    return sorted(
+        f"{app}.{name}"
+        for app, name in applied
+        if app in apps and f"{app}.{name}" not in names
+    )
+
+
+def _client_rows(ret, redact):
+    """The ``(app, name)`` rows of the database client's answer (``cmd.run_all``'s
+    return: ``app<TAB>name`` lines); raises StepFailed."""
     if ret.get("retcode") != 0:
         text = tail(ret.get("stderr") or ret.get("stdout"), 500)
-        return {
-            "ok": False,
-            "error": redact(f"the database did not list its migrations: {text}"),
-        }
-    apps, names = set(known.get("apps") or ()), set(known.get("names") or ())
+        raise StepFailed(
+            "migrations", redact(f"the database did not list its migrations: {text}")
+        )
     rows = (line.split("\t") for line in (ret.get("stdout") or "").splitlines())
-    ahead = sorted(
-        f"{row[0]}.{row[1]}"
-        for row in rows
-        if len(row) == 2 and row[0] in apps and f"{row[0]}.{row[1]}" not in names
-    )
-    return {"ok": True, "ahead": ahead}
+    return [row for row in rows if len(row) == 2]
 
 
-def parse_result(ret, redact=str):
-    """The check's last ``MARKER`` line of ``ret`` (``cmd.run_all``'s return)."""
-    for line in reversed((ret.get("stdout") or "").splitlines()):
-        if line.startswith(MARKER):
-            try:
-                found = json.loads(line[len(MARKER) :])
-            except ValueError:
-                break
-            if found.get("ok"):
-                return {"ok": True, "ahead": list(found.get("ahead") or [])}
-            return {"ok": False, "error": redact(str(found.get("error")))}
-    return {
-        "ok": False,
-        "error": redact(
-            "the migration check gave no result (exit {}): {}".format(
-                ret.get("retcode"), tail(ret.get("stderr"), 500)
-            )
-        ),
-    }
+def _django_found(result):
+    """What the preflight's ``applied_migrations`` stage found, compared."""
+    applied = (entry.partition(".")[::2] for entry in result["applied_migrations"])
+    return _ahead(result["known_migrations"], applied)
 
 
 def start_check(cfg, host, rdir, note):

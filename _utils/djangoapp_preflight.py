@@ -15,8 +15,9 @@ Arguments: one JSON object (``argv[1]``) with
 - ``static_staging``: a directory writable by this user inside the release;
   the files are collected there and the engine (as root) puts them in place
   afterwards
-- ``stages``: the names of the stages to run (default: all), e.g. ``setup``
-  and ``migrate_plan`` alone to read the pending migrations
+- ``stages``: the names of the stages to run (default: those of ``STAGES``),
+  e.g. ``setup`` and ``migrate_plan`` alone to read the pending migrations, or
+  ``setup`` and ``applied_migrations`` (run only when named)
 - ``migration_linter``: the directory holding django-migration-linter (the
   formula installs it beside the tools); appended to ``sys.path``, after the
   release's own packages, for this process only
@@ -134,8 +135,12 @@ def _known_migrations(loader):
         known.update(tuple(key) for key in (migration.replaces or ()))
     return {
         "apps": sorted(loader.migrated_apps),
-        "names": sorted(f"{app}.{name}" for app, name in known),
+        "names": _listed(known),
     }
+
+
+def _listed(pairs):
+    return sorted(f"{app}.{name}" for app, name in pairs)
 
 
 def _marker(migration):
@@ -270,6 +275,7 @@ def _new_result():
         "pending_migrations": [],
         "migrations": [],
         "known_migrations": None,
+        "applied_migrations": None,
         "static_url": None,
         "static_root": None,
         "media_url": None,
@@ -393,6 +399,20 @@ def gunicorn_config(options, result):
     result["gunicorn_checked"] = True
 
 
+def applied_migrations(options, result):
+    """The migrations this code knows and those its database has applied: what a
+    rollback to a release recorded without the former compares
+    (djangoapp_migrations)."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.loader import MigrationLoader
+
+    connection = connections[DEFAULT_DB_ALIAS]
+    loader = MigrationLoader(connection, ignore_no_migrations=True)
+    result["known_migrations"] = _known_migrations(loader)
+    result["applied_migrations"] = _listed(loader.applied_migrations)
+    connection.close()
+
+
 STAGES = (
     ("setup", setup),
     ("import", import_app),
@@ -402,6 +422,7 @@ STAGES = (
     ("collectstatic", collectstatic),
     ("gunicorn_config", gunicorn_config),
 )
+ON_REQUEST = (("applied_migrations", applied_migrations),)
 
 
 def serve_migrations(result_stream, requests):
@@ -443,9 +464,9 @@ def main(argv, requests=None):
         sys.path.insert(0, cwd)
     step = "setup"
     try:
-        chosen = options.get("stages")
-        for step, stage in STAGES:
-            if chosen and step not in chosen:
+        chosen = options.get("stages") or [name for name, _ in STAGES]
+        for step, stage in (*STAGES, *ON_REQUEST):
+            if step not in chosen:
                 continue
             started = time.monotonic()
             stage(options, result)

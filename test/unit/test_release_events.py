@@ -10,6 +10,7 @@ import os
 import pathlib
 
 import djangoapp_config
+import djangoapp_django
 import djangoapp_flow
 import djangoapp_host
 import djangoapp_migrations
@@ -69,6 +70,10 @@ def test_a_release_sends_start_and_success_with_its_jid(app, base, listened):
         assert data["id"] == ret["id"]
     assert sent[0][1]["sha"] == ret["sha"]
     assert ledger(base)[-1]["jid"] == "20260101"
+    # the preflight's stages on request (a rollback's check) are not a release's
+    [preflight] = [step for step in ret["steps"] if step["name"] == "preflight"]
+    timings = preflight["timings"]
+    assert "applied_migrations" not in timings and "migrate_plan" in timings
 
 
 def test_a_release_of_the_live_version_sends_nothing(app, base, listened):
@@ -246,17 +251,37 @@ def test_a_database_that_cannot_list_its_migrations_says_so(app, base, recorded)
     }
 
 
+class PreflightHost(ClientHost):
+    """Answers as the release's preflight would, with ``known`` and ``rows``."""
+
+    def __init__(self, known, rows):
+        super().__init__(rows)
+        self.known = known
+
+    def run(self, argv, **options):
+        self.calls.append((argv, options))
+        found = {
+            "ok": True,
+            "known_migrations": self.known,
+            "applied_migrations": [f"{app}.{name}" for app, name in self.rows],
+        }
+        marker = djangoapp_django.PREFLIGHT_MARKER
+        return {"retcode": 0, "stdout": f"\n{marker}{json.dumps(found)}\n"}
+
+
 def test_a_release_recorded_before_is_checked_by_its_django(app, base, recorded):
     record = json.loads((recorded / "release.json").read_text())
-    del record["known_migrations"]
+    known = record.pop("known_migrations")
     (recorded / "release.json").write_text(json.dumps(record))
-    host = ClientHost(APPLIED)
+    host = PreflightHost(known, APPLIED)
     cfg = {**app, "database": {"engine": "postgresql"}}
     check = djangoapp_migrations.start_check(cfg, host, str(recorded), print)
     assert check.by == "django"
-    check.result(djangoapp_flow.Layout(app["base_dir"]), "v2.0.0-x", None)
+    found = check.result(djangoapp_flow.Layout(app["base_dir"]), "v2.0.0-x", None)
+    assert found["ahead"] == ["shop.0004_stock"]
     [(argv, options)] = host.calls
-    assert argv == [f"{recorded}/venv/bin/python", "-", djangoapp_migrations.MARKER]
+    assert argv[:2] == [f"{recorded}/venv/bin/python", "-"]
+    assert json.loads(argv[2]) == {"stages": ["setup", "applied_migrations"]}
     assert options["runas"] == app["user"]
 
 
