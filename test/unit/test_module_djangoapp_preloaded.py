@@ -176,11 +176,17 @@ def _gone(pid, timeout=30):
     return not os.path.exists(f"/proc/{pid}")
 
 
-def _release_of(master):
-    """The release the keeper started a master of (its environment says)."""
-    environ = pathlib.Path(f"/proc/{master}/environ").read_bytes().split(b"\0")
+def _release_of(master, timeout=30):
+    """The release the keeper started a master of (its environment says, once
+    the keeper's fork has executed Gunicorn: a busy host may take a while)."""
     prefix = b"DJANGOAPP_RELEASE_DIR="
-    return next(v[len(prefix) :] for v in environ if v.startswith(prefix)).decode()
+    deadline = time.monotonic() + timeout
+    while True:
+        environ = pathlib.Path(f"/proc/{master}/environ").read_bytes().split(b"\0")
+        found = [v[len(prefix) :] for v in environ if v.startswith(prefix)]
+        if found or time.monotonic() > deadline:
+            return found[0].decode() if found else None
+        time.sleep(0.05)
 
 
 def _workers(mods):
