@@ -269,25 +269,21 @@ class Service:
         pid = self.keeper_state().get("live")
         return pid if isinstance(pid, int) and self.is_master(pid) else 0
 
-    def prepare_standby(self, rdir, version=None, warm=False):
+    def prepare_standby(self, rdir, version=None, keep_previous=True):
         """
         With ``preload_app``: have gunicorn-keeper start a standby master of the
         release in ``rdir``, which imports the app now, at the keeper's niceness
-        (the serving workers' and the preflight's come first; the hand-over
-        boosts it), and forks its workers at the hand-over to that release.
-        ``warm``: one kept for a later rollback, behind everything else, that
-        keeps no other once it has taken over. Returns its pid, or 0 (no
-        keeper, or no answer in STANDBY_ANSWER s).
+        (the hand-over boosts it), and forks its workers at the hand-over to that
+        release. ``keep_previous``: once it has taken over, the keeper starts a
+        standby of the release it replaced, for a switch-back or a rollback.
+        Returns its pid, or 0 (no keeper, or no answer in STANDBY_ANSWER s).
         """
         keeper = self.keeper_pid() if self.preloaded else 0
         state = self.keeper_state() if keeper else {}
         if "standby" not in state:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
             return 0
-        # keep_previous: once it took over, the keeper starts a standby of the
-        # release it replaced, for a switch-back or a rollback
-        asked = {"release": rdir, "version": version, "keep_previous": not warm}
-        asked["warm"] = warm
+        asked = {"release": rdir, "version": version, "keep_previous": keep_previous}
         write_for_keeper(self.standby_file, asked)
         os.kill(keeper, signal.SIGUSR1)
         deadline = time.monotonic() + STANDBY_ANSWER

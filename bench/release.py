@@ -79,6 +79,8 @@ SCENARIOS = {
     "inplace_restart_code": "in place + restart, code only",
     "inplace_restart_deps": "in place + restart, new dependency + 2 migrations",
     "apply_idempotent": "second state.apply (no changes)",
+    "apply_idle": "second state.apply (no changes), no load",
+    "release_idle": "djangoapp.release, code only, no load",
     "converge_fresh": "first state.apply of a fresh host",
     "salt_call": "salt-call --local test.true (fixed cost)",
 }
@@ -248,6 +250,7 @@ class Bench:
         bare = self.work / "git" / "demo.git"
         self.demorepo.build_repo(bare)
         series = ["bench-ours", "bench-hup", "bench-restart", "bench-master"]
+        series.append("bench-idle")
         self.tags = add_code_only_tags(bare, series, self.args.runs)
         if self.args.scale:
             # one fresh commit per measured run, released on every app of the run
@@ -385,7 +388,7 @@ class Bench:
             )
             generator.start()
             time.sleep(LOAD_LEAD_IN)
-        started = time.monotonic()
+        started, busy = time.monotonic(), cpu_busy_seconds()
         try:
             detail = action()
         except Exception as error:  # recorded, and the run goes on
@@ -394,6 +397,8 @@ class Bench:
         record = {
             "label": label,
             "wall_s": round(finished - started, 3),
+            # every CPU of this machine (the host's, the load's and ours), busy
+            "cpu_s": round(cpu_busy_seconds() - busy, 2),
             # this machine's 1-minute load average when the command ended: other
             # jobs on the machine move the figures, and differently from run to run
             "machine_load": load_average(),
@@ -725,6 +730,10 @@ class Bench:
             )
         for _ in range(runs):
             self.measure("apply_idempotent", "state.apply", self.converge, BASE_VERSION)
+        for _ in range(runs):
+            self.measure(
+                "apply_idle", "state.apply", self.converge, BASE_VERSION, load=False
+            )
         base_id = self.current_id()
 
         # Code-only updates, ours and in place + HUP taking turns, so that both
@@ -768,6 +777,20 @@ class Bench:
                 lambda: self.rollback(base_id),
                 BASE_VERSION,
             )
+        # What one release costs in CPU time, with nothing else running: the
+        # least that N releases at once need of the machine's CPUs.
+        previous = BASE_VERSION
+        for tag in self.tags["bench-idle"]:
+            self.measure(
+                "release_idle",
+                f"{previous} -> {tag}",
+                lambda tag=tag: self.release(tag),
+                tag,
+                load=False,
+            )
+            previous = tag
+        self.rollback(to=base_id)
+        self.wait_for_version(BASE_VERSION)
 
         for _ in range(runs):
             self.measure(
@@ -994,6 +1017,14 @@ def summary_line(record: dict) -> str:
     return ", ".join(parts)
 
 
+def cpu_busy_seconds() -> float:
+    """The seconds this machine's CPUs have been busy since it started, all of
+    them together (``/proc/stat``: every state but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -1044,6 +1075,7 @@ def aggregate(records: list[dict]) -> dict:
         "engine_median": median(r.get("engine_s") for r in records),
         "old_last_median": median(r.get("old_last_s") for r in records),
         "machine_load_median": median(r.get("machine_load") for r in records),
+        "cpu_median": median(r.get("cpu_s") for r in records),
     }
     if loads:
         row.update(
@@ -1070,8 +1102,9 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
     lines = [
         "| scenario | runs | wall s: median (min–max) | engine s | requests "
         "| failed | longest gap s | p50 ms | p99 ms | old version last seen s "
-        "| ours / in place | machine load |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| ours / in place | machine load | machine CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
     for name, title in SCENARIOS.items():
         row = rows.get(name)
@@ -1089,7 +1122,8 @@ def report(results: dict) -> tuple[str, list[tuple[str, bool, str]]]:
             f"| {fmt(row.get('requests'))} | {fmt(row.get('failed'))} "
             f"| {fmt(row.get('gap_max'), 3)} | {fmt(row.get('p50_median'), 1)} "
             f"| {fmt(row.get('p99_max'), 1)} | {fmt(row['old_last_median'])} "
-            f"| {ratio} | {fmt(row['machine_load_median'])} |"
+            f"| {ratio} | {fmt(row['machine_load_median'])} "
+            f"| {fmt(row['cpu_median'])} |"
         )
     text = "\n".join(lines) + "\n"
     text += "\n" + step_table(runs)
@@ -1164,20 +1198,21 @@ def speed_checks(rows: dict, runs: dict) -> list[tuple[str, bool, str]]:
                     f"(engine median {fmt(back['engine_median'])} s)",
                 )
             )
-    idem_row = rows.get("apply_idempotent")
-    idem = runs.get("apply_idempotent") or []
-    if idem_row:
+    for name, how in (("apply_idempotent", "under the load"), ("apply_idle", "idle")):
+        idem_row, idem = rows.get(name), runs.get(name) or []
+        if not idem_row:
+            continue
         changed = sorted({state for r in idem for state in r.get("changed") or []})
         checks.append(
             (
-                "second state.apply: zero changes",
+                f"second state.apply, {how}: zero changes",
                 idem_row["ok"] and not changed,
                 f"changed: {', '.join(changed) or 'none'}",
             )
         )
         checks.append(
             (
-                f"second state.apply <= {APPLY_TARGET_S} s",
+                f"second state.apply, {how}, <= {APPLY_TARGET_S} s",
                 idem_row["wall_median"] <= APPLY_TARGET_S,
                 f"median {idem_row['wall_median']:.2f} s",
             )
@@ -1185,12 +1220,24 @@ def speed_checks(rows: dict, runs: dict) -> list[tuple[str, bool, str]]:
     one, four = rows.get(f"{SCALE_PREFIX}1"), rows.get(f"{SCALE_PREFIX}4")
     if one and four:
         ratio = four["wall_median"] / one["wall_median"]
+        measured = (
+            f"{four['wall_median']:.2f} s / {one['wall_median']:.2f} s = {ratio:.2f}"
+        )
+        idle = runs.get("release_idle") or []
+        cpu = median(r.get("cpu_s") for r in idle)
+        if cpu is not None:
+            nproc = os.cpu_count() or 1
+            floor = 4 * cpu / nproc / one["wall_median"]
+            measured += (
+                f"; one release takes {cpu:.2f} s of CPU time with no load, so 4 "
+                f"on {nproc} CPUs take at least {4 * cpu / nproc:.2f} s, "
+                f"{floor:.2f} x one under the load"
+            )
         checks.append(
             (
                 f"4 apps released at once <= {SCALE_RATIO_TARGET} x one",
                 four["ok"] and ratio <= SCALE_RATIO_TARGET,
-                f"{four['wall_median']:.2f} s / {one['wall_median']:.2f} s = "
-                f"{ratio:.2f}",
+                measured,
             )
         )
     return checks

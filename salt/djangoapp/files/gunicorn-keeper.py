@@ -17,9 +17,9 @@ hand-over to that release tells it to fork its workers; a hand-over to another
 release, SIGUSR2, or STANDBY_LIFETIME seconds end it. The release engine starts one
 while it checks the release, so that the app is imported by the time it switches.
 When that standby takes over (`keep_previous`), a standby of the release it replaced
-starts, for a switch-back or a rollback to it. A standby asked for `warm` waits
-WARM_NICENESS behind everything else: the engine keeps the release a next rollback
-would take warm that way, once a rollback is done.
+starts, WARM_NICENESS behind everything else, for a switch-back or a rollback to
+it. Once a rollback is done, the engine asks for a standby of the release a next
+rollback would take (without `keep_previous`).
 
 What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
 taken, and `last` says how the last hand-over ended (`request`: the count when it
@@ -199,22 +199,19 @@ class Keeper:
     def asked_release(self):
         """The release standby.json names, if it is one of the app's releases: the
         arguments of ``start_standby``."""
+        nothing = None, None, False
         asked = read_json(os.path.join(self.run_dir, "standby.json"))
         if not isinstance(asked, dict) or not isinstance(asked.get("release"), str):
-            return None, None, False, None
+            return nothing
         release = os.path.realpath(asked["release"])
         releases = os.path.dirname(os.path.realpath(self.release_link))
         if os.path.dirname(release) != releases or not os.path.isfile(
             os.path.join(release, "venv", "bin", "python")
         ):
             print(f"gunicorn-keeper: no standby of {release}", file=sys.stderr)
-            return None, None, False, None
-        return (
-            release,
-            str(asked.get("version") or ""),
-            asked.get("keep_previous") is True,
-            self.niceness + WARM_NICENESS if asked.get("warm") is True else None,
-        )
+            return nothing
+        version = str(asked.get("version") or "")
+        return release, version, asked.get("keep_previous") is True
 
     def start_standby(self, release, version=None, keep_previous=False, niceness=None):
         """A standby of ``release`` in place of the one there was, if any."""
