@@ -264,6 +264,31 @@ class Service:
             return {}
         return state if isinstance(state, dict) else {}
 
+    def renew_keeper(self, keeper):
+        """
+        Have a gunicorn-keeper running an older program than the one installed
+        (the formula updated it since the keeper started) execute the new one:
+        it keeps its masters and the socket. Returns whether it did; a keeper
+        from before renewals (no ``program`` in keeper.json) goes on as it is.
+        Raises CommandExecutionError when it does not answer in KEEPER_START s.
+        """
+        running = self.keeper_state().get("program")
+        argv = proc_cmdline(keeper)
+        installed = [arg for arg in argv[:2] if os.path.basename(arg) == KEEPER]
+        digest = file_sha256(installed[0]) if installed else None
+        if not running or not digest or digest == running:
+            return False
+        os.kill(keeper, signal.SIGWINCH)
+        deadline = time.monotonic() + KEEPER_START
+        while time.monotonic() < deadline:
+            state = self.keeper_state()
+            if (state.get("pid"), state.get("program")) == (keeper, digest):
+                return True
+            time.sleep(WORKER_POLL)
+        raise CommandExecutionError(
+            f"gunicorn-keeper {keeper} did not renew itself in {KEEPER_START}s"
+        )
+
     def keeper_master(self):
         """The master the keeper says serves, checked against /proc."""
         pid = self.keeper_state().get("live")
@@ -279,6 +304,8 @@ class Service:
         Returns its pid, or 0 (no keeper, or no answer in STANDBY_ANSWER s).
         """
         keeper = self.keeper_pid() if self.preloaded else 0
+        if keeper:
+            self.renew_keeper(keeper)
         state = self.keeper_state() if keeper else {}
         if "standby" not in state:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
@@ -600,6 +627,7 @@ class PreloadedHandOver:
             raise CommandExecutionError(
                 f"gunicorn-keeper of {self.service.name} is not running"
             )
+        renewed = self.service.renew_keeper(keeper)
         asked = self.service.keeper_state().get("requests") or 0
         niceness = os.getpriority(os.PRIO_PROCESS, keeper)
         retiring = children(self.master) if self.master else []
@@ -636,6 +664,7 @@ class PreloadedHandOver:
             "master": last["master"],
             "standby": bool(last.get("standby")),
             "ready_seconds": round(time.monotonic() - started, 3),
+            "keeper_renewed": renewed,
         }
 
 

@@ -146,6 +146,10 @@ djangoapp-{{ name }}-gunicorn-reloaded:
     - onchanges:
       - file: djangoapp-{{ name }}-gunicorn-config-file-managed
       - file: djangoapp-{{ name }}-environment-file-serialized
+{%-   if app.preload_app %}
+      {#- a newer gunicorn-keeper: the reload has the running one execute it #}
+      - file: djangoapp-gunicorn-keeper-file-managed
+{%-   endif %}
     - require:
 {%-   if app.process_manager == "supervisor" %}
       - cmd: djangoapp-{{ name }}-gunicorn-running

@@ -447,3 +447,52 @@ def test_after_a_power_cycle_the_same_releases_serve_with_no_manual_step(faults)
     assert rc == 0 and not failed_states(again), output
     assert changed_states(again) == []
     release_under_load(faults, "blog", "v1.1.0")
+
+
+KEEPER_PROGRAM = "/usr/local/lib/djangoapp/gunicorn-keeper"
+
+
+def keeper_program(host: SecondHost, app: str) -> str:
+    """The SHA-256 of the program the app's gunicorn-keeper runs (its own word)."""
+    record = host.host.exec(["cat", f"/run/djangoapp/{app}/keeper.json"]).stdout
+    return json.loads(record)["program"]
+
+
+def installed_program(host: SecondHost) -> str:
+    return host.host.exec(["sha256sum", KEEPER_PROGRAM]).stdout.split()[0]
+
+
+def test_a_newer_gunicorn_keeper_takes_over_without_a_restart(faults):
+    """The formula's gunicorn-keeper changes under running keepers: each one executes
+    the new program in its own process when the app is reloaded, and the apply that
+    puts the formula's program back does the same, with the same main process of the
+    service and no failed request."""
+    preloaded = sorted(PRELOADED)
+    keepers = {app: keeper_pid(faults, app) for app in preloaded}
+    formula = installed_program(faults)
+    assert {app: keeper_program(faults, app) for app in preloaded} == dict.fromkeys(
+        preloaded, formula
+    )
+    faults.host.exec(["sh", "-c", f"echo '# another keeper' >> {KEEPER_PROGRAM}"])
+    other = installed_program(faults)
+    with load_on(faults, "wiki") as first, load_on(faults, "news") as second:
+        for app in preloaded:
+            rc, reload, output = faults.salt("djangoapp.reload", app)
+            assert rc == 0 and reload["keeper_renewed"] is True, output
+            assert keeper_program(faults, app) == other
+        rc, applied, output = faults.apply()
+    assert rc == 0 and not failed_states(applied), output
+    assert installed_program(faults) == formula
+    for app in preloaded:
+        reloaded = next(
+            state
+            for state in applied.values()
+            if state["__id__"] == f"djangoapp-{app}-gunicorn-reloaded"
+        )
+        assert reloaded["changes"]["djangoapp.reload"]["keeper_renewed"] is True
+        assert keeper_program(faults, app) == formula
+        assert keeper_pid(faults, app) == keepers[app]
+        assert_the_process_manager_holds_the_socket(faults, app)
+    for load in (first, second):
+        assert load.result.failed == 0, load.result.failures
+        assert load.result.succeeded > 0

@@ -249,6 +249,10 @@ def test_preload_app_has_both_process_managers_run_the_keeper(renderer, preload_
         assert command == exec_start == gunicorn
     # a reload is a HUP to the main process: the keeper's hand-over, preloaded
     assert unit["Service"]["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+    # a newer keeper program: djangoapp.reload has the running keeper renew itself
+    _, reloaded = state_args(states, "djangoapp-shop-gunicorn-reloaded")
+    renews = {"file": "djangoapp-gunicorn-keeper-file-managed"} in reloaded["onchanges"]
+    assert renews is preload_app
 
 
 def test_proxy_is_configured_for_the_package_manager(renderer):

@@ -10,6 +10,7 @@ keeps requesting the page through it. The process manager is the stand-in
 The tests run in file order and share one app.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -299,9 +300,10 @@ def test_a_rollback_keeps_the_release_a_next_rollback_takes_warm(
     oldest = [e["id"] for e in mods["djangoapp.releases"]("preloaded")["history"]][0]
     assert _release_of(warm) == os.path.realpath(base / "releases" / oldest)
     assert os.getpriority(os.PRIO_PROCESS, warm) == 0
-    assert json.loads((base / "run" / "standby.json").read_text())[
-        "keep_previous"
-    ] is False
+    assert (
+        json.loads((base / "run" / "standby.json").read_text())["keep_previous"]
+        is False
+    )
     ret = mods["djangoapp.rollback"]("preloaded")
     assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
     reload = _step(ret, "reload")
@@ -402,6 +404,62 @@ def test_reload_and_rollback_start_a_new_master_too(mods, app, manager):
     assert ret["result"] is True, (ret.get("error"), ret.get("restored"))
     assert _step(ret, "reload")["method"] == "preloaded"
     assert _page(manager.socket_path) == (200, "version 1")
+
+
+def _update_keeper_program(base, line):
+    """The formula installs a newer gunicorn-keeper; its digest."""
+    installed = base / "gunicorn-keeper"
+    installed.write_text(installed.read_text() + f"\n# {line}\n")
+    return hashlib.sha256(installed.read_bytes()).hexdigest()
+
+
+def test_a_keeper_renews_itself_keeping_its_masters(base, manager):
+    """SIGWINCH: the keeper's process executes the program's file again, and the
+    new program serves on with the masters and socket the old one had."""
+    before = manager.state()
+    assert (
+        before["program"]
+        == hashlib.sha256((base / "gunicorn-keeper").read_bytes()).hexdigest()
+    )
+    digest = _update_keeper_program(base, "renewed by a signal")
+    with Client(str(manager.socket_path)) as client:
+        manager.keeper.send_signal(signal.SIGWINCH)
+        deadline = time.monotonic() + 30
+        while manager.state().get("program") != digest:
+            assert time.monotonic() < deadline, manager.log()
+            assert manager.keeper.poll() is None, manager.log()
+            time.sleep(0.05)
+        time.sleep(0.3)
+    after = manager.state()
+    assert (after["pid"], after["live"]) == (manager.keeper.pid, before["live"])
+    assert (after["requests"], after["last"]) == (before["requests"], before["last"])
+    assert client.failures == [] and client.answers
+    # the new program hands over as the old one did
+    manager.keeper.send_signal(signal.SIGHUP)
+    handed = manager.wait_for_answer(before["requests"] + 1)
+    assert handed["last"]["result"] == "ready" and handed["live"] != before["live"]
+    assert _gone(before["live"]), "the old master did not stop"
+    assert _page(manager.socket_path) == (200, "version 1")
+
+
+def test_a_reload_renews_a_keeper_older_than_its_program(mods, base, app, manager):
+    """What state.apply does when the formula updated gunicorn-keeper."""
+    digest = _update_keeper_program(base, "renewed by a reload")
+    live = manager.state()["live"]
+    with Client(str(manager.socket_path)) as client:
+        ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["method"], ret["keeper_renewed"]) == (
+        True,
+        "preloaded",
+        True,
+    ), ret
+    state = manager.state()
+    assert (state["pid"], state["program"]) == (manager.keeper.pid, digest)
+    assert ret["master"] == state["live"] != live
+    assert client.failures == []
+    # the program is the one it runs now: the next reload renews nothing
+    ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["keeper_renewed"]) == (True, False), ret
 
 
 def test_a_master_that_cannot_start_leaves_the_serving_one(mods, base, app, manager):

@@ -21,15 +21,22 @@ starts, WARM_NICENESS behind everything else, for a switch-back or a rollback to
 it. Once a rollback is done, the engine asks for a standby of the release a next
 rollback would take (without `keep_previous`).
 
+SIGWINCH renews this program: once no hand-over runs, the process executes this
+program's file again (a newer one, after the formula updated it), with the socket
+and the masters it has: the new one takes them over, serving all along. A standby
+ends with it.
+
 What happened is in `keeper.json` in the run directory: `requests` counts the SIGHUPs
 taken, and `last` says how the last hand-over ended (`request`: the count when it
-started). `gunicorn.pid` names the master serving, `gunicorn.json` what it loaded.
+started); `program` is the SHA-256 of the file this process runs. `gunicorn.pid`
+names the master serving, `gunicorn.json` what it loaded.
 
 Usage: gunicorn-keeper RELEASE_LINK RUN_DIR TIMEOUT -- GUNICORN_ARGUMENTS...
 """
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import select
@@ -42,6 +49,9 @@ PR_SET_PDEATHSIG = 1
 STANDBY_LIFETIME = 600
 WARM_NICENESS = 10  # a standby kept for a switch-back, relative to this program
 GO = b"go"
+# What a renewed keeper is told of the one it replaces (in its environment).
+TAKEN_OVER = "DJANGOAPP_KEEPER_STATE"
+RENEWAL_IGNORES = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 
 def stop_with_parent():
@@ -74,6 +84,23 @@ def children(pid):
         return set()
 
 
+def file_digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def release_dir_of(pid):
+    """The release a master of ours runs (its environment says)."""
+    prefix = b"DJANGOAPP_RELEASE_DIR="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
+    except OSError:
+        return None
+    found = [item[len(prefix) :] for item in environ if item.startswith(prefix)]
+    return os.fsdecode(found[0]) if found else None
+
+
 def listening_descriptor():
     """The socket the process manager holds: systemd's first LISTEN_FDS, or the
     descriptor Supervisor's program names in DJANGOAPP_LISTEN_FD."""
@@ -88,6 +115,8 @@ def listening_descriptor():
 
 class Keeper:
     def __init__(self, release_link, run_dir, timeout, gunicorn_arguments):
+        self.program = os.path.abspath(sys.argv[0])
+        self.digest = file_digest(self.program)
         self.release_link = release_link
         self.run_dir = run_dir
         self.timeout = timeout
@@ -104,7 +133,7 @@ class Keeper:
         self.niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self.requests = 0
         self.last = None
-        self.stopping = False
+        self.stopping = self.renewing = False
         self.standby_told = self.standby_asked = False
         self.wake_read, wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -115,6 +144,7 @@ class Keeper:
         signal.signal(signal.SIGUSR2, self.on_standby)
         signal.signal(signal.SIGTERM, self.on_stop)
         signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGWINCH, self.on_renew)
         signal.signal(signal.SIGCHLD, lambda *_: None)
 
     def on_hup(self, *_):
@@ -122,6 +152,9 @@ class Keeper:
 
     def on_stop(self, *_):
         self.stopping = True
+
+    def on_renew(self, *_):
+        self.renewing = True
 
     def on_standby(self, signum, _frame):
         self.standby_asked = signum == signal.SIGUSR1
@@ -135,6 +168,7 @@ class Keeper:
             "standby": self.standby["pid"] if self.standby else None,
             "requests": self.requests,
             "last": self.last,
+            "program": self.digest,
         }
         write_file(os.path.join(self.run_dir, "keeper.json"), json.dumps(state))
 
@@ -372,10 +406,58 @@ class Keeper:
             print(f"gunicorn-keeper: {error}", file=sys.stderr, flush=True)
         self.record()
 
+    # ------------------------------------------------------------- renewal
+
+    def renew(self):
+        """Execute this program's file again in this process (the masters stay
+        its children, the socket open): the new program takes over from what
+        this one tells it. The standby's pipe closes, which ends it."""
+        self.renewing = False
+        told = {"live": self.live, "requests": self.requests, "last": self.last}
+        environment = dict(os.environ, **{TAKEN_OVER: json.dumps(told)})
+        python = os.path.join(self.release_link, "venv", "bin", "python")
+        argv = [python, self.program, *sys.argv[1:]]
+        os.set_inheritable(self.listen_fd, True)
+        # until the new program has its handlers, these would end the process
+        handlers = {signum: signal.getsignal(signum) for signum in RENEWAL_IGNORES}
+        for signum in RENEWAL_IGNORES:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            os.execve(python, argv, environment)  # noqa: S606 (the point)
+        except OSError as error:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            print(f"gunicorn-keeper: not renewed: {error}", file=sys.stderr, flush=True)
+
+    def take_over(self):
+        """The masters of the keeper this program renewed, if it is one; whether
+        one serves."""
+        told = os.environ.pop(TAKEN_OVER, None)
+        if not told:
+            return False
+        told = json.loads(told)
+        for pid in children(os.getpid()):
+            release = release_dir_of(pid)
+            if release:
+                self.masters.add(pid)
+                self.release_of[pid] = release
+        self.requests, self.last = told["requests"], told["last"]
+        self.live = told["live"] if told["live"] in self.masters else None
+        print(
+            f"gunicorn-keeper: renewed, {len(self.masters)} master(s) kept",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.record()
+        return self.live is not None
+
     def run(self):
         os.makedirs(os.path.join(self.run_dir, "masters"), exist_ok=True)
-        self.spawn(0)
+        if not self.take_over():
+            self.spawn(self.requests)
         while not self.stopping:
+            if self.renewing and not self.starting:
+                self.renew()
             self.step(self.reap())
             with contextlib.suppress(InterruptedError):
                 select.select([self.wake_read], [], [], POLL if self.starting else 1)
