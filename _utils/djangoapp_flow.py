@@ -646,8 +646,7 @@ def keep_next_warm(run, info):
     layout = run.layout
     after = rollback_target(ledger_read(layout.ledger), run.rid, layout.on_disk())
     if after:
-        after_dir = layout.release(after)
-        info["standby"] = run.service.prepare_standby(after_dir, keep_previous=False)
+        info["standby"] = run.service.prepare_standby(layout.release(after), later=True)
 
 
 PUBLISHING = (

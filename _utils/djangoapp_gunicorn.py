@@ -294,14 +294,17 @@ class Service:
         pid = self.keeper_state().get("live")
         return pid if isinstance(pid, int) and self.is_master(pid) else 0
 
-    def prepare_standby(self, rdir, version=None, keep_previous=True):
+    def prepare_standby(self, rdir, version=None, later=False):
         """
         With ``preload_app``: have gunicorn-keeper start a standby master of the
-        release in ``rdir``, which imports the app now, at the keeper's niceness
-        (the hand-over boosts it), and forks its workers at the hand-over to that
-        release. ``keep_previous``: once it has taken over, the keeper starts a
-        standby of the release it replaced, for a switch-back or a rollback.
-        Returns its pid, or 0 (no keeper, or no answer in STANDBY_ANSWER s).
+        release in ``rdir``, which imports the app now and forks its workers at
+        the hand-over to that release. By default for this run's hand-over: it
+        imports at this thread's niceness (the release's own processes', ahead
+        of the serving workers), and once it has taken over the keeper starts a
+        standby of the release it replaced (``keep_previous``), for a
+        switch-back or a rollback. ``later``: one for a later rollback, at the
+        keeper's niceness, that keeps none. Returns its pid, or 0 (no keeper,
+        or no answer in STANDBY_ANSWER s).
         """
         keeper = self.keeper_pid() if self.preloaded else 0
         if keeper:
@@ -310,13 +313,15 @@ class Service:
         if "standby" not in state:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
             return 0
-        asked = {"release": rdir, "version": version, "keep_previous": keep_previous}
+        asked = {"release": rdir, "version": version, "keep_previous": not later}
         write_for_keeper(self.standby_file, asked)
         os.kill(keeper, signal.SIGUSR1)
         deadline = time.monotonic() + STANDBY_ANSWER
         while time.monotonic() < deadline:
             standby = self.keeper_state().get("standby")
             if standby and standby != state["standby"]:
+                if not later:
+                    renice([standby], os.getpriority(os.PRIO_PROCESS, 0))
                 return standby
             time.sleep(WORKER_POLL)
         return 0

@@ -20,6 +20,9 @@ import socket
 import subprocess
 import time
 
+import djangoapp_gunicorn
+import djangoapp_host
+import djangoapp_procs
 import pytest
 from standins import Health
 from test_module_djangoapp_rolling import (
@@ -361,6 +364,26 @@ def _start_standby(manager, release):
         assert time.monotonic() < deadline, manager.log()
         time.sleep(0.02)
     return manager.state()["standby"]
+
+
+def test_a_release_s_standby_imports_ahead_of_the_serving_workers(
+    mods, app, manager, monkeypatch
+):
+    """At the release's niceness (the engine's, raised for the run), as its checks
+    do; one kept for a later rollback at the keeper's, and it keeps no other."""
+    monkeypatch.setattr(djangoapp_gunicorn, "STANDBY_ANSWER", 10.0)
+    service = djangoapp_gunicorn.Service(app, djangoapp_host.Host(mods["cmd.run_all"]))
+    release = os.path.realpath(manager.base / "current")
+    with djangoapp_procs.raised_priority(-5):
+        standby = service.prepare_standby(release, "test")
+        assert standby and os.getpriority(os.PRIO_PROCESS, standby) == -5
+        later = service.prepare_standby(release, later=True)  # in its place
+    assert later and os.getpriority(os.PRIO_PROCESS, later) == 0
+    asked = json.loads(pathlib.Path(service.standby_file).read_text())
+    assert asked["keep_previous"] is False
+    service.drop_standby()
+    assert manager.state()["standby"] is None
+    assert _gone(standby, 10) and _gone(later, 10)
 
 
 def test_a_reload_ends_a_standby_of_the_live_release(mods, app, manager):
