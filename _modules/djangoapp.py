@@ -487,10 +487,13 @@ def reload(app=None, **kwargs):
     either changed. It waits for a release or rollback of the app to finish,
     then hands the workers over to new ones of the live release (they read
     env.json when forked); a changed gunicorn config takes a HUP instead. An
-    app with ``preload_app`` gets a new master of the live release instead.
+    app with ``preload_app`` gets a new master of the live release instead,
+    and a gunicorn-keeper older than its installed program executes the new
+    one first (state.apply calls this when the formula updated it).
 
     Returns ``{"result": True, "method": "preloaded"|"rolling"|"hup",
-    "master": pid, "workers": [pids]}`` (``reason`` says why a HUP), or
+    "master": pid, "workers": [pids]}`` (``reason`` says why a HUP;
+    ``keeper_renewed`` whether the keeper executed a newer program), or
     ``result: False`` with a ``comment`` when gunicorn is not running.
 
     CLI Example:
