@@ -84,7 +84,7 @@ class AheadCheck:
             return {"ok": False, "error": exc.message}
         except Exception as exc:  # pylint: disable=broad-except
             return {"ok": False, "error": self.redact(f"{type(exc).__name__}: {exc}")}
-        if found["ok"] and found["ahead"]:
+        if found["ahead"]:
             backups = [
                 entry.get("backup")
                 for entry in ledger_read(layout.ledger)
