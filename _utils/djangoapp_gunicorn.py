@@ -308,7 +308,10 @@ class Service:
         """
         keeper = self.keeper_pid() if self.preloaded else 0
         if keeper:
-            self.renew_keeper(keeper)
+            try:
+                self.renew_keeper(keeper)
+            except CommandExecutionError:
+                return 0  # the hand-over asks again, and fails if it must
         state = self.keeper_state() if keeper else {}
         if "standby" not in state:
             # none, or one started before the formula had standbys: SIGUSR1 would end it
