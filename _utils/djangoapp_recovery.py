@@ -185,6 +185,30 @@ def settle_workers(service, master):
     return done
 
 
+def settle_keeper(service):
+    """
+    A preloaded hand-over stopped midway leaves gunicorn-keeper and the masters
+    it starts boosted, and the old master's workers held back: all back at the
+    niceness of the keeper's process manager (the standby the keeper names keeps
+    its own).
+    """
+    keeper = service.keeper_pid()
+    manager = proc_ppid(keeper) if keeper else None
+    try:
+        niceness = os.getpriority(os.PRIO_PROCESS, manager)
+    except (OSError, TypeError):
+        return []
+    standby = service.keeper_state().get("standby")
+    masters = [pid for pid in children(keeper) if pid != standby]
+    shifted = []
+    for pid in [keeper, *masters, *(w for m in masters for w in children(m))]:
+        with contextlib.suppress(OSError):
+            if os.getpriority(os.PRIO_PROCESS, pid) != niceness:
+                shifted.append(pid)
+    renice(shifted, niceness)
+    return [f"priorities back to {niceness}: {shifted}"] if shifted else []
+
+
 def orphans(layout, rid, service, master):
     """Processes still using the stopped run's release that are not the app's
     Gunicorn (a build or a migration whose parent was killed)."""
@@ -208,6 +232,8 @@ def recover(cfg, layout, service, stopped):
             done.append(f"ended the processes it left running: {ended}")
     if master:
         done += settle_workers(service, master)
+    if service.preloaded:
+        done += settle_keeper(service)
     current = layout.current_id()
     if "previous" in stopped and stopped.get("action") in ("release", "rollback"):
         live = rid if was_confirmed(entries, stopped) else stopped["previous"]

@@ -485,6 +485,39 @@ def test_a_reload_renews_a_keeper_older_than_its_program(mods, base, app, manage
     assert (ret["result"], ret["keeper_renewed"]) == (True, False), ret
 
 
+def _children(pid):
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(child) for child in children.split())
+
+
+def test_a_hand_over_stopped_midway_leaves_no_priority_shifted(
+    mods, base, app, manager
+):
+    """The engine killed in a preloaded hand-over (its lock file says where): the
+    keeper boosted, the serving master's workers held back. The next run puts
+    them back at the process manager's niceness before its own hand-over, which
+    would otherwise take the keeper's boost for the normal."""
+    keeper, live = manager.keeper.pid, manager.state()["live"]
+    workers = _children(live)
+    os.setpriority(os.PRIO_PROCESS, keeper, -5)
+    for worker in workers:
+        os.setpriority(os.PRIO_PROCESS, worker, 10)
+    stopped = {"action": "reload", "pid": 999999, "step": "reload"}
+    (base / ".release.lock").write_text(json.dumps(stopped))
+    ret = mods["djangoapp.reload"]("preloaded")
+    assert (ret["result"], ret["method"]) == (True, "preloaded"), ret
+    interrupted = [
+        json.loads(line)
+        for line in (base / "ledger.jsonl").read_text().splitlines()
+        if '"interrupted"' in line
+    ][-1]
+    assert interrupted["recovered"] == [f"priorities back to 0: {[keeper, *workers]}"]
+    serving = [keeper, ret["master"], *_children(ret["master"])]
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in serving] == [0] * len(
+        serving
+    )
+
+
 def test_a_master_that_cannot_start_leaves_the_serving_one(mods, base, app, manager):
     state = manager.state()
     live = os.readlink(base / "current")
