@@ -289,6 +289,13 @@ class Service:
             f"gunicorn-keeper {keeper} did not renew itself in {KEEPER_START}s"
         )
 
+    def keeper_processes(self, keeper):
+        """gunicorn-keeper, its masters and their workers, but the standby it
+        names (one kept for a switch-back waits at a niceness of its own)."""
+        standby = self.keeper_state().get("standby")
+        masters = [pid for pid in children(keeper) if pid != standby]
+        return [keeper, *masters, *(w for m in masters for w in children(m))]
+
     def keeper_master(self):
         """The master the keeper says serves, checked against /proc."""
         pid = self.keeper_state().get("live")
@@ -658,11 +665,7 @@ class PreloadedHandOver:
                     )
                 time.sleep(WORKER_POLL)
         finally:
-            renice([keeper, *retiring], niceness)
-            kept_warm = self.service.keeper_state().get("standby")  # stays behind
-            for master in children(keeper):
-                if master != kept_warm:
-                    renice([master, *children(master)], niceness)
+            renice([*retiring, *self.service.keeper_processes(keeper)], niceness)
         if last.get("result") != "ready":
             raise CommandExecutionError(
                 f"the new gunicorn master kept nothing: {last.get('error')}"

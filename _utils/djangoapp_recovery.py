@@ -198,10 +198,8 @@ def settle_keeper(service):
         niceness = os.getpriority(os.PRIO_PROCESS, manager)
     except (OSError, TypeError):
         return []
-    standby = service.keeper_state().get("standby")
-    masters = [pid for pid in children(keeper) if pid != standby]
     shifted = []
-    for pid in [keeper, *masters, *(w for m in masters for w in children(m))]:
+    for pid in service.keeper_processes(keeper):
         with contextlib.suppress(OSError):
             if os.getpriority(os.PRIO_PROCESS, pid) != niceness:
                 shifted.append(pid)

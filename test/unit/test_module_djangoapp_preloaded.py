@@ -565,11 +565,11 @@ def test_a_killed_master_is_replaced_while_the_socket_keeps_the_requests(
 
 def test_the_keeper_stops_its_masters_when_told_to(manager):
     live = manager.state()["live"]
-    workers = pathlib.Path(f"/proc/{live}/task/{live}/children").read_text().split()
+    workers = _children(live)
     assert len(workers) == WORKERS
     manager.keeper.send_signal(signal.SIGTERM)
     assert manager.keeper.wait(30) == 0
-    assert all(_gone(int(pid), 5) for pid in [live, *workers])
+    assert all(_gone(pid, 5) for pid in [live, *workers])
 
 
 def test_a_reload_as_the_keeper_starts_hands_over_all_the_same(mods, app, manager):
@@ -587,10 +587,10 @@ def test_the_masters_of_a_keeper_that_died_stop_with_it(app, manager):
     """The process manager starts a new keeper, which starts a new master: none of
     the old ones may be left serving."""
     live = manager.state()["live"]
-    workers = pathlib.Path(f"/proc/{live}/task/{live}/children").read_text().split()
+    workers = _children(live)
     manager.keeper.send_signal(signal.SIGKILL)
     manager.keeper.wait(5)
-    assert all(_gone(int(pid), 10) for pid in [live, *workers])
+    assert all(_gone(pid, 10) for pid in [live, *workers])
 
 
 def test_a_keeper_from_before_standbys_is_sent_no_sigusr1(mods, app, manager):
