@@ -20,10 +20,7 @@
 {%- set mysql = "mysql --batch --skip-column-names" %}
 {%- set web_clients = djangoapp.fleet.peers.web | map(attribute="address") | list %}
 
-{#- A quoted SQL string literal. #}
-{%- macro sql_string(value) -%}
-'{{ value | string | replace("\\", "\\\\") | replace("'", "\\'") }}'
-{%- endmacro %}
+{%- from tpldir ~ "/sql.jinja" import sql_string %}
 
 {%- if mysql_apps %}
 
