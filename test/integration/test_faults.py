@@ -193,6 +193,10 @@ def keeper_pid(host: SecondHost, app: str) -> int:
     return int(host.host.exec(["supervisorctl", "pid", f"djangoapp-{app}"]).stdout)
 
 
+def alive(host: SecondHost, pid: int) -> bool:
+    return host.host.exec(["kill", "-0", str(pid)], check=False).rc == 0
+
+
 def parent_pid(host: SecondHost, pid: int) -> int:
     stat = host.host.exec(["cat", f"/proc/{pid}/stat"]).stdout
     return int(stat.rpartition(")")[2].split()[1])
@@ -284,6 +288,14 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(faults, 
         failed_after_kill
     )
     assert result.succeeded > 0
+    # The killed master's workers leave by themselves once they find it gone: at
+    # once when their socket has no connection waiting, else when their wait for
+    # one ends (half of Gunicorn's timeout); until then they hold the socket that
+    # the process manager bound before this one.
+    wait_until(
+        lambda: not any(alive(faults, pid) for pid in before["ready"]),
+        f"the workers of the killed master of {app} gone",
+    )
     assert_the_process_manager_holds_the_socket(faults, app)
 
     release = release_under_load(faults, app, "v1.0.1")
