@@ -117,7 +117,7 @@ MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # /24, proxy port, state files and work dir, so that hosts of different slots run side
 # by side (a test run beside a benchmark, two people on one machine).
 SLOT_VARIABLE = "DJANGOAPP_TEST_SLOT"
-MAX_SLOT = 99
+MAX_SLOT = 199
 FIRST_SUBNET_OCTET = 47
 FIRST_PROXY_PORT = 8888
 
