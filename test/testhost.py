@@ -109,6 +109,7 @@ def distribution_from_environment(
 
 
 CACHE_DIR = Path("/var/cache/djangoapp-test")
+ROOTFS_LOCK = ".rootfs.lock"
 WORK_DIR = Path("/var/tmp/djangoapp-test")
 RUN_DIR = Path("/run/djangoapp-test")
 MACHINE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -244,10 +245,10 @@ def run(argv: Sequence[str]) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
 
 
@@ -490,7 +491,12 @@ def ensure_root_tarball(
     wheelhouse = (
         ensure_wheelhouse(timings) if debian.salt_from == "wheelhouse" else None
     )
-    with file_lock(CACHE_DIR / ".rootfs.lock"):
+    # A lock per recipe, so that the Debian 12 and 13 roots build at once; every
+    # build shares ROOTFS_LOCK, which a purge (test/try down --purge) takes alone.
+    with (
+        file_lock(CACHE_DIR / ROOTFS_LOCK, shared=True),
+        file_lock(CACHE_DIR / f".{tarball.stem}.lock"),
+    ):
         if tarball.exists():
             return tarball
         with tempfile.TemporaryDirectory(prefix="rootfs-", dir=CACHE_DIR) as building:

@@ -39,7 +39,7 @@ CACHE_VARIABLE = "DJANGOAPP_TRY_CACHE"
 INVOKED_AS_VARIABLE = "DJANGOAPP_TRY_COMMAND"
 # The cache entries testhost builds: root tarballs, wheelhouses, their locks, and
 # what a build killed half-way left (a temporary rootfs-*/wheels-* directory).
-CACHE_ENTRIES = ("rootfs-*", "wheels-*", ".rootfs.lock", ".wheels.lock")
+CACHE_ENTRIES = ("rootfs-*", "wheels-*", ".rootfs*.lock", ".wheels.lock")
 
 
 def write_pillar(pillar_dir: Path, source: Path = DEMO_PILLAR) -> dict:
@@ -358,7 +358,7 @@ def purge_caches(cache_dir: Path) -> None:
         print(f"no cache to remove in {cache_dir}")
         return
     with (
-        testhost.file_lock(cache_dir / ".rootfs.lock"),
+        testhost.file_lock(cache_dir / testhost.ROOTFS_LOCK),
         testhost.file_lock(cache_dir / ".wheels.lock"),
     ):
         entries = sorted(
