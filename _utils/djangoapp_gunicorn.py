@@ -649,14 +649,24 @@ class PreloadedHandOver:
         started = time.monotonic()
         # the master the keeper forks now inherits the boost; a standby has it too
         standby = [pid for pid in children(keeper) if pid != self.master]
+        boosted = {*standby}
         renice([keeper, *standby], niceness + BOOTING_NICENESS)
         renice(retiring, niceness + RETIRING_NICENESS)
         try:
             os.kill(keeper, signal.SIGHUP)
             while True:
-                last = self.service.keeper_state().get("last") or {}
+                state = self.service.keeper_state()
+                last = state.get("last") or {}
                 if (last.get("request") or 0) > asked:
                     break
+                # A master the keeper starts from a standby that came after this
+                # hand-over began (one kept for a switch-back, WARM_NICENESS
+                # behind, when a hand-over stopped midway left the keeper
+                # finishing it): under load it would hardly import at all.
+                starting = state.get("starting")
+                if isinstance(starting, int) and starting not in boosted:
+                    renice([starting], niceness + BOOTING_NICENESS)
+                    boosted.add(starting)
                 if not pid_alive(keeper):
                     raise CommandExecutionError(f"gunicorn-keeper {keeper} is gone")
                 if time.monotonic() - started > timeout:
@@ -676,6 +686,7 @@ class PreloadedHandOver:
             "standby": bool(last.get("standby")),
             "ready_seconds": round(time.monotonic() - started, 3),
             "keeper_renewed": renewed,
+            "boosted": sorted(boosted),
         }
 
 

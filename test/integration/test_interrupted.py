@@ -1,14 +1,17 @@
-"""A release stopped at each of its steps, under load, on a host of its own (one app,
-`shop`, on PostgreSQL under Supervisor): killed with SIGKILL at the step's start (the
-lock file changes: the test wakes on inotify) or a moment into it, or stopped by
-SIGTERM. Then the same release again, as an operator would run it.
+"""A release stopped at each of its steps, under load, on a host of its own (`shop`,
+on PostgreSQL under Supervisor): killed with SIGKILL at the step's start (the lock
+file changes: the test wakes on inotify) or a moment into it, or stopped by SIGTERM.
+Then the same release again, as an operator would run it. The same for the steps of
+the hand-over of a second app, `kiosk`, with `preload_app` under systemd (a
+gunicorn-keeper in Gunicorn's place, a new master per hand-over).
 
 What must hold each time: no request fails, the killed run leaves its lock file saying
 where it stopped (`djangoapp.status` shows it), and the next release puts right what it
 left: the release live before it is live again where the killed run had switched, its
 release and unfinished dump are gone, the ledger records it as interrupted; that next
 release then succeeds, with every worker on it, as many as the config gives, at the
-master's priority.
+master's priority (for kiosk: the keeper and what it runs but its standby at its
+process manager's, one master serving).
 
 The cases run in file order, each from where the one before left the host. The slot
 is $DJANGOAPP_INTERRUPTED_SLOT, by default the shared host's slot plus 66.
@@ -18,10 +21,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from secondhost import SecondHost, bootable_testhost, converged_second_host, slot_from
-from test_combinations import postgresql_app_pillar
+from test_combinations import app_pillar, postgresql_app_pillar
 
 import demorepo
 from loadgen import Load
@@ -30,8 +34,16 @@ pytestmark = pytest.mark.integration
 
 HOSTNAME = "djangoapp-test-interrupted"
 APP = "shop"
-BASE = f"/srv/djangoapp/{APP}"
+PRELOADED_APP = "kiosk"
 CLIENTS = 6
+# The old master of a preloaded hand-over ends once its workers have finished their
+# requests (Gunicorn's graceful_timeout is longer, but these are quick).
+OLD_MASTER_EXIT_TIMEOUT = 30
+
+
+def base_dir(app: str) -> str:
+    return f"/srv/djangoapp/{app}"
+
 
 # Waits for the step named in argv to start (the lock file is written at the start of
 # each step), waits argv[3] seconds more, sends the signal to the run and prints what
@@ -108,6 +120,43 @@ for name in os.listdir("/proc"):
 print(json.dumps({"master": master, "nice": int(stat(master)[16]), "workers": workers}))
 """
 
+# gunicorn-keeper (keeper.json) and its process manager: their niceness, and the
+# masters it runs, each with its workers' niceness.
+KEEPER = r"""
+import json, os, sys
+with open(os.path.join(sys.argv[1], "keeper.json")) as handle:
+    state = json.load(handle)
+
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+def children(parent):
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(stat(name)[1]) == parent:
+                found.append(int(name))
+        except OSError:
+            pass
+    return sorted(found)
+
+keeper = state["pid"]
+masters = {
+    str(master): {
+        "nice": int(stat(master)[16]),
+        "workers": [int(stat(worker)[16]) for worker in children(master)],
+    }
+    for master in children(keeper)
+}
+print(json.dumps({
+    "state": state,
+    "nice": int(stat(keeper)[16]),
+    "manager_nice": int(stat(stat(keeper)[1])[16]),
+    "masters": masters,
+}))
+"""
+
 
 @pytest.fixture(scope="module")
 def stopped_host(tmp_path_factory):
@@ -115,41 +164,60 @@ def stopped_host(tmp_path_factory):
     work = tmp_path_factory.mktemp("interrupted")
     demorepo.build_repo(work / "git" / "demo.git")
     pillar = postgresql_app_pillar(module, APP, "shop-db-9e41")
+    pillar["djangoapp"]["apps"][PRELOADED_APP] = app_pillar(
+        PRELOADED_APP,
+        wsgi="demosite.wsgi:application",
+        database={"engine": "postgresql", "password": "kiosk-db-51d3"},
+        process_manager="systemd",
+        preload_app=True,
+    )
     with converged_second_host(module, work, HOSTNAME, pillar) as host:
         yield host.converged()
 
 
 @pytest.fixture(scope="module")
-def configured_workers(stopped_host) -> int:
-    return len(workers(stopped_host)["workers"])
+def configured_workers(stopped_host) -> dict[str, int]:
+    return {
+        app: len(workers(stopped_host, app)["workers"]) for app in (APP, PRELOADED_APP)
+    }
 
 
-def workers(host: SecondHost) -> dict:
+def workers(host: SecondHost, app: str) -> dict:
+    base = base_dir(app)
     result = host.host.exec(
-        ["python3", "-c", WORKERS, f"/run/djangoapp/{APP}", f"{BASE}/releases"]
+        ["python3", "-c", WORKERS, f"/run/djangoapp/{app}", f"{base}/releases"]
     )
     return json.loads(result.stdout)
 
 
-def live_id(host: SecondHost) -> str:
-    return host.host.exec(["readlink", f"{BASE}/current"]).stdout.strip().split("/")[-1]
+def keeper(host: SecondHost, app: str) -> dict:
+    result = host.host.exec(["python3", "-c", KEEPER, f"/run/djangoapp/{app}"])
+    return json.loads(result.stdout)
 
 
-def ledger(host: SecondHost) -> list[dict]:
-    text = host.host.exec(["cat", f"{BASE}/ledger.jsonl"]).stdout
+def live_id(host: SecondHost, app: str) -> str:
+    link = host.host.exec(["readlink", f"{base_dir(app)}/current"]).stdout
+    return link.strip().split("/")[-1]
+
+
+def ledger(host: SecondHost, app: str) -> list[dict]:
+    text = host.host.exec(["cat", f"{base_dir(app)}/ledger.jsonl"]).stdout
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def stopped_release(host: SecondHost, version: str, step: str, delay: float, signame):
-    """Release ``version`` and stop it ``delay`` seconds into ``step``; returns what
-    the stopper saw and the run's own output (none when it was killed)."""
+def stopped_release(
+    host: SecondHost, app: str, version: str, step: str, delay: float, signame
+):
+    """Release ``version`` of ``app`` and stop it ``delay`` seconds into ``step``;
+    returns what the stopper saw and the run's own output (none when it was
+    killed)."""
     stopper = subprocess.Popen(
         host.host.nsenter_command(
             [
                 "python3",
                 "-c",
                 STOPPER,
-                f"{BASE}/.release.lock",
+                f"{base_dir(app)}/.release.lock",
                 step,
                 str(delay),
                 signame,
@@ -161,7 +229,7 @@ def stopped_release(host: SecondHost, version: str, step: str, delay: float, sig
     )
     try:
         assert stopper.stdout.readline().strip() == "ready"
-        run = host.salt_call("djangoapp.release", f"version={version}", f"app={APP}")
+        run = host.salt_call("djangoapp.release", f"version={version}", f"app={app}")
         out, err = stopper.communicate(timeout=60)
     finally:
         if stopper.poll() is None:
@@ -187,29 +255,92 @@ CASES = [
     # 0.2 s under load, most of it the two migrations
     ("migrate", 0.05, "SIGKILL", "v1.2.0"),
 ]
+# The preloaded hand-over: the keeper, told by SIGHUP, starts a master of the new
+# release (the standby that imported it during the preflight) and stops the old one
+# once the new one's workers are ready, some 0.2-0.4 s under load; it goes on by
+# itself when the run that asked for it is killed.
+PRELOADED_CASES = [
+    ("reload", 0.0, "SIGKILL", "v1.0.1"),
+    ("reload", 0.1, "SIGKILL", "v1.0.0"),
+    ("verify", 0.0, "SIGKILL", "v1.0.1"),
+    ("reload", 0.1, "SIGTERM", "v1.0.0"),
+]
 # Where the killed run had already switched, and not yet recorded its success.
 SWITCHED = ("reload", "verify", "health")
 
 
+def case_ids(cases):
+    return [f"{step}+{delay}s-{signame}" for step, delay, signame, _ in cases]
+
+
 @pytest.mark.parametrize(
-    ("step", "delay", "signame", "version"),
-    CASES,
-    ids=[f"{step}+{delay}s-{signame}" for step, delay, signame, _ in CASES],
+    ("step", "delay", "signame", "version"), CASES, ids=case_ids(CASES)
 )
 def test_a_release_stopped_in_a_step_leaves_nothing_half_done(
     stopped_host, configured_workers, step, delay, signame, version
 ):
+    stop_and_release_again(
+        stopped_host, APP, configured_workers[APP], step, delay, signame, version
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "delay", "signame", "version"),
+    PRELOADED_CASES,
+    ids=case_ids(PRELOADED_CASES),
+)
+def test_a_preloaded_hand_over_stopped_midway_leaves_one_master_at_its_priority(
+    stopped_host, configured_workers, step, delay, signame, version
+):
     host = stopped_host
-    before = live_id(host)
-    released_before = {e["id"] for e in ledger(host) if e.get("status") == "success"}
-    with Load(host.ip, 80, "/", f"{APP}.test", clients=CLIENTS) as load:
-        seen, run = stopped_release(host, version, step, delay, signame)
-        rc, status, output = host.salt("djangoapp.status", f"app={APP}")
+    stop_and_release_again(
+        host,
+        PRELOADED_APP,
+        configured_workers[PRELOADED_APP],
+        step,
+        delay,
+        signame,
+        version,
+    )
+    master = workers(host, PRELOADED_APP)["master"]
+    # the old master stops once the new one is ready, its workers finishing
+    # their requests: until then the keeper has both
+    deadline = time.monotonic() + OLD_MASTER_EXIT_TIMEOUT
+    while True:
+        found = keeper(host, PRELOADED_APP)
+        standby = found["state"]["standby"]
+        serving = {int(p): m for p, m in found["masters"].items() if int(p) != standby}
+        if list(serving) == [master] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print("  keeper:", json.dumps(found))
+    state = found["state"]
+    assert state["starting"] is None
+    assert state["live"] == master
+    assert state["last"]["result"] == "ready"
+    assert state["last"]["master"] == master
+    # one master serves, the pidfile's; the keeper, it and its workers at the
+    # niceness of the keeper's process manager: none left boosted or held back
+    assert list(serving) == [master]
+    assert found["nice"] == found["manager_nice"]
+    assert serving[master]["nice"] == found["manager_nice"]
+    assert set(serving[master]["workers"]) == {found["manager_nice"]}
+
+
+def stop_and_release_again(host, app, configured, step, delay, signame, version):
+    """Release ``version`` of ``app``, stop it in ``step``, release it again under
+    load; then nothing of the stopped run is left half-done."""
+    before = live_id(host, app)
+    entries = ledger(host, app)
+    released_before = {e["id"] for e in entries if e.get("status") == "success"}
+    with Load(host.ip, 80, "/", f"{app}.test", clients=CLIENTS) as load:
+        seen, run = stopped_release(host, app, version, step, delay, signame)
+        rc, status, output = host.salt("djangoapp.status", f"app={app}")
         assert rc == 0, output
         rc, again, output = host.salt(
-            "djangoapp.release", f"version={version}", f"app={APP}"
+            "djangoapp.release", f"version={version}", f"app={app}"
         )
-    print(f"stopped in {step} (+{delay}s, {signame}), then again: {load.result}")
+    print(f"{app} stopped in {step} (+{delay}s, {signame}), then again: {load.result}")
     print(
         "  next release:",
         json.dumps(
@@ -229,14 +360,24 @@ def test_a_release_stopped_in_a_step_leaves_nothing_half_done(
     assert rc == 0, output
     assert again["result"] is True, output
     assert again["version"] == version
-    entries = ledger(host)
+    entries = ledger(host, app)
 
     if signame == "SIGTERM":
         # it put back what was live itself, and said so
         stopped = json.loads(run.stdout)["local"]
         assert stopped["failed_step"] == step
         assert stopped["error"] == f"stopped by SIGTERM during {step}"
-        print("  stopped run:", json.dumps({"restored": stopped["restored"]}))
+        steps = {s["name"]: s["seconds"] for s in stopped["steps"]}
+        print(
+            "  stopped run:",
+            json.dumps(
+                {
+                    "restored": stopped["restored"],
+                    "seconds": stopped["seconds"],
+                    "steps": steps,
+                }
+            ),
+        )
         assert stopped["restored"][0] == f"current -> releases/{before}"
         assert stopped["restored"][-1].startswith(f"workers back on {before}: [")
         incomplete = [r for r in stopped["restored"] if r.startswith("restore inc")]
@@ -280,13 +421,13 @@ def test_a_release_stopped_in_a_step_leaves_nothing_half_done(
 
     # nothing half-done: one release live, every worker on it, as many as
     # configured, at the master's niceness; the lock free; no unfinished dump
-    assert live_id(host) == again["id"]
-    now = workers(host)
+    assert live_id(host, app) == again["id"]
+    now = workers(host, app)
     assert {w["release"] for w in now["workers"]} == {again["id"]}
-    assert len(now["workers"]) == configured_workers
+    assert len(now["workers"]) == configured
     assert {w["nice"] for w in now["workers"]} == {now["nice"]}
-    assert host.host.exec(["cat", f"{BASE}/.release.lock"]).stdout == ""
+    assert host.host.exec(["cat", f"{base_dir(app)}/.release.lock"]).stdout == ""
     partial = host.host.exec(
-        ["find", f"/var/backups/djangoapp/{APP}", "-name", "*.partial"], check=False
+        ["find", f"/var/backups/djangoapp/{app}", "-name", "*.partial"], check=False
     )
     assert partial.stdout == ""

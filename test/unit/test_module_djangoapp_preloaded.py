@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 
+import djangoapp_disk
 import djangoapp_gunicorn
 import djangoapp_host
 import djangoapp_procs
@@ -516,6 +517,48 @@ def test_a_hand_over_stopped_midway_leaves_no_priority_shifted(
     assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in serving] == [0] * len(
         serving
     )
+
+
+def test_a_put_back_during_an_unfinished_hand_over_boosts_the_standby_it_takes(
+    mods, base, app, manager, monkeypatch
+):
+    """A run stopped by a signal in its hand-over puts back the release that was
+    live with a hand-over of its own, while the keeper is still finishing the
+    first: that one's standby took over and, once ready, the keeper keeps one of
+    the release it replaced, WARM_NICENESS behind. The put-back takes it, and
+    boosts it although it came after the put-back began (under load, a master
+    10 behind the serving workers hardly imports)."""
+    monkeypatch.setattr(djangoapp_gunicorn, "STANDBY_ANSWER", 10.0)
+    service = djangoapp_gunicorn.Service(app, djangoapp_host.Host(mods["cmd.run_all"]))
+    layout = djangoapp_disk.Layout(str(base))
+    back = layout.current_id()
+    other = next(
+        path.name
+        for path in (base / "releases").iterdir()
+        if path.name != back and (path / "venv" / "bin" / "python").exists()
+    )
+    keeper, live = manager.keeper.pid, manager.state()["live"]
+    # the stopped run: its release's standby, current switched, SIGHUP, gone
+    standby = service.prepare_standby(layout.release(other), "test")
+    djangoapp_disk.switch_current(layout, other)
+    manager.keeper.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while manager.state().get("starting") != standby:
+        assert time.monotonic() < deadline, manager.log()
+        time.sleep(0.005)
+    before = _children(keeper)
+    djangoapp_disk.switch_current(layout, back)
+    how = djangoapp_gunicorn.PreloadedHandOver(service, live).run(60)
+    warm = how["master"]
+    assert (how["method"], how["standby"]) == ("preloaded", True), how
+    assert warm not in before
+    assert _release_of(warm) == os.path.realpath(base / "releases" / back)
+    assert warm in how["boosted"]
+    serving = [keeper, warm, *_children(warm)]
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in serving] == [0] * len(
+        serving
+    )
+    assert _gone(standby, 10), "the master of the unfinished hand-over did not stop"
 
 
 def test_a_master_that_cannot_start_leaves_the_serving_one(mods, base, app, manager):
