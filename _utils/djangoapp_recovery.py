@@ -134,7 +134,7 @@ def restore(service, layout, previous):
     try:
         how = reload_workers(service, layout, previous, master)
         if how["method"] == "hup":
-            restored.append("sent HUP to gunicorn")
+            restored.append(f"sent HUP to gunicorn: {how['reason']}")
         else:
             restored.append(f"handed the workers over to it ({how['method']})")
         pids = service.verify_workers(layout, previous, how["master"])
