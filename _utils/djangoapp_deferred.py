@@ -23,7 +23,7 @@ from djangoapp_disk import (
     ledger_read,
     lock_holder,
 )
-from djangoapp_django import backup_database, migrate, needs_backup
+from djangoapp_django import backup_database, migrate, migration_lock, needs_backup
 from djangoapp_restore import Steps
 
 
@@ -97,21 +97,34 @@ def migrate_deferred(cfg, host, user=None, jid=None):
                     "jid": jid,
                     "migrations": {"after_switch": ret["migrations"]},
                 }
-                if needs_backup(cfg):
-                    ret["backup"] = entry["backup"] = step(
-                        "backup", backup_database, cfg, host, env, f"{rid}-deferred"
+                # the dump and the migrations under one hold of the migration
+                # lock: another minion migrating meanwhile would change a table
+                # while it is dumped
+                first = "backup" if needs_backup(cfg) else "migrate"
+                with migration_lock(cfg, env, redact, step=first):
+                    if needs_backup(cfg):
+                        ret["backup"] = entry["backup"] = step(
+                            "backup",
+                            backup_database,
+                            cfg,
+                            host,
+                            env,
+                            f"{rid}-deferred",
+                        )
+                    entry["migrations_ran"] = True
+                    step(
+                        "migrate",
+                        migrate,
+                        cfg,
+                        host,
+                        layout.release(rid),
+                        env,
+                        redact,
+                        live.get("version"),
+                        None,  # every migration
+                        None,  # no preflight process
+                        True,  # locked
                     )
-                entry["migrations_ran"] = True
-                step(
-                    "migrate",
-                    migrate,
-                    cfg,
-                    host,
-                    layout.release(rid),
-                    env,
-                    redact,
-                    live.get("version"),
-                )
             ret["result"] = True
         except StepFailed as exc:
             ret.update(failed_step=exc.step, error=redact(exc.message))

@@ -372,12 +372,16 @@ def _run_preflight_script(cfg, host, rdir, env, version, options, timeout):
     )
 
 
-def migrate(cfg, host, rdir, env, redact, version, targets=None, preflight=None):
+def migrate(
+    cfg, host, rdir, env, redact, version, targets=None, preflight=None, locked=False
+):
     """``manage.py migrate --noinput`` in the new release, as the app user; with
     ``targets`` (``[(app_label, migration), ...]``), up to each of them only.
-    With ``preflight`` (a ``PreflightProcess`` still there), in that process."""
+    With ``preflight`` (a ``PreflightProcess`` still there), in that process.
+    Under the migration lock, taken here unless the caller holds it (``locked``)."""
+    lock = contextlib.nullcontext() if locked else migration_lock(cfg, env, redact)
     if preflight is not None and preflight.serving:
-        with migration_lock(cfg, env, redact):
+        with lock:
             preflight.migrate(targets)
         return
     python = os.path.join(rdir, "venv", "bin", "python")
@@ -386,7 +390,7 @@ def migrate(cfg, host, rdir, env, redact, version, targets=None, preflight=None)
     else:
         command = [python, "-m", "django", "migrate", "--noinput"]
     run_as_app = as_app(cfg, env, rdir, version, timeout=MIGRATE_TIMEOUT)
-    with migration_lock(cfg, env, redact):
+    with lock:
         for target in targets or [()]:
             ret = host.run([*command, *target], **run_as_app)
             if ret.get("retcode") != 0:
@@ -400,13 +404,14 @@ def migrate(cfg, host, rdir, env, redact, version, targets=None, preflight=None)
 
 
 @contextlib.contextmanager
-def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
+def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT, step="migrate"):
     """
     One ``migrate`` at a time on the app's database, whoever runs it: the web
     minions of a fleet share the database, and their first ``state.apply``
     releases at once. A lock of the database server, held by a client session
     of its own for as long as the block runs (``_lock_session``); Django's
-    migrate has none. An engine without a server (SQLite): no lock.
+    migrate has none. An engine without a server (SQLite): no lock. Failing to
+    take it fails ``step``.
     """
     if (cfg["database"] or {}).get("engine") not in ("postgresql", "mysql"):
         yield
@@ -424,7 +429,7 @@ def migration_lock(cfg, env, redact, wait=MIGRATION_LOCK_WAIT):
     try:
         holder.stdin.write(request)
         holder.stdin.flush()
-        _wait_for_marker(holder, wait, redact)
+        _wait_for_marker(holder, wait, redact, step)
         yield
     finally:
         end_process(holder, wait=10)
@@ -462,7 +467,7 @@ def _sql_string(value):
     return "'{}'".format(value.replace("\\", "\\\\").replace("'", "\\'"))
 
 
-def _wait_for_marker(holder, wait, redact):
+def _wait_for_marker(holder, wait, redact, step):
     """Until the lock's session says it holds the lock; StepFailed when it
     exits first or ``wait`` seconds pass. Read from the pipe's descriptor: a
     buffered reader would keep a second line that came with the first, out of
@@ -476,8 +481,7 @@ def _wait_for_marker(holder, wait, redact):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StepFailed(
-                    "migrate",
-                    f"another release held the migration lock for {wait} s",
+                    step, f"another release held the migration lock for {wait} s"
                 )
             if not selector.select(timeout=min(left, 1.0)):
                 continue
@@ -488,7 +492,7 @@ def _wait_for_marker(holder, wait, redact):
                 return
             if not chunk:
                 raise StepFailed(
-                    "migrate",
+                    step,
                     redact(
                         "could not take the migration lock: "
                         + said.decode("utf-8", "replace").strip()

@@ -59,11 +59,13 @@ from djangoapp_health import check_health
 from djangoapp_migration_policy import (
     after_switch_due,
     before_switch_due,
+    hold_migration_lock,
     migrate_after_switch,
     migrate_before_switch,
     plan_in_preflight,
     preview,
     refuse_crossing_contracts,
+    release_migration_lock,
 )
 from djangoapp_migrations import start_check
 from djangoapp_procs import (
@@ -134,6 +136,7 @@ class Run:
         self.migration_plan = None
         self.preflight_static = None
         self.preflight_process = None
+        self.migration_lock = None  # an ExitStack while the run holds it
         self.master = self.standby = 0
         self.entry = None
         self.done = False
@@ -250,6 +253,7 @@ def execute(run, steps, finishing=()):
                 except StepFailed as exc:
                     run.note(f"{step.name} failed (the {run.action} stands): {exc}")
     finally:
+        release_migration_lock(run)
         if run.preflight_process:
             run.preflight_process.close()
         if run.standby:  # unless it took over
@@ -503,8 +507,18 @@ def backup_due(run):
 
 
 def backup(run, info):
+    """The dump before migrating, under the migration lock, which the run keeps
+    until the migrations before the switch have run: another release migrating
+    the same database meanwhile (a fleet's web minions, their first apply at
+    once) would change a table while it is dumped, and the dump would not be
+    of the schema this release migrates from."""
+    started = time.monotonic()
+    hold_migration_lock(run, step="backup")
+    info["lock_wait"] = round(time.monotonic() - started, 3)
     run.ret["backup"] = backup_database(run.cfg, run.host, run.env, run.rid)
     run.entry["backup"] = info["path"] = run.ret["backup"]
+    if not before_switch_due(run):
+        release_migration_lock(run)
 
 
 # --------------------------------------------------------------------------

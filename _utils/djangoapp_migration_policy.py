@@ -24,12 +24,13 @@ the switch runs after it too.
 Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
 """
 
+import contextlib
 import os
 import shutil
 
 from djangoapp_common import Redactor, StepFailed
 from djangoapp_config import load_env
-from djangoapp_django import migrate, read_migrations
+from djangoapp_django import migrate, migration_lock, read_migrations
 from djangoapp_source import Git
 
 POLICIES = ("safe", "after_switch", "allow")
@@ -182,6 +183,21 @@ def after_switch_due(run):
     return bool(plan and plan["after_switch"]) and not run.defer_after_switch
 
 
+def hold_migration_lock(run, step):
+    """The database's migration lock, taken for the run (``run.migration_lock``)
+    until ``release_migration_lock``."""
+    if run.migration_lock is None:
+        held = contextlib.ExitStack()
+        held.enter_context(migration_lock(run.cfg, run.env, run.redact, step=step))
+        run.migration_lock = held
+
+
+def release_migration_lock(run):
+    held, run.migration_lock = run.migration_lock, None
+    if held is not None:
+        held.close()
+
+
 def migrate_before_switch(run, info):
     run.entry["migrations_ran"] = run.ret["migrations_ran"] = True
     info["migrations"] = list(run.migration_plan["before_switch"])
@@ -197,8 +213,10 @@ def migrate_before_switch(run, info):
             run.version,
             targets=targets_before(run.migration_plan),
             preflight=preflight,
+            locked=run.migration_lock is not None,  # since the backup
         )
     finally:
+        release_migration_lock(run)
         if preflight:
             preflight.close()
 

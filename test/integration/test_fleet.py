@@ -271,15 +271,34 @@ def wait_for(what: str, answer, timeout: float = 300):
     return found
 
 
+def dumps_of_shop(host) -> list[str]:
+    """The dumps (whole or being written) of shop's database on ``host``."""
+    found = host.exec(
+        [
+            "find",
+            f"/var/backups/djangoapp/{MARIADB_APP}",
+            "-maxdepth",
+            "1",
+            "-type",
+            "f",
+        ],
+        check=False,
+    )
+    return sorted(found.stdout.split())
+
+
 def test_a_mariadb_migration_waits_for_its_lock(converged):
     """The web minions share shop's MariaDB database: while another session holds
     the lock of shop's migrations, web1's release of v1.1.0 waits in it without
-    migrating; once that session ends, web1 migrates, and web2's release finds
-    nothing left to run."""
+    dumping the database or migrating (a dump taken while another minion migrates
+    meets tables changing under it); once that session ends, web1 dumps and
+    migrates, and web2's release finds nothing left to run."""
     fleet = converged
     db = fleet.hosts["db"]
+    web1 = fleet.hosts["web1"]
     applied = "SELECT COUNT(*) FROM shop.django_migrations"
     before = mariadb(db, applied)
+    dumps_before = dumps_of_shop(web1)
     hold = f"SELECT GET_LOCK('{SHOP_LOCK}', 0); SELECT SLEEP(900);"
     db.exec(["systemd-run", f"--unit={HOLDER_UNIT}", "--collect", "mysql", "-e", hold])
     try:
@@ -300,11 +319,15 @@ def test_a_mariadb_migration_waits_for_its_lock(converged):
             time.sleep(2)
             assert not release.done()
             assert mariadb(db, applied) == before
+            assert dumps_of_shop(web1) == dumps_before
             mariadb(db, f"KILL {holder}")
             first = release.result()["web1"]
     finally:
         db.exec(["systemctl", "stop", HOLDER_UNIT], check=False)
     assert (first["result"], first["migrations_ran"]) == (True, True), first
+    backup = next(step for step in first["steps"] if step["name"] == "backup")
+    assert backup["lock_wait"] >= 2, backup
+    assert dumps_of_shop(web1) == sorted([*dumps_before, first["backup"]])
     assert int(mariadb(db, applied)) > int(before)
     second = fleet.salt("web2", "djangoapp.release", app=MARIADB_APP, version="v1.1.0")
     assert (second["web2"]["result"], second["web2"]["migrations_ran"]) == (True, False)
