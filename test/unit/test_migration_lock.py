@@ -147,3 +147,15 @@ def test_sqlite_takes_no_lock(monkeypatch):
     monkeypatch.setattr(djangoapp_django, "_lock_session", session)
     with djangoapp_django.migration_lock(cfg("sqlite"), {}, str, wait=1):
         pass
+
+
+def test_a_lock_not_taken_for_the_dump_fails_the_backup_step(monkeypatch, tmp_path):
+    """The dump before migrating is taken under the lock: waiting for it in vain
+    fails the step that waited."""
+    fake_client(monkeypatch, "not taken", str(tmp_path / "released"))
+    with (
+        pytest.raises(djangoapp_common.StepFailed) as failed,
+        djangoapp_django.migration_lock(cfg(), {}, str, wait=1, step="backup"),
+    ):
+        pass
+    assert failed.value.step == "backup"
