@@ -112,19 +112,9 @@ def migrate_deferred(cfg, host, user=None, jid=None):
                             f"{rid}-deferred",
                         )
                     entry["migrations_ran"] = True
-                    step(
-                        "migrate",
-                        migrate,
-                        cfg,
-                        host,
-                        layout.release(rid),
-                        env,
-                        redact,
-                        live.get("version"),
-                        None,  # every migration
-                        None,  # no preflight process
-                        True,  # locked
-                    )
+                    release = (layout.release(rid), env, redact, live.get("version"))
+                    # every migration, no preflight process, the lock held
+                    step("migrate", migrate, cfg, host, *release, None, None, True)
             ret["result"] = True
         except StepFailed as exc:
             ret.update(failed_step=exc.step, error=redact(exc.message))

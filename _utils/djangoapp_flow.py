@@ -46,20 +46,15 @@ from djangoapp_disk import (
     successful_releases,
     switch_current,
 )
-from djangoapp_django import (
-    backup_database,
-    gunicorn_checked,
-    needs_backup,
-    run_hooks,
-    run_preflight,
-)
+from djangoapp_django import gunicorn_checked, run_hooks, run_preflight
 from djangoapp_files import place_static, prepare_media_root
 from djangoapp_gunicorn import KEEPER_START, Service, reload_workers
 from djangoapp_health import check_health
 from djangoapp_migration_policy import (
     after_switch_due,
+    backup,
+    backup_due,
     before_switch_due,
-    hold_migration_lock,
     migrate_after_switch,
     migrate_before_switch,
     plan_in_preflight,
@@ -500,25 +495,6 @@ def after_migrate(run, info):
 
 def after_switch(run, info):
     info["commands"] = run_app_hooks(run, "after_switch")
-
-
-def backup_due(run):
-    return bool(run.pending) and needs_backup(run.cfg)
-
-
-def backup(run, info):
-    """The dump before migrating, under the migration lock, which the run keeps
-    until the migrations before the switch have run: another release migrating
-    the same database meanwhile (a fleet's web minions, their first apply at
-    once) would change a table while it is dumped, and the dump would not be
-    of the schema this release migrates from."""
-    started = time.monotonic()
-    hold_migration_lock(run, step="backup")
-    info["lock_wait"] = round(time.monotonic() - started, 3)
-    run.ret["backup"] = backup_database(run.cfg, run.host, run.env, run.rid)
-    run.entry["backup"] = info["path"] = run.ret["backup"]
-    if not before_switch_due(run):
-        release_migration_lock(run)
 
 
 # --------------------------------------------------------------------------

@@ -21,16 +21,26 @@ other. A marked migration runs as marked (``before_deploy`` and ``always``:
 before; ``after_deploy``: after), and a migration that needs one running after
 the switch runs after it too.
 
+The release's dump before migrating is here too, taken under the database's
+migration lock, which the run holds until its migrations before the switch ran.
+
 Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modules.
 """
 
 import contextlib
 import os
 import shutil
+import time
 
 from djangoapp_common import Redactor, StepFailed
 from djangoapp_config import load_env
-from djangoapp_django import migrate, migration_lock, read_migrations
+from djangoapp_django import (
+    backup_database,
+    migrate,
+    migration_lock,
+    needs_backup,
+    read_migrations,
+)
 from djangoapp_source import Git
 
 POLICIES = ("safe", "after_switch", "allow")
@@ -181,6 +191,25 @@ def before_switch_due(run):
 def after_switch_due(run):
     plan = run.migration_plan
     return bool(plan and plan["after_switch"]) and not run.defer_after_switch
+
+
+def backup_due(run):
+    return bool(run.pending) and needs_backup(run.cfg)
+
+
+def backup(run, info):
+    """The dump before migrating, under the migration lock, which the run keeps
+    until the migrations before the switch have run: another release migrating
+    the same database meanwhile (a fleet's web minions, their first apply at
+    once) would change a table while it is dumped, and the dump would not be
+    of the schema this release migrates from."""
+    started = time.monotonic()
+    hold_migration_lock(run, step="backup")
+    info["lock_wait"] = round(time.monotonic() - started, 3)
+    run.ret["backup"] = backup_database(run.cfg, run.host, run.env, run.rid)
+    run.entry["backup"] = info["path"] = run.ret["backup"]
+    if not before_switch_due(run):
+        release_migration_lock(run)
 
 
 def hold_migration_lock(run, step):
