@@ -100,9 +100,11 @@ def migrate_deferred(cfg, host, user=None, jid=None):
                 # the dump and the migrations under one hold of the migration
                 # lock: another minion migrating meanwhile would change a table
                 # while it is dumped
-                first = "backup" if needs_backup(cfg) else "migrate"
-                with migration_lock(cfg, env, redact, step=first):
-                    if needs_backup(cfg):
+                dump = needs_backup(cfg)
+                with migration_lock(
+                    cfg, env, redact, step="backup" if dump else "migrate"
+                ):
+                    if dump:
                         ret["backup"] = entry["backup"] = step(
                             "backup",
                             backup_database,
