@@ -145,6 +145,11 @@ def _preflight_result(ret, redact):
                 )
             ),
         )
+    return checked_preflight(result, redact)
+
+
+def checked_preflight(result, redact):
+    """The preflight's ``result``; raises StepFailed when a stage failed."""
     if not result.get("ok"):
         raise StepFailed(
             "preflight",
@@ -159,7 +164,7 @@ def _preflight_result(ret, redact):
     return result
 
 
-def _preflight_options(cfg, rdir, collect, check_config):
+def preflight_options(cfg, rdir, collect, check_config):
     options = {
         "app_callable": cfg["asgi"] or cfg["wsgi"],
         "fail_level": cfg["check_deploy_fail_level"] or "ERROR",
@@ -172,7 +177,7 @@ def _preflight_options(cfg, rdir, collect, check_config):
     return options
 
 
-def _with_checks(result):
+def with_checks(result):
     result["also_checked"] = (
         ["gunicorn --check-config"] if result.get("gunicorn_checked") else []
     )
@@ -265,7 +270,7 @@ class PreflightProcess:
         found = self.answer(PREFLIGHT_MARKER, timeout)
         if found is None or not found.get("ok"):
             return _preflight_result(self.output(), self.redact)
-        return _with_checks(found)
+        return with_checks(found)
 
     def migrate(self, targets, timeout=MIGRATE_TIMEOUT):
         """``migrate`` up to each of ``targets`` (all: None); raises StepFailed."""
@@ -318,14 +323,14 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     """
     if not os.path.isdir(project_dir(cfg, rdir)):
         raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
-    options = _preflight_options(cfg, rdir, collect, check_config)
+    options = preflight_options(cfg, rdir, collect, check_config)
     python = os.path.join(rdir, "venv", "bin", "python")
     argv = [python]
     if cfg["user"] != os_user():
         argv = as_user(cfg["user"], argv)
     if argv is None:  # no setpriv: Salt's runas, one process per command
         ret = _run_preflight_script(cfg, host, rdir, env, version, options, 900)
-        return _with_checks(_preflight_result(ret, redact)), None
+        return with_checks(_preflight_result(ret, redact)), None
     preflight = PreflightProcess(redact)
     try:
         preflight.start(argv, options, as_app(cfg, env, rdir, version, timeout=None))

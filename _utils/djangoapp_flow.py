@@ -79,6 +79,7 @@ from djangoapp_recovery import (
     stopping_on_signals,
 )
 from djangoapp_source import Git, release_id, unknown_ref
+from djangoapp_standby import checked_in_standby, standby_request
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -399,20 +400,25 @@ def build(run, info):
 def preflight(run, info):
     """Django's checks with the production environment, collectstatic and the
     pending migrations, in the new release, as the app's user."""
-    if not built_with_hooks(run):  # else after them: they may change what it imports
-        start_standby(run, info)
     live = run.layout.release_json(run.current) if run.current else None
     check_config = not gunicorn_checked(run.cfg, live, run.rdir, run.deps_digest)
-    found, run.preflight_process = run_preflight(
-        run.cfg,
-        run.host,
-        run.rdir,
-        run.env,
-        run.redact,
-        not run.reused,
-        run.version,
-        check_config,
-    )
+    request = None
+    if not built_with_hooks(run):  # else after them: they may change what it imports
+        if run.service.preloaded:
+            request = standby_request(run.cfg, run.rdir, not run.reused, check_config)
+        start_standby(run, info, request)
+    found = checked_in_standby(run, request, info)
+    if found is None:
+        found, run.preflight_process = run_preflight(
+            run.cfg,
+            run.host,
+            run.rdir,
+            run.env,
+            run.redact,
+            not run.reused,
+            run.version,
+            check_config,
+        )
     info["timings"] = found.get("timings")
     info["gunicorn_check_config"] = bool(found.get("also_checked"))
     run.ret["check_warnings"] = [
@@ -478,9 +484,12 @@ def after_build(run, info):
     start_standby(run, info)
 
 
-def start_standby(run, info):
-    """``preload_app``: a master of the release imports the app meanwhile."""
-    run.standby = info["standby"] = run.service.prepare_standby(run.rdir, run.version)
+def start_standby(run, info, request=None):
+    """``preload_app``: a master of the release imports the app meanwhile (and
+    runs the preflight in itself: ``request``)."""
+    run.standby = info["standby"] = run.service.prepare_standby(
+        run.rdir, run.version, preflight=request
+    )
 
 
 def run_app_hooks(run, point):

@@ -164,6 +164,8 @@ class Service:
         self.preloaded = bool(cfg.get("preload_app"))
         self.keeper_state_file = os.path.join(run_dir, "keeper.json")
         self.standby_file = os.path.join(run_dir, "standby.json")
+        # what a standby is asked to check in itself (djangoapp_standby)
+        self.preflight_request_file = os.path.join(run_dir, "preflight-request.json")
 
     @property
     def worker_timeout(self):
@@ -301,7 +303,7 @@ class Service:
         pid = self.keeper_state().get("live")
         return pid if isinstance(pid, int) and self.is_master(pid) else 0
 
-    def prepare_standby(self, rdir, version=None, later=False):
+    def prepare_standby(self, rdir, version=None, later=False, preflight=None):
         """
         With ``preload_app``: have gunicorn-keeper start a standby master of the
         release in ``rdir``, which imports the app now and forks its workers at
@@ -310,9 +312,15 @@ class Service:
         of the serving workers), and once it has taken over the keeper starts a
         standby of the release it replaced (``keep_previous``), for a
         switch-back or a rollback. ``later``: one for a later rollback, at the
-        keeper's niceness, that keeps none. Returns its pid, or 0 (no keeper,
-        or no answer in STANDBY_ANSWER s).
+        keeper's niceness, that keeps none. ``preflight``: a request for the
+        standby to run the preflight once it has imported the app
+        (``standby_answer``). Returns its pid, or 0 (no keeper, or no answer in
+        STANDBY_ANSWER s).
         """
+        if preflight:
+            write_for_keeper(self.preflight_request_file, preflight)
+        else:
+            self.forget_preflight()
         keeper = self.keeper_pid() if self.preloaded else 0
         if keeper:
             try:
@@ -335,6 +343,32 @@ class Service:
                 return standby
             time.sleep(WORKER_POLL)
         return 0
+
+    def standby_answer(self, pid, request_id, timeout):
+        """What the standby ``pid`` answered to the preflight request
+        ``request_id``; None when it ended, or the keeper dropped it, first, or
+        after ``timeout`` s. The request and its answer are removed."""
+        answer_file = os.path.join(
+            os.path.dirname(self.preflight_request_file),
+            f"preflight-{int(request_id, 16):x}.json",
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                answer = read_answer(answer_file)
+                if answer is not None:
+                    return answer if answer.get("request") == request_id else None
+                if self.keeper_state().get("standby") != pid:
+                    return None
+                time.sleep(WORKER_POLL)
+            return None
+        finally:
+            self.forget_preflight(answer_file)
+
+    def forget_preflight(self, *answers):
+        for path in (self.preflight_request_file, *answers):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def drop_standby(self, pid=None):
         """End the keeper's standby master (if it is ``pid``, when given); wait (up
@@ -709,6 +743,23 @@ def reload_workers(service, layout, rid, master):
             reason = str(exc)
     service.hup(master)
     return {"method": "hup", "reason": reason, "master": master}
+
+
+def read_answer(path):
+    """A JSON object the app user wrote in the run directory (not through a
+    link); None while there is none."""
+    try:
+        handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # a link: not the standby's answer
+        return {"error": f"{path}: {error}"}
+    with handle:
+        try:
+            found = json.loads(handle.read(16 * 1024 * 1024))
+        except ValueError as error:
+            return {"error": f"{path}: {error}"}
+    return found if isinstance(found, dict) else {"error": f"{path}: not an object"}
 
 
 def write_for_keeper(path, data):

@@ -23,6 +23,9 @@ Arguments: one JSON object (``argv[1]``) with
   release's own packages, for this process only
 - ``gunicorn_check``: ``{"config", "chdir", "app"}`` to check as ``gunicorn
   --check-config -c CONFIG --chdir CHDIR APP`` would (left out: not checked)
+- ``serve_migrations``: stay to migrate when asked even if no migration was
+  pending when it looked (the standby master ran the checks, this process
+  only sets Django up for the migrations it found)
 
 Output: the last line of stdout is ``DJANGOAPP-PREFLIGHT <json>``. Anything
 the project prints goes to stderr. Exit code 0 when every check passed.
@@ -31,7 +34,9 @@ Run as ``python -c BOOTSTRAP <length> <options>`` with this file's first
 ``<length>`` bytes on stdin (``BOOTSTRAP`` in ``djangoapp_django.py``), the
 process stays after a preflight that found pending migrations: the engine
 takes the backup meanwhile, then asks it to migrate (``serve_migrations``),
-which spares a second Python and Django setup.
+which spares a second Python and Django setup. With ``preload_app`` the
+standby master of the release runs the same stages (``run_in_master``), the
+app imported already.
 """
 
 import json
@@ -451,17 +456,9 @@ def serve_migrations(result_stream, requests):
         result_stream.flush()
 
 
-def main(argv, requests=None):
-    options = json.loads(argv[1]) if len(argv) > 1 else {}
-    # Keep stdout for the result alone: the project's own output (and any C
-    # extension writing to fd 1) goes to stderr.
-    result_stream = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    result = _new_result()
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+def run_stages(options, result):
+    """The stages ``options`` names (default: all of ``STAGES``), in order, into
+    ``result``; a failure is reported in it (``failed``, ``error``)."""
     step = "setup"
     try:
         chosen = options.get("stages") or [name for name, _ in STAGES]
@@ -477,9 +474,59 @@ def main(argv, requests=None):
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         result["error"] = text
         result["traceback"] = traceback.format_exc()[-4000:]
+    return result
+
+
+def run_in_master(options):
+    """
+    The preflight in a standby master (``preload_app``: gunicorn.conf.py runs
+    this when the release engine asks), where the app is imported already: no
+    Python of its own to start, no second Django setup. Django is not set up
+    again (that would configure logging anew in the master); the master has read
+    the release's Gunicorn config and loaded its app, which is what ``gunicorn
+    --check-config`` checks. What the checks opened is closed before the
+    workers are forked from this process.
+    """
+    from django.apps import apps
+
+    result = _new_result()
+    stages = [name for name, _ in STAGES if name != "gunicorn_config"]
+    if apps.ready:
+        import django
+
+        result["django"] = django.get_version()
+        stages.remove("setup")
+    try:
+        run_stages(dict(options, stages=stages), result)
+    finally:
+        _close_connections()
+    result["gunicorn_checked"] = result["ok"] and bool(options.get("gunicorn_check"))
+    return result
+
+
+def _close_connections():
+    from django.core.cache import close_caches
+    from django.db import connections
+
+    connections.close_all()
+    close_caches()
+
+
+def main(argv, requests=None):
+    options = json.loads(argv[1]) if len(argv) > 1 else {}
+    # Keep stdout for the result alone: the project's own output (and any C
+    # extension writing to fd 1) goes to stderr.
+    result_stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    result = run_stages(options, _new_result())
     result_stream.write("\n" + MARKER + json.dumps(result, default=str) + "\n")
     result_stream.flush()
-    if result["ok"] and result["pending_migrations"] and requests is not None:
+    serve = result["pending_migrations"] or options.get("serve_migrations")
+    if result["ok"] and serve and requests is not None:
         serve_migrations(result_stream, requests)
     return 0 if result["ok"] else 1
 

@@ -15,6 +15,7 @@ the dependencies a project declares (``djangoapp_deps``), the build
 (``djangoapp_build``), Django and the database (``djangoapp_django``),
 static and media files (``djangoapp_files``), the migrations a rollback
 leaves in the database (``djangoapp_migrations``), Gunicorn (``djangoapp_gunicorn``),
+the preflight in a preloaded release's standby master (``djangoapp_standby``),
 the health check (``djangoapp_health``), maintenance mode
 (``djangoapp_maintenance``), restoring a database dump (``djangoapp_restore``),
 ``/proc`` (``djangoapp_procs``), the
@@ -44,6 +45,7 @@ ENGINE_MODULES = (
     "djangoapp_migrations",
     "djangoapp_migration_policy",
     "djangoapp_gunicorn",
+    "djangoapp_standby",
     "djangoapp_health",
     "djangoapp_maintenance",
     "djangoapp_restore",

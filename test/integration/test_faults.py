@@ -304,8 +304,10 @@ def test_a_killed_master_comes_back_and_the_next_release_has_no_failure(faults, 
     # preloaded, a master of the release started by the keeper.
     assert reload["method"] == ("preloaded" if app in PRELOADED else "rolling"), reload
     if app in PRELOADED:
-        # the master started beside the release's checks took over
+        # the master started beside the release's checks ran them and took over
         assert reload["standby"] is True, reload
+        preflight = next(s for s in release["steps"] if s["name"] == "preflight")
+        assert preflight["in_standby"] is True, preflight
     assert release["service_running"] is True
 
 

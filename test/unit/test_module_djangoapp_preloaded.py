@@ -232,7 +232,19 @@ def test_a_release_starts_a_new_master_without_a_failed_request(
     assert reload["master"] == manager.state()["live"] != before
     # the master that took over is the standby started beside the release's checks
     assert reload["standby"] is True
-    assert reload["master"] == _step(ret, "preflight")["standby"]
+    preflight = _step(ret, "preflight")
+    assert reload["master"] == preflight["standby"]
+    # which ran them, the app imported: no Django set up a second time
+    assert preflight["in_standby"] is True
+    assert "setup" not in preflight["timings"]
+    assert preflight["timings"]["check"] >= 0
+    assert preflight["timings"]["collectstatic"] >= 0
+    static = base / "releases" / ret["id"] / "src" / "staticfiles"
+    assert sorted(p.name for p in static.iterdir()) == sorted(
+        p.name for p in (base / "current" / "src" / "staticfiles").iterdir()
+    )
+    assert (static / "tinyapp").is_dir()
+    assert not list((base / "run").glob("preflight-*"))
     # and the release it replaced has a standby now, behind the serving workers
     warm = manager.state()["standby"]
     assert _release_of(warm) == os.path.realpath(
@@ -345,6 +357,9 @@ def test_a_release_that_fails_its_checks_ends_its_standby(mods, app, manager):
     live = manager.state()["live"]
     ret = mods["djangoapp.release"]("missing-migration", app="preloaded")
     assert (ret["result"], ret["failed_step"]) == (False, "preflight"), ret["error"]
+    # found by the standby, which runs the checks
+    assert _step(ret, "preflight")["in_standby"] is True
+    assert ret["error"].startswith("makemigrations failed: RuntimeError: models have")
     standby = _step(ret, "preflight")["standby"]
     assert standby not in (0, live)
     assert _gone(standby, 10), "the standby master did not stop"
@@ -649,3 +664,38 @@ def test_a_keeper_from_before_standbys_is_sent_no_sigusr1(mods, app, manager):
     assert _step(ret, "preflight")["standby"] == 0
     assert _step(ret, "reload")["standby"] is False
     assert (manager.keeper.poll(), manager.state()["pid"]) == (None, manager.keeper.pid)
+
+
+def test_a_standby_that_cannot_import_the_app_leaves_the_checks_to_a_process(
+    mods, app, manager
+):
+    """The standby ends importing the app: the engine runs the preflight in a
+    process of its own, which says what failed."""
+    manager.start()
+    manager.wait_for_answer(0)
+    live = manager.state()["live"]
+    ret = mods["djangoapp.release"]("broken-import", app="preloaded")
+    assert (ret["result"], ret["failed_step"]) == (False, "preflight")
+    preflight = _step(ret, "preflight")
+    assert preflight["standby"] not in (0, live)
+    assert preflight["in_standby"] is False
+    assert ret["error"].startswith(
+        "import failed: ModuleNotFoundError: No module named 'no_such_module'"
+    ), ret["error"]
+    assert manager.state()["live"] == live
+    assert not list((manager.base / "run").glob("preflight-*"))
+
+
+def test_a_standby_s_checks_with_migrations_pending_leave_them_to_a_process(
+    mods, app, base, manager
+):
+    """Pending migrations, found by the standby, run in a process of the release
+    that set Django up meanwhile (``migrate`` in it, not a process of its own)."""
+    assert manager.state()["live"]  # on v1.2.0, the release of the test before last
+    ret = mods["djangoapp.release"]("code-accounted", app="preloaded")
+    assert ret["result"] is True, ret.get("error")
+    assert _step(ret, "preflight")["in_standby"] is True
+    assert ret["pending_migrations"] == ["tinyapp.0003_touch"]
+    migrate = _step(ret, "migrate")
+    assert migrate["in_preflight_process"] is True
+    assert _page(manager.socket_path)[0] == 200

@@ -279,3 +279,23 @@ def test_branch_release_follows_new_commits(mods, app, base, tiny_repo):
     assert plan["sha"] == sha
     ret = mods["djangoapp.release"]("main", app="tiny")
     assert ret["result"] is True and ret["sha"] == sha and ret["changed"] is True
+
+
+def test_the_engine_loads_each_of_its_modules_after_those_it_imports():
+    """``load_engine`` loads ENGINE_MODULES anew, in their order: a module left out,
+    or loaded before one it imports, would run the code an earlier formula left."""
+    import ast
+
+    import djangoapp_release
+
+    utils = pathlib.Path(djangoapp_release.__file__).parent
+    order = list(djangoapp_release.ENGINE_MODULES)
+    for position, name in enumerate(order):
+        tree = ast.parse((utils / f"{name}.py").read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("djangoapp_")
+        }
+        assert imported - set(order[:position]) == set(), name

@@ -1,0 +1,92 @@
+"""
+The preflight of a preloaded release in its standby master.
+
+With ``preload_app`` the release engine has gunicorn-keeper start a standby
+master of the new release at the start of the preflight, which imports the app
+(docs/architecture.md). Asked by a request in the run directory, that master
+runs the preflight's stages itself once the app is imported
+(``djangoapp_preflight.run_in_master``, called from gunicorn.conf.py), instead
+of a second Python process of the release setting Django up beside it. When the
+standby cannot answer (it died importing the app, or its keeper dropped it) the
+engine runs the preflight in a process of its own, which reports why.
+"""
+
+import secrets
+import time
+
+from djangoapp_common import os_user
+from djangoapp_django import (
+    PREFLIGHT_SCRIPT,
+    PreflightProcess,
+    as_app,
+    checked_preflight,
+    preflight_options,
+    with_checks,
+)
+from djangoapp_host import as_user
+
+# As long as the preflight process may take (djangoapp_django.PreflightProcess).
+STANDBY_PREFLIGHT_TIMEOUT = 900
+
+
+def __virtual__():
+    return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
+
+
+def standby_request(cfg, rdir, collect, check_config):
+    """What the standby of the release in ``rdir`` is asked to run: the
+    preflight's options and source, for this run only (``id``, ``until``)."""
+    with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
+        source = handle.read()
+    return {
+        "id": format(secrets.randbits(64) | 1 << 64, "x"),
+        "release": rdir,
+        "until": time.time() + STANDBY_PREFLIGHT_TIMEOUT,
+        "options": preflight_options(cfg, rdir, collect, check_config),
+        "source": source,
+    }
+
+
+def checked_in_standby(run, request, info):
+    """
+    The preflight's result as the standby master ``run.standby`` found it
+    (checked: raises StepFailed as the preflight process would); None when it
+    did not answer. With migrations pending, a process of the release starts
+    setting Django up to run them (``run.preflight_process``) while the
+    release goes on to its backup.
+    """
+    if not request:
+        return None
+    if not run.standby:  # no keeper, or one from before standbys
+        run.service.forget_preflight()
+        info["in_standby"] = False
+        return None
+    answer = run.service.standby_answer(
+        run.standby, request["id"], STANDBY_PREFLIGHT_TIMEOUT
+    )
+    info["in_standby"] = bool(answer) and answer.get("failed") != "standby"
+    if not info["in_standby"]:
+        # it ended first (the app did not import), or could not run the stages
+        info["standby_answer"] = run.redact(str((answer or {}).get("error")))
+        return None
+    found = with_checks(checked_preflight(answer, run.redact))
+    if found.get("pending_migrations"):
+        run.preflight_process = migrations_process(run)
+    return found
+
+
+def migrations_process(run):
+    """A process of the release that sets Django up and migrates when asked
+    (``djangoapp_django.migrate``); None without setpriv (``migrate`` starts
+    one then)."""
+    argv = [f"{run.rdir}/venv/bin/python"]
+    if run.cfg["user"] != os_user():
+        argv = as_user(run.cfg["user"], argv)
+    if argv is None:
+        return None
+    process = PreflightProcess(run.redact)
+    options = {"stages": ["setup"], "serve_migrations": True}
+    process.start(
+        argv, options, as_app(run.cfg, run.env, run.rdir, run.version, timeout=None)
+    )
+    return process
