@@ -404,8 +404,7 @@ def preflight(run, info):
     check_config = not gunicorn_checked(run.cfg, live, run.rdir, run.deps_digest)
     request = None
     if not built_with_hooks(run):  # else after them: they may change what it imports
-        if run.service.preloaded:
-            request = standby_request(run.cfg, run.rdir, not run.reused, check_config)
+        request = standby_request(run, live, check_config)
         start_standby(run, info, request)
     found = checked_in_standby(run, request, info)
     if found is None:

@@ -346,22 +346,30 @@ class Service:
 
     def standby_answer(self, pid, request_id, timeout):
         """What the standby ``pid`` answered to the preflight request
-        ``request_id``; None when it ended, or the keeper dropped it, first, or
-        after ``timeout`` s. The request and its answer are removed."""
+        ``request_id``: the preflight's result, or ``{"failed": "standby",
+        "error"}`` when it could not run it, ended first (or the keeper dropped
+        it) or did not answer in ``timeout`` s. The request and its answer are
+        removed."""
         answer_file = os.path.join(
             os.path.dirname(self.preflight_request_file),
             f"preflight-{int(request_id, 16):x}.json",
         )
         deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
+            while True:
                 answer = read_answer(answer_file)
+                if answer is not None and answer.get("request") == request_id:
+                    return answer
                 if answer is not None:
-                    return answer if answer.get("request") == request_id else None
-                if self.keeper_state().get("standby") != pid:
-                    return None
-                time.sleep(WORKER_POLL)
-            return None
+                    error = answer.get("error") or "an answer to another request"
+                elif self.keeper_state().get("standby") != pid:
+                    error = "the standby ended before it answered"
+                elif time.monotonic() > deadline:
+                    error = f"no answer in {timeout} s"
+                else:
+                    time.sleep(WORKER_POLL)
+                    continue
+                return {"failed": "standby", "error": error}
         finally:
             self.forget_preflight(answer_file)
 

@@ -150,6 +150,16 @@ class Git:
             "subject": lines[2] if len(lines) > 2 else "",
         }
 
+    def changed_paths(self, old, new):
+        """The paths of the files that differ between commits ``old`` and
+        ``new``; None when git cannot tell (``old`` is no longer in the mirror)."""
+        ret = self.host.run(
+            self.git("-c", "core.quotePath=off", "diff", "--name-only", old, new, "--")
+        )
+        if ret.get("retcode") != 0:
+            return None
+        return (ret.get("stdout") or "").splitlines()
+
     def export(self, sha, dest):
         """Write the tree of ``sha`` into ``dest`` (created)."""
         tarball = dest.rstrip("/") + ".tar"

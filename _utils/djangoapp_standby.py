@@ -24,6 +24,7 @@ from djangoapp_django import (
     with_checks,
 )
 from djangoapp_host import as_user
+from djangoapp_source import Git
 
 # As long as the preflight process may take (djangoapp_django.PreflightProcess).
 STANDBY_PREFLIGHT_TIMEOUT = 900
@@ -33,18 +34,40 @@ def __virtual__():
     return (False, "part of the djangoapp release engine, loaded by djangoapp_release")
 
 
-def standby_request(cfg, rdir, collect, check_config):
-    """What the standby of the release in ``rdir`` is asked to run: the
-    preflight's options and source, for this run only (``id``, ``until``)."""
+def standby_request(run, live, check_config):
+    """
+    What the standby of the release is asked to run: the preflight's options
+    and source, for this run only (``id``, ``until``); None when the release
+    likely brings migrations (``migrations_unlikely``): then the preflight's
+    own process stays to run them, with Django set up already, while the
+    standby imports the app beside it.
+    """
+    if not (run.service.preloaded and migrations_unlikely(run, live)):
+        return None
     with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
         source = handle.read()
+    collect = not run.reused
     return {
         "id": format(secrets.randbits(64) | 1 << 64, "x"),
-        "release": rdir,
+        "release": run.rdir,
         "until": time.time() + STANDBY_PREFLIGHT_TIMEOUT,
-        "options": preflight_options(cfg, rdir, collect, check_config),
+        "options": preflight_options(run.cfg, run.rdir, collect, check_config),
         "source": source,
     }
+
+
+def migrations_unlikely(run, live):
+    """Whether the release should find no migration pending: its requirements
+    are those of the live release (``live``: its release.json), and no file of a
+    ``migrations`` directory changed since that one's commit. A hint: wrong
+    either way, the release is checked all the same (a migration found then
+    runs in a process of its own, started at once)."""
+    if not live or not live.get("sha") or live.get("requirements") != run.deps_digest:
+        return False
+    changed = Git(run.cfg, run.layout, run.host).changed_paths(live["sha"], run.sha)
+    return changed is not None and not any(
+        "migrations" in path.split("/")[:-1] for path in changed
+    )
 
 
 def checked_in_standby(run, request, info):
@@ -56,6 +79,8 @@ def checked_in_standby(run, request, info):
     release goes on to its backup.
     """
     if not request:
+        if run.service.preloaded:  # asked of a process: migrations likely
+            info["in_standby"] = False
         return None
     if not run.standby:  # no keeper, or one from before standbys
         run.service.forget_preflight()
@@ -64,10 +89,10 @@ def checked_in_standby(run, request, info):
     answer = run.service.standby_answer(
         run.standby, request["id"], STANDBY_PREFLIGHT_TIMEOUT
     )
-    info["in_standby"] = bool(answer) and answer.get("failed") != "standby"
+    info["in_standby"] = answer.get("failed") != "standby"
     if not info["in_standby"]:
         # it ended first (the app did not import), or could not run the stages
-        info["standby_answer"] = run.redact(str((answer or {}).get("error")))
+        info["standby_answer"] = run.redact(str(answer.get("error")))
         return None
     found = with_checks(checked_preflight(answer, run.redact))
     if found.get("pending_migrations"):

@@ -373,6 +373,7 @@ def stop_and_release_again(host, app, configured, step, delay, signame, version)
             json.dumps(
                 {
                     "restored": stopped["restored"],
+                    "notes": stopped["notes"],
                     "seconds": stopped["seconds"],
                     "steps": steps,
                 }

@@ -317,6 +317,17 @@ TINY_MIGRATIONS = {
     ),
 }
 
+# Tags that change no migration file of the tag they are made on:
+# (tag, the tag below it, files).
+TINY_FOLLOW_UPS = [
+    ("broken-import-v1.2", "v1.2.0", TINY_BROKEN["broken-import"]),
+    (
+        "code-accounted-views",
+        "code-accounted",
+        {"tinyapp/views.py": TINY_FILES["tinyapp/views.py"].replace("1", "3")},
+    ),
+]
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Tiny",
     "GIT_AUTHOR_EMAIL": "tiny@example.invalid",
@@ -389,6 +400,10 @@ class TinyRepo:
             self.git("checkout", "-q", self.tags["v1.2.0"])
             self.write(files)
             self.commit(tag, tag=tag, branch=f"migrations/{tag}")
+        for tag, below, files in TINY_FOLLOW_UPS:
+            self.git("checkout", "-q", self.tags[below])
+            self.write(files)
+            self.commit(tag, tag=tag, branch=f"follow-ups/{tag}")
         self.git("checkout", "-q", "main")
         self.git("reset", "-q", "--hard", head)
         return self

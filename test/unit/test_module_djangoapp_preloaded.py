@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -671,14 +672,13 @@ def test_a_standby_that_cannot_import_the_app_leaves_the_checks_to_a_process(
 ):
     """The standby ends importing the app: the engine runs the preflight in a
     process of its own, which says what failed."""
-    manager.start()
-    manager.wait_for_answer(0)
-    live = manager.state()["live"]
-    ret = mods["djangoapp.release"]("broken-import", app="preloaded")
+    live = manager.state()["live"]  # v1.2.0, released by the test before
+    ret = mods["djangoapp.release"]("broken-import-v1.2", app="preloaded")
     assert (ret["result"], ret["failed_step"]) == (False, "preflight")
     preflight = _step(ret, "preflight")
     assert preflight["standby"] not in (0, live)
     assert preflight["in_standby"] is False
+    assert preflight["standby_answer"] == "the standby ended before it answered"
     assert ret["error"].startswith(
         "import failed: ModuleNotFoundError: No module named 'no_such_module'"
     ), ret["error"]
@@ -686,16 +686,35 @@ def test_a_standby_that_cannot_import_the_app_leaves_the_checks_to_a_process(
     assert not list((manager.base / "run").glob("preflight-*"))
 
 
-def test_a_standby_s_checks_with_migrations_pending_leave_them_to_a_process(
+def test_a_release_that_brings_migrations_is_checked_in_a_process_that_stays(
+    mods, app, manager
+):
+    """A migration file changed since the live release: the preflight's own
+    process stays to migrate, Django set up, while the standby imports beside."""
+    ret = mods["djangoapp.release"]("code-accounted", app="preloaded")
+    assert ret["result"] is True, ret.get("error")
+    preflight = _step(ret, "preflight")
+    assert preflight["in_standby"] is False
+    assert preflight["timings"]["setup"] >= 0
+    assert ret["pending_migrations"] == ["tinyapp.0003_touch"]
+    assert _step(ret, "migrate")["in_preflight_process"] is True
+    assert _step(ret, "reload")["master"] == preflight["standby"]
+
+
+def test_migrations_the_standby_finds_run_in_a_process_started_at_once(
     mods, app, base, manager
 ):
-    """Pending migrations, found by the standby, run in a process of the release
-    that set Django up meanwhile (``migrate`` in it, not a process of its own)."""
-    assert manager.state()["live"]  # on v1.2.0, the release of the test before last
-    ret = mods["djangoapp.release"]("code-accounted", app="preloaded")
+    """No migration file changed, yet the database lacks one (here: its record
+    deleted): the standby finds it pending, and a process of the release that
+    set Django up meanwhile runs it."""
+    with sqlite3.connect(base / "shared" / "db.sqlite3") as database:
+        database.execute(
+            "DELETE FROM django_migrations WHERE app = ? AND name = ?",
+            ("tinyapp", "0003_touch"),
+        )
+    ret = mods["djangoapp.release"]("code-accounted-views", app="preloaded")
     assert ret["result"] is True, ret.get("error")
     assert _step(ret, "preflight")["in_standby"] is True
     assert ret["pending_migrations"] == ["tinyapp.0003_touch"]
-    migrate = _step(ret, "migrate")
-    assert migrate["in_preflight_process"] is True
-    assert _page(manager.socket_path)[0] == 200
+    assert _step(ret, "migrate")["in_preflight_process"] is True
+    assert _page(manager.socket_path) == (200, "version 3")
