@@ -718,3 +718,67 @@ def test_migrations_the_standby_finds_run_in_a_process_started_at_once(
     assert ret["pending_migrations"] == ["tinyapp.0003_touch"]
     assert _step(ret, "migrate")["in_preflight_process"] is True
     assert _page(manager.socket_path) == (200, "version 3")
+
+
+class _Git:
+    """What ``git diff --name-only`` answers, through the engine's ``Host``."""
+
+    def __init__(self, changed, retcode=0):
+        self.changed, self.retcode, self.asked = changed, retcode, []
+
+    def run(self, argv, **_kwargs):
+        self.asked.append(argv)
+        return {"retcode": self.retcode, "stdout": "\n".join(self.changed)}
+
+
+def _unlikely(host, live, digest="d1"):
+    import types
+
+    import djangoapp_standby
+
+    run = types.SimpleNamespace(
+        cfg={},
+        layout=types.SimpleNamespace(mirror="/m.git"),
+        host=host,
+        deps_digest=digest,
+        sha="new",
+    )
+    return djangoapp_standby.migrations_unlikely(run, live)
+
+
+@pytest.mark.parametrize(
+    ("changed", "retcode", "expected"),
+    [
+        (["shop/views.py", "README.md"], 0, True),
+        ([], 0, True),
+        (["shop/migrations/0007_price.py"], 0, False),
+        (["shop/migrations/__init__.py"], 0, False),
+        (["docs/migrations.md", "shop/views.py"], 0, True),
+        ([], 128, False),  # the live commit is no longer in the mirror
+    ],
+)
+def test_the_standby_checks_where_no_migration_file_changed(changed, retcode, expected):
+    git = _Git(changed, retcode)
+    assert _unlikely(git, {"sha": "old", "requirements": "d1"}) is expected
+    assert git.asked == [
+        [
+            "git",
+            "--git-dir=/m.git",
+            "-c",
+            "core.quotePath=off",
+            "diff",
+            "--name-only",
+            "old",
+            "new",
+            "--",
+        ]
+    ]
+
+
+@pytest.mark.parametrize(
+    "live", [None, {"requirements": "d1"}, {"sha": "old", "requirements": "d2"}]
+)
+def test_a_release_with_other_requirements_or_no_live_commit_is_not_asked(live):
+    git = _Git([])
+    assert _unlikely(git, live) is False
+    assert git.asked == []
