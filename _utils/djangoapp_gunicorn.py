@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import time
 
@@ -754,15 +755,18 @@ def reload_workers(service, layout, rid, master):
 
 
 def read_answer(path):
-    """A JSON object the app user wrote in the run directory (not through a
-    link); None while there is none."""
+    """A JSON object the app user wrote in the run directory (a file, not a link
+    or a pipe that would keep this process waiting); None while there is none."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        handle = os.fdopen(os.open(path, flags), "rb")
     except FileNotFoundError:
         return None
     except OSError as error:  # a link: not the standby's answer
         return {"error": f"{path}: {error}"}
     with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return {"error": f"{path}: not a file"}
         try:
             found = json.loads(handle.read(16 * 1024 * 1024))
         except ValueError as error:

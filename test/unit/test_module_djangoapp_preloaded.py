@@ -782,3 +782,22 @@ def test_a_release_with_other_requirements_or_no_live_commit_is_not_asked(live):
     git = _Git([])
     assert _unlikely(git, live) is False
     assert git.asked == []
+
+
+def test_an_answer_is_read_from_a_file_only(tmp_path):
+    """The run directory is the app user's: a link or a pipe in the answer's
+    place is an error at once, never followed or waited on."""
+    answer = tmp_path / "preflight-1.json"
+    assert djangoapp_gunicorn.read_answer(str(answer)) is None
+    os.mkfifo(answer)
+    assert djangoapp_gunicorn.read_answer(str(answer)) == {
+        "error": f"{answer}: not a file"
+    }
+    answer.unlink()
+    answer.symlink_to("/etc/hostname")
+    assert djangoapp_gunicorn.read_answer(str(answer))["error"].startswith(
+        f"{answer}: [Errno 40]"
+    )
+    answer.unlink()
+    answer.write_text('{"request": "1", "ok": true}')
+    assert djangoapp_gunicorn.read_answer(str(answer)) == {"request": "1", "ok": True}
