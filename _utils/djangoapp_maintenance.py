@@ -12,6 +12,7 @@ Not a Salt utility: ``djangoapp_release`` loads it with the engine's other modul
 import html
 import os
 import re
+import time
 from datetime import UTC, datetime
 
 from djangoapp_common import fsync_dir
@@ -49,6 +50,33 @@ def maintenance_state(cfg):
         "since": datetime.fromtimestamp(since, UTC).replace(microsecond=0).isoformat(),
         "message": html.unescape(found.group(1)) if found else None,
     }
+
+
+def requests_in_flight(socket_path):
+    """The connections made to the app's socket and not closed yet: those its
+    workers have accepted (each a request being answered, or an idle keep-alive
+    connection of Nginx's) and those waiting to be (``/proc/net/unix``: the
+    sockets of that path connected, state 03, or connecting, 02)."""
+    count = 0
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+        next(table, None)
+        for line in table:
+            fields = line.rstrip("\n").split(None, 7)
+            if len(fields) == 8 and fields[5] in ("02", "03"):
+                count += fields[7] == socket_path
+    return count
+
+
+def wait_for_requests(cfg, timeout, poll=0.05):
+    """Once maintenance is on Nginx sends the app no request: wait, up to
+    ``timeout`` s, until the ones it sent before have been answered. Returns
+    ``{"waited": s, "left": connections still open}``."""
+    started = time.monotonic()
+    left = requests_in_flight(cfg["socket"])
+    while left and time.monotonic() - started < timeout:
+        time.sleep(poll)
+        left = requests_in_flight(cfg["socket"])
+    return {"waited": round(time.monotonic() - started, 3), "left": left}
 
 
 def _write_atomic(path, text):

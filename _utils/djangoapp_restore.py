@@ -17,7 +17,11 @@ from djangoapp_common import SAFE_PATH, Redactor, StepFailed, inside
 from djangoapp_config import load_env
 from djangoapp_disk import Layout, LockBusy, ReleaseLock, lock_holder
 from djangoapp_django import DUMPS, backup_database, database_of
-from djangoapp_maintenance import maintenance_state, switch_maintenance
+from djangoapp_maintenance import (
+    maintenance_state,
+    switch_maintenance,
+    wait_for_requests,
+)
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 RESTORE_TIMEOUT = 7200
@@ -163,6 +167,10 @@ def restore(cfg, host, backup=None, user=None, jid=None):
     try:
         if not was_on:
             step("maintenance", switch_maintenance, cfg, True, MAINTENANCE_MESSAGE)
+        # a request the app took before the page went up may still read the tables
+        ret["requests_before"] = step(
+            "requests", wait_for_requests, cfg, int(cfg["graceful_timeout"])
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         ret["backup_before"] = step(
             "backup", backup_database, cfg, host, env, f"before-restore-{stamp}"

@@ -55,10 +55,13 @@ def test_restore_puts_the_rows_back_under_load(
     assert [step["name"] for step in data["steps"]] == [
         "lock",
         "maintenance",
+        "requests",
         "backup",
         "restore",
         "maintenance",
     ]
+    # the requests the app took before the page went up were answered first
+    assert data["requests_before"]["left"] == 0, data["requests_before"]
     assert converged_host.file(data["backup_before"]).exists
     assert notes(converged_host) == kept
     assert pages.result.failed == 0, pages.result.failures

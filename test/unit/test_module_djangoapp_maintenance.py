@@ -3,7 +3,9 @@ message, and what status says of it."""
 
 import os
 import pathlib
+import threading
 
+import djangoapp_maintenance
 import pytest
 
 
@@ -72,3 +74,43 @@ def test_bad_arguments_are_named_and_change_nothing(mods, shop, args, kwargs, er
     ret = mods["djangoapp.maintenance"](*args, **kwargs)
     assert ret == {"result": False, "error": error}
     assert not os.path.exists(shop["maintenance_flag"])
+
+
+def test_the_requests_in_flight_are_the_connections_to_the_app_s_socket(tmp_path):
+    """Connections waiting to be accepted and accepted ones count until closed;
+    those of another socket do not."""
+    import socket
+
+    path = str(tmp_path / "gunicorn.sock")
+    other = str(tmp_path / "other.sock")
+    listeners = []
+    for each in (path, other):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(each)
+        listener.listen(8)
+        listeners.append(listener)
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    try:
+        assert djangoapp_maintenance.requests_in_flight(path) == 0
+        clients[0].connect(path)
+        clients[1].connect(path)
+        clients[2].connect(other)
+        assert djangoapp_maintenance.requests_in_flight(path) == 2  # not accepted
+        accepted, _ = listeners[0].accept()
+        assert djangoapp_maintenance.requests_in_flight(path) == 2
+        accepted.close()
+        assert djangoapp_maintenance.requests_in_flight(path) == 1
+        waiting, _ = listeners[0].accept()
+        threading.Timer(0.3, waiting.close).start()
+        done = djangoapp_maintenance.wait_for_requests({"socket": path}, timeout=10)
+        assert done["left"] == 0
+        assert 0.3 <= done["waited"] < 5
+        kept, _ = listeners[1].accept()
+        assert djangoapp_maintenance.wait_for_requests({"socket": other}, 0.2) == {
+            "waited": pytest.approx(0.2, abs=0.15),
+            "left": 1,
+        }
+        kept.close()
+    finally:
+        for each in clients + listeners:
+            each.close()
