@@ -283,13 +283,19 @@ def test_branch_release_follows_new_commits(mods, app, base, tiny_repo):
 
 def test_the_engine_loads_each_of_its_modules_after_those_it_imports():
     """``load_engine`` loads ENGINE_MODULES anew, in their order: a module left out,
-    or loaded before one it imports, would run the code an earlier formula left."""
+    or loaded before one it imports, would run the code an earlier formula left.
+    Read from the files, not imported: importing djangoapp_release loads the engine
+    again, and the loader's copy would no longer be the one in ``sys.modules``."""
     import ast
 
-    import djangoapp_release
-
-    utils = pathlib.Path(djangoapp_release.__file__).parent
-    order = list(djangoapp_release.ENGINE_MODULES)
+    utils = pathlib.Path(__file__).resolve().parents[2] / "_utils"
+    release = ast.parse((utils / "djangoapp_release.py").read_text())
+    order = next(
+        list(ast.literal_eval(node.value))
+        for node in release.body
+        if isinstance(node, ast.Assign)
+        and [target.id for target in node.targets] == ["ENGINE_MODULES"]
+    )
     for position, name in enumerate(order):
         tree = ast.parse((utils / f"{name}.py").read_text())
         imported = {
