@@ -324,22 +324,34 @@ def run_preflight(cfg, host, rdir, env, redact, collect, version, check_config=T
     if not os.path.isdir(project_dir(cfg, rdir)):
         raise StepFailed("preflight", f"project_dir {cfg['project_dir']!r} not found")
     options = preflight_options(cfg, rdir, collect, check_config)
-    python = os.path.join(rdir, "venv", "bin", "python")
-    argv = [python]
-    if cfg["user"] != os_user():
-        argv = as_user(cfg["user"], argv)
-    if argv is None:  # no setpriv: Salt's runas, one process per command
+    preflight = start_preflight_process(cfg, rdir, env, redact, version, options)
+    if preflight is None:  # no setpriv: Salt's runas, one process per command
         ret = _run_preflight_script(cfg, host, rdir, env, version, options, 900)
         return with_checks(_preflight_result(ret, redact)), None
-    preflight = PreflightProcess(redact)
     try:
-        preflight.start(argv, options, as_app(cfg, env, rdir, version, timeout=None))
         result = preflight.result()
     except BaseException:
         preflight.close(kill=True)
         raise
     # With nothing to migrate it ends by itself, while the release goes on.
     return result, preflight
+
+
+def start_preflight_process(cfg, rdir, env, redact, version, options):
+    """A ``PreflightProcess`` of the release's python, as the app's user,
+    started with ``options``; None without setpriv."""
+    argv = [os.path.join(rdir, "venv", "bin", "python")]
+    if cfg["user"] != os_user():
+        argv = as_user(cfg["user"], argv)
+    if argv is None:
+        return None
+    preflight = PreflightProcess(redact)
+    try:
+        preflight.start(argv, options, as_app(cfg, env, rdir, version, timeout=None))
+    except BaseException:
+        preflight.close(kill=True)
+        raise
+    return preflight
 
 
 def read_migrations(cfg, host, rdir, env, redact, version):

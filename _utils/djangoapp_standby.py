@@ -14,16 +14,13 @@ engine runs the preflight in a process of its own, which reports why.
 import secrets
 import time
 
-from djangoapp_common import os_user
 from djangoapp_django import (
     PREFLIGHT_SCRIPT,
-    PreflightProcess,
-    as_app,
     checked_preflight,
     preflight_options,
+    start_preflight_process,
     with_checks,
 )
-from djangoapp_host import as_user
 from djangoapp_source import Git
 
 # As long as the preflight process may take (djangoapp_django.PreflightProcess).
@@ -104,14 +101,7 @@ def migrations_process(run):
     """A process of the release that sets Django up and migrates when asked
     (``djangoapp_django.migrate``); None without setpriv (``migrate`` starts
     one then)."""
-    argv = [f"{run.rdir}/venv/bin/python"]
-    if run.cfg["user"] != os_user():
-        argv = as_user(run.cfg["user"], argv)
-    if argv is None:
-        return None
-    process = PreflightProcess(run.redact)
     options = {"stages": ["setup"], "serve_migrations": True}
-    process.start(
-        argv, options, as_app(run.cfg, run.env, run.rdir, run.version, timeout=None)
+    return start_preflight_process(
+        run.cfg, run.rdir, run.env, run.redact, run.version, options
     )
-    return process
