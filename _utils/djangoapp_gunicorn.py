@@ -345,21 +345,23 @@ class Service:
             time.sleep(WORKER_POLL)
         return 0
 
-    def standby_answer(self, pid, request_id, timeout):
-        """What the standby ``pid`` answered to the preflight request
-        ``request_id``: the preflight's result, or ``{"failed": "standby",
-        "error"}`` when it could not run it, ended first (or the keeper dropped
-        it) or did not answer in ``timeout`` s. The request and its answer are
-        removed."""
-        answer_file = os.path.join(
-            os.path.dirname(self.preflight_request_file),
-            f"preflight-{int(request_id, 16):x}.json",
-        )
+    def preflight_answer_file(self, request_id):
+        """Where the standby writes its answer to the request ``request_id``."""
+        run_dir = os.path.dirname(self.preflight_request_file)
+        return os.path.join(run_dir, f"preflight-{request_id}.json")
+
+    def standby_answer(self, pid, request, timeout):
+        """What the standby ``pid`` answered to the preflight ``request`` (in
+        its ``answer`` file): the preflight's result, or ``{"failed":
+        "standby", "error"}`` when it could not run it, ended first (or the
+        keeper dropped it) or did not answer in ``timeout`` s. The request and
+        its answer are removed."""
+        answer_file = request["answer"]
         deadline = time.monotonic() + timeout
         try:
             while True:
                 answer = read_answer(answer_file)
-                if answer is not None and answer.get("request") == request_id:
+                if answer is not None and answer.get("request") == request["id"]:
                     return answer
                 if answer is not None:
                     error = answer.get("error") or "an answer to another request"

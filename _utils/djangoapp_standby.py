@@ -34,7 +34,8 @@ def __virtual__():
 def standby_request(run, live, check_config):
     """
     What the standby of the release is asked to run: the preflight's options
-    and source, for this run only (``id``, ``until``); None when the release
+    and source, for this run only (``id``, ``until``), and where to answer
+    (``answer``); None when the release
     likely brings migrations (``migrations_unlikely``): then the preflight's
     own process stays to run them, with Django set up already, while the
     standby imports the app beside it.
@@ -44,8 +45,10 @@ def standby_request(run, live, check_config):
     with open(PREFLIGHT_SCRIPT, encoding="utf-8") as handle:
         source = handle.read()
     collect = not run.reused
+    request_id = secrets.token_hex(8)
     return {
-        "id": format(secrets.randbits(64) | 1 << 64, "x"),
+        "id": request_id,
+        "answer": run.service.preflight_answer_file(request_id),
         "release": run.rdir,
         "until": time.time() + STANDBY_PREFLIGHT_TIMEOUT,
         "options": preflight_options(run.cfg, run.rdir, collect, check_config),
@@ -83,9 +86,7 @@ def checked_in_standby(run, request, info):
         run.service.forget_preflight()
         info["in_standby"] = False
         return None
-    answer = run.service.standby_answer(
-        run.standby, request["id"], STANDBY_PREFLIGHT_TIMEOUT
-    )
+    answer = run.service.standby_answer(run.standby, request, STANDBY_PREFLIGHT_TIMEOUT)
     info["in_standby"] = answer.get("failed") != "standby"
     if not info["in_standby"]:
         # it ended first (the app did not import), or could not run the stages
