@@ -112,11 +112,14 @@ def stat(pid):
 
 workers = []
 for name in os.listdir("/proc"):
-    if name.isdigit() and int(stat(name)[1]) == master:
-        cwd = os.readlink(f"/proc/{name}/cwd")
-        release = cwd[len(releases):].split("/")[0] if cwd.startswith(releases) else cwd
-        nice = int(stat(name)[16])
-        workers.append({"pid": int(name), "release": release, "nice": nice})
+    try:  # a process may end while the list is read
+        if name.isdigit() and int(stat(name)[1]) == master:
+            cwd = os.readlink(f"/proc/{name}/cwd")
+            release = cwd[len(releases):].split("/")[0] if cwd.startswith(releases) else cwd
+            nice = int(stat(name)[16])
+            workers.append({"pid": int(name), "release": release, "nice": nice})
+    except FileNotFoundError:
+        continue
 print(json.dumps({"master": master, "nice": int(stat(master)[16]), "workers": workers}))
 """
 
