@@ -115,7 +115,8 @@ for name in os.listdir("/proc"):
     try:  # a process may end while the list is read
         if name.isdigit() and int(stat(name)[1]) == master:
             cwd = os.readlink(f"/proc/{name}/cwd")
-            release = cwd[len(releases):].split("/")[0] if cwd.startswith(releases) else cwd
+            inside = cwd.startswith(releases)
+            release = cwd[len(releases):].split("/")[0] if inside else cwd
             nice = int(stat(name)[16])
             workers.append({"pid": int(name), "release": release, "nice": nice})
     except FileNotFoundError:
