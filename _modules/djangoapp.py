@@ -24,6 +24,7 @@ import functools
 import inspect
 import json
 import logging
+import time
 
 import salt.utils.args
 import salt.utils.platform
@@ -118,7 +119,7 @@ def _caller(kwargs):
     return user, kwargs.get("__pub_jid")
 
 
-def _app(app):
+def _app(app, argument="app"):
     """Validate or guess the app name; return its configuration."""
     config_dir = _config_dir()
     if app is None or app == "":
@@ -135,7 +136,7 @@ def _app(app):
                     len(apps), ", ".join(apps)
                 )
             )
-    __utils__["djangoapp_validate.app_name"](app, "app")
+    __utils__["djangoapp_validate.app_name"](app, argument)
     return __utils__["djangoapp_release.load_app"](app, config_dir)
 
 
@@ -221,10 +222,7 @@ def release(
     version = version or _checked_ref(cfg.get("version"))
     if not version:
         raise SaltInvocationError("version is required (app.json has none)")
-    if test is None:
-        test = salt.utils.args.test_mode(**kwargs) or bool(__opts__.get("test"))
-    else:
-        test = salt.utils.args.test_mode(test=test)
+    test = _test_mode(test, kwargs)
     kept = _kept_by_hand(cfg, version, version_policy) if from_pillar else None
     if kept:
         return kept
@@ -238,6 +236,85 @@ def release(
     if from_pillar and ret.get("result"):
         __utils__["djangoapp_release.record_pillar_version"](cfg, version, jid)
     return _fail(ret if from_pillar else _pillar_note(ret, cfg))
+
+
+@_refusals_answered
+def release_apps(apps=None, version=None, test=None, **kwargs):
+    """
+    Release several apps of this host at once with one start of Salt, each
+    in a process of its own as ``djangoapp.release`` runs it (its own lock,
+    steps, health gate and put-back; one failing leaves the others be). A
+    stopping signal goes on to each release still running, which puts back.
+
+    apps
+        A list, names separated by commas, or a mapping of app to version.
+    version
+        The git ref of every app listed; by default each app's in app.json
+        (the pillar's). Not with a mapping.
+    test
+        What each release would do (``djangoapp.release``'s test mode).
+
+    Returns ``apps`` (each app's ``djangoapp.release`` return), ``failed``
+    (the apps whose release failed), ``changed``, ``seconds`` and ``result``;
+    non-zero exit code when one failed. Bad input is refused before any start.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web1 djangoapp.release_apps shop,blog v2.3.0
+        salt web1 djangoapp.release_apps '{shop: v2.3.0, blog: v1.9.1}'
+    """
+    wanted = _apps_and_versions(apps, version)
+    started = time.monotonic()
+    if _test_mode(test, kwargs):
+        host = _make_host()
+        plan = __utils__["djangoapp_release.plan_release"]
+        answers = {cfg["name"]: plan(cfg, ref, host) for cfg, ref in wanted}
+    else:
+        user, jid = _caller(kwargs)
+        release_one = __utils__["djangoapp_release.release"]
+
+        def one(cfg, ref, host):  # in a child, outside this module's loader
+            return _pillar_note(release_one(cfg, ref, host, user=user, jid=jid), cfg)
+
+        answers = __utils__["djangoapp_release.run_together"](
+            {
+                cfg["name"]: functools.partial(one, cfg, ref, _make_host())
+                for cfg, ref in wanted
+            }
+        )
+    failed = [name for name, ret in answers.items() if not ret.get("result")]
+    return _fail(
+        {
+            "result": not failed,
+            "changed": any(ret.get("changed") for ret in answers.values()),
+            "failed": failed,
+            "seconds": round(time.monotonic() - started, 3),
+            "apps": answers,
+        }
+    )
+
+
+def _apps_and_versions(apps, version):
+    """``[(cfg, ref)]`` for ``release_apps``; every name and ref checked first."""
+    wanted = []
+    for name, ref in __utils__["djangoapp_validate.apps_versions"](
+        apps, _checked_ref(version)
+    ):
+        cfg = _app(name, "apps")
+        ref = ref or _checked_ref(cfg.get("version"))
+        if not ref:
+            raise SaltInvocationError(f"apps: {name}: no version (app.json has none)")
+        wanted.append((cfg, ref))
+    return wanted
+
+
+def _test_mode(test, kwargs):
+    """``test`` given, else test mode of the call or of the minion."""
+    if test is None:
+        return salt.utils.args.test_mode(**kwargs) or bool(__opts__.get("test"))
+    return salt.utils.args.test_mode(test=test)
 
 
 def _checked_ref(version):

@@ -16,7 +16,8 @@ the dependencies a project declares (``djangoapp_deps``), the build
 static and media files (``djangoapp_files``), the migrations a rollback
 leaves in the database (``djangoapp_migrations``), Gunicorn (``djangoapp_gunicorn``),
 the preflight in a preloaded release's standby master (``djangoapp_standby``),
-the health check (``djangoapp_health``), maintenance mode
+the health check (``djangoapp_health``), several apps' runs at once
+(``djangoapp_together``), maintenance mode
 (``djangoapp_maintenance``), restoring a database dump (``djangoapp_restore``),
 ``/proc`` (``djangoapp_procs``), the
 host (``djangoapp_host``), what they share (``djangoapp_common``), the procedures
@@ -52,6 +53,7 @@ ENGINE_MODULES = (
     "djangoapp_deferred",
     "djangoapp_status",
     "djangoapp_recovery",
+    "djangoapp_together",
     "djangoapp_flow",
 )
 
@@ -119,6 +121,12 @@ def release(cfg, version, host, user=None, jid=None, defer_after_switch=False):
     return _flow.release(
         cfg, version, host, user=user, jid=jid, defer_after_switch=defer_after_switch
     )
+
+
+def run_together(jobs):
+    """Each of ``jobs`` in a process of its own, all at once; see
+    ``djangoapp_together.run_together``."""
+    return _engine["djangoapp_together"].run_together(jobs)
 
 
 def plan_release(cfg, version, host):

@@ -121,6 +121,37 @@ def ref(value, argument="version"):
     return value
 
 
+def apps_versions(apps, version=None, argument="apps"):
+    """
+    ``[(app, ref or None)]`` from ``apps``: a list of app names, names
+    separated by commas, or a mapping of app to ref (then ``version`` must
+    be None). Every name and ref checked; SaltInvocationError naming
+    ``argument`` (or ``version``) otherwise.
+    """
+    if isinstance(apps, dict):
+        if version is not None:
+            _fail("version: give it for every app, or each app's in apps, not both")
+        named = [
+            (str(name), None if ref in (None, "") else str(ref))
+            for name, ref in apps.items()
+        ]
+    elif isinstance(apps, (list, tuple)):
+        named = [(str(name), version) for name in apps]
+    elif isinstance(apps, str) and apps.strip():
+        named = [(name.strip(), version) for name in apps.split(",")]
+    else:
+        _fail(f"{argument} is required: app names, or a mapping of app to version")
+    names = [name for name, _ref in named]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        _fail(f"{argument}: named more than once: {', '.join(repeated)}")
+    for name, ref_ in named:
+        app_name(name, argument)
+        if ref_ is not None:
+            ref(ref_, f"{argument}: {name}: version")
+    return named
+
+
 def release_id(value, argument="to"):
     """
     Return ``value`` if it has the shape of a release id (a directory name

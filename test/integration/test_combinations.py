@@ -10,7 +10,8 @@ shown read-only in the host, the way test/try does it. Two apps on one host:
 Each page answers with a row from its database and a value written to and read back
 from its cache; a second state.apply changes nothing; nothing of one app clashes
 with the other's; a release with a migration backs MariaDB up with mysqldump and
-reloads Gunicorn through systemd; blog's nightly dump restores its rows under load.
+reloads Gunicorn through systemd; blog's nightly dump restores its rows under load;
+``djangoapp.release_apps`` releases both apps at once under load.
 
 The slot is $DJANGOAPP_COMBINATION_SLOT, by default the shared host's slot plus 10.
 """
@@ -456,6 +457,50 @@ def test_restore_puts_mariadb_rows_back_under_load(converged):
     assert set(load.result.labels) <= {"app", "maintenance"}, load.result.labels
     page = converged.get("http://127.0.0.1/", "blog.test")
     assert page["status"] == 200 and "kept by the nightly dump" in page["body"]
+
+
+def ledger_entry(infra, app: str, release_id: str) -> dict:
+    ledger = infra.file(f"/srv/djangoapp/{app}/ledger.jsonl").content_string
+    entries = [json.loads(line) for line in ledger.splitlines()]
+    return [entry for entry in entries if entry.get("id") == release_id][-1]
+
+
+def test_release_apps_releases_both_apps_at_once_under_load(converged):
+    """``djangoapp.release_apps`` by one salt-call: shop (systemd, ASGI) and blog
+    (Supervisor, WSGI), each with a migration and a MariaDB dump of its own, released
+    at the same time, each in a process of its own, while both sites serve a load: no
+    request fails. Both are rolled back afterwards, as the test below expects."""
+    infra = converged.infra
+    wanted = {"shop": "v1.2.0", "blog": "v1.1.0"}
+    with (
+        Load(converged.ip, 443, "/", "shop.test", clients=4, tls=True) as shop_load,
+        Load(converged.ip, 80, "/", "blog.test", clients=4) as blog_load,
+    ):
+        rc, ret, _ = converged.salt("djangoapp.release_apps", json.dumps(wanted))
+    print(shop_load.result, blog_load.result)
+    assert rc == 0 and ret["result"] is True, ret
+    assert ret["failed"] == [] and sorted(ret["apps"]) == ["blog", "shop"]
+    runs = {}
+    for app, version in wanted.items():
+        release = ret["apps"][app]
+        assert (release["app"], release["version"]) == (app, version)
+        assert release["migrations_ran"] is True and release["backup"].endswith(".sql")
+        steps = {step["name"]: step for step in release["steps"]}
+        assert steps["reload"]["ok"] and steps["health"]["ok"]
+        runs[app] = ledger_entry(infra, app, release["id"])
+        assert runs[app]["status"] == "success"
+    # the two ran at the same time
+    assert runs["shop"]["started"] < runs["blog"]["finished"]
+    assert runs["blog"]["started"] < runs["shop"]["finished"]
+    assert shop_load.result.failed == 0, shop_load.result.failures
+    assert blog_load.result.failed == 0, blog_load.result.failures
+    shop = converged.get("https://127.0.0.1/", "shop.test")
+    assert '<span class="version">v1.2.0</span>' in shop["body"]
+    blog = converged.get("http://127.0.0.1/", "blog.test")
+    assert '<span class="version">v1.1.0</span>' in blog["body"]
+    for app, before in (("shop", "v1.1.0"), ("blog", "v1.0.1")):
+        rc, rollback, _ = converged.salt("djangoapp.rollback", f"app={app}")
+        assert rc == 0 and rollback["version"] == before, rollback
 
 
 def test_a_failed_first_release_holds_no_other_site_back(converged):
