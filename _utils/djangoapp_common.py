@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import re
+import stat
 import urllib.parse
 from datetime import UTC, datetime
 
@@ -48,6 +49,39 @@ def read_json(path, default=None):
             return json.load(handle)
     except FileNotFoundError:
         return default
+
+
+# The most root reads of a file the app's user writes.
+APP_FILE_LIMIT = 16 * 1024 * 1024
+
+
+class NotAFile(OSError):
+    """A link or a pipe where the app's user should have written a file."""
+
+
+def read_app_file(path):
+    """
+    The bytes of ``path``, a file that the app's user writes (in its run
+    directory), read as root: never through a link, and only when it is a
+    regular file (a pipe in its place would keep this process waiting).
+    Raises FileNotFoundError when there is none, ``NotAFile`` (an OSError)
+    for a link or anything but a file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAFile(f"{path}: a link, not a file") from exc
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise NotAFile(f"{path}: not a file")
+        return handle.read(APP_FILE_LIMIT)
+
+
+def read_app_json(path):
+    """The JSON of ``read_app_file(path)``; ValueError when it is not JSON."""
+    return json.loads(read_app_file(path))
 
 
 def write_json_atomic(path, data, mode=0o644):

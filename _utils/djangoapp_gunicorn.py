@@ -11,12 +11,11 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import struct
 import time
 
 from djangoapp_build import venv_package_version
-from djangoapp_common import file_sha256, read_json
+from djangoapp_common import NotAFile, file_sha256, read_app_file, read_app_json
 from djangoapp_procs import (
     children,
     pid_alive,
@@ -262,7 +261,7 @@ class Service:
 
     def keeper_state(self):
         try:
-            state = read_json(self.keeper_state_file)
+            state = read_app_json(self.keeper_state_file)
         except (OSError, ValueError):
             return {}
         return state if isinstance(state, dict) else {}
@@ -395,8 +394,7 @@ class Service:
 
     def pidfile_master(self):
         try:
-            with open(self.pidfile, encoding="ascii") as handle:
-                pid = int(handle.read().strip())
+            pid = int(read_app_file(self.pidfile).decode("ascii").strip())
         except (OSError, ValueError):
             return 0
         return pid if self.is_master(pid) else 0
@@ -431,7 +429,7 @@ class Service:
     def master_state(self, master):
         """What the running master recorded when it read its config, or None."""
         try:
-            state = read_json(self.master_state_file)
+            state = read_app_json(self.master_state_file)
         except (OSError, ValueError):
             return None
         if isinstance(state, dict) and state.get("pid") == master:
@@ -450,7 +448,7 @@ class Service:
             if ext != "json" or not stem.isdigit():
                 continue
             with contextlib.suppress(OSError, ValueError):
-                report = read_json(os.path.join(self.worker_state_dir, name))
+                report = read_app_json(os.path.join(self.worker_state_dir, name))
                 if isinstance(report, dict):
                     reports[int(stem)] = report
         return reports
@@ -757,22 +755,16 @@ def reload_workers(service, layout, rid, master):
 
 
 def read_answer(path):
-    """A JSON object the app user wrote in the run directory (a file, not a link
-    or a pipe that would keep this process waiting); None while there is none."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    """A JSON object the app user wrote in the run directory (``read_app_json``);
+    None while there is none, ``{"error": ...}`` for anything else."""
     try:
-        handle = os.fdopen(os.open(path, flags), "rb")
+        found = read_app_json(path)
     except FileNotFoundError:
         return None
-    except OSError as error:  # a link: not the standby's answer
+    except NotAFile as error:
+        return {"error": str(error)}
+    except (OSError, ValueError) as error:
         return {"error": f"{path}: {error}"}
-    with handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return {"error": f"{path}: not a file"}
-        try:
-            found = json.loads(handle.read(16 * 1024 * 1024))
-        except ValueError as error:
-            return {"error": f"{path}: {error}"}
     return found if isinstance(found, dict) else {"error": f"{path}: not an object"}
 
 

@@ -795,9 +795,51 @@ def test_an_answer_is_read_from_a_file_only(tmp_path):
     }
     answer.unlink()
     answer.symlink_to("/etc/hostname")
-    assert djangoapp_gunicorn.read_answer(str(answer))["error"].startswith(
-        f"{answer}: [Errno 40]"
-    )
+    assert djangoapp_gunicorn.read_answer(str(answer)) == {
+        "error": f"{answer}: a link, not a file"
+    }
     answer.unlink()
     answer.write_text('{"request": "1", "ok": true}')
     assert djangoapp_gunicorn.read_answer(str(answer)) == {"request": "1", "ok": True}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_root_reads_the_app_user_s_run_files_only_as_files(tmp_path, kind):
+    """Gunicorn's pidfile, the master's, the keeper's and the workers' records are
+    the app user's: a pipe in their place is not waited on and a link is not
+    followed (each reads as absent), where a file is read."""
+    run = tmp_path / "run"
+    (run / "workers").mkdir(parents=True)
+    cfg = {
+        "process_manager": "supervisor",
+        "service": "nothing-of-the-kind",
+        "run_dir": str(run),
+        "control_socket": None,
+        "preload_app": True,
+    }
+    service = djangoapp_gunicorn.Service(cfg, None)
+    target = tmp_path / "root-only.json"
+    target.write_text(json.dumps({"pid": os.getpid(), "program": "x"}))
+    files = [
+        service.pidfile,
+        service.master_state_file,
+        service.keeper_state_file,
+        os.path.join(service.worker_state_dir, f"{os.getpid()}.json"),
+    ]
+    for path in files:
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            os.symlink(target, path)
+    started = time.monotonic()
+    assert service.pidfile_master() == 0
+    assert service.master_state(os.getpid()) is None
+    assert service.keeper_state() == {}
+    assert service.worker_reports() == {}
+    assert time.monotonic() - started < 5
+    for path in files:
+        os.unlink(path)
+    shutil.copy(target, service.keeper_state_file)
+    shutil.copy(target, os.path.join(service.worker_state_dir, "41.json"))
+    assert service.keeper_state()["program"] == "x"
+    assert service.worker_reports() == {41: {"pid": os.getpid(), "program": "x"}}
