@@ -279,6 +279,29 @@ def test_the_readmes_commands_in_order(site, readme):
     assert history[-1]["migrations_ahead"] == ["notes.0002_note_author"]
 
 
+def test_release_apps_in_a_minion_job_sends_the_job_s_events(site):
+    """``djangoapp.release_apps`` through the master: each release runs in a process
+    forked from the minion's job, and its events reach the bus with the job's jid.
+    The rollback after it leaves the demo's version live, as the README's left it."""
+    started = time.time()
+    result = site.run("djangoapp.release_apps", "apps=demo", "version=v1.1.0")
+    finished = time.time()
+    assert result.returncode == 0, result
+    ret = job_data(result)
+    assert ret["result"] is True and ret["failed"] == [], ret
+    assert ret["apps"]["demo"]["version"] == "v1.1.0"
+    job = site.job_return("djangoapp.release_apps", started, finished)
+    events = site.events_between("djangoapp/release/*", started, finished)
+    assert [e.tag for e in events] == [
+        "djangoapp/release/start",
+        "djangoapp/release/success",
+    ]
+    assert {sent(e)["jid"] for e in events} == {job.data["jid"]}
+    assert {sent(e)["id"] for e in events} == {ret["apps"]["demo"]["id"]}
+    back = job_data(site.run("djangoapp.rollback"))
+    assert back["result"] is True and back["version"] == "v1.0.0", back
+
+
 def test_the_sites_top_file_decides(site):
     """With a top file that names only the site's state, a highstate applies that
     and nothing of the formula."""
