@@ -1475,7 +1475,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="N,N,...",
         help="also release one code-only commit on N apps of the host at once, "
-        "for each N (e.g. 1,2,4)",
+        "for each N (e.g. 1,2,4): a salt-call per app, and one release_apps",
     )
     parser.add_argument(
         "--only-scale",
