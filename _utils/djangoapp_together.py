@@ -15,10 +15,14 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from djangoapp_recovery import STOPPING_SIGNALS
 
 log = logging.getLogger(__name__)
+
+# How long a child waits, after its answer, for the threads its run left running.
+THREADS_GRACE = 30.0
 
 
 def __virtual__():
@@ -97,8 +101,10 @@ def _start(job):
 
 
 def _run_child(job, writing):
-    """In the child: run ``job``, write its answer, and end without running the
-    parent's exit handlers (Salt's, pytest's)."""
+    """In the child: run ``job``, write its answer, wait for the threads it left
+    (the release's events are sent by threads of their own, which an interpreter
+    would wait for at exit), and end without running the parent's exit handlers
+    (Salt's, pytest's)."""
     status = 0
     try:
         answer = json.dumps(job(), default=str)
@@ -109,6 +115,10 @@ def _run_child(job, writing):
     try:
         with os.fdopen(writing, "w", encoding="utf-8") as pipe:
             pipe.write(answer)
+        deadline = time.monotonic() + THREADS_GRACE
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):
                 handler.flush()

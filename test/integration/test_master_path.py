@@ -285,11 +285,16 @@ def test_release_apps_in_a_minion_job_sends_the_job_s_events(site):
     The rollback after it leaves the demo's version live, as the README's left it."""
     started = time.time()
     result = site.run("djangoapp.release_apps", "apps=demo", "version=v1.1.0")
-    finished = time.time()
     assert result.returncode == 0, result
     ret = job_data(result)
     assert ret["result"] is True and ret["failed"] == [], ret
     assert ret["apps"]["demo"]["version"] == "v1.1.0"
+    # the return event reaches this test's listener after the CLI had the return
+    deadline = time.time() + 30
+    while not site.events_between(f"salt/job/*/ret/{MINION}", started, time.time()):
+        assert time.time() < deadline, "no return event of djangoapp.release_apps"
+        time.sleep(0.5)
+    finished = time.time()
     job = site.job_return("djangoapp.release_apps", started, finished)
     events = site.events_between("djangoapp/release/*", started, finished)
     assert [e.tag for e in events] == [

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import djangoapp_together
 import pytest
 from salt.exceptions import CommandExecutionError
 
@@ -184,3 +185,20 @@ def test_a_release_process_killed_is_reported_and_the_other_goes_on(
     again = mods["djangoapp.release"]("v1.0.0", app="tinya")
     assert again["result"] is True, again
     assert _ledger(two["tinya"])[0]["status"] == "interrupted"
+
+
+def test_a_child_ends_once_the_threads_its_run_left_are_done(tmp_path):
+    """The release's events go out in threads of their own: a child waits for them
+    as an interpreter does at exit (it ends by os._exit, which does not)."""
+    sent = tmp_path / "sent"
+
+    def job():
+        def send_later():
+            time.sleep(0.5)
+            sent.write_text("sent")
+
+        threading.Thread(target=send_later).start()
+        return {"result": True}
+
+    assert djangoapp_together.run_together({"one": job}) == {"one": {"result": True}}
+    assert sent.read_text() == "sent"
