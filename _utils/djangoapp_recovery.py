@@ -56,28 +56,36 @@ class Interrupted(BaseException):
 
 
 @contextlib.contextmanager
-def stopping_on_signals():
+def signals_handled_by(handler):
     """
-    While the body runs, a stopping signal raises ``Interrupted`` in it. The
-    first one also ignores the next ones: putting back what was live must not
-    be stopped in turn. Signals reach only the main thread; elsewhere (a
-    minion running its jobs in threads) this does nothing.
+    The stopping signals go to ``handler`` while the body runs, and back to
+    their handlers before it after. Signals reach only the main thread;
+    elsewhere (a minion running its jobs in threads) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    before = {each: signal.signal(each, handler) for each in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for each, previous in before.items():
+            signal.signal(each, previous)
+
+
+def stopping_on_signals():
+    """
+    While the body runs, a stopping signal raises ``Interrupted`` in it. The
+    first one also ignores the next ones: putting back what was live must not
+    be stopped in turn.
+    """
 
     def stop(signum, _frame):
         for each in STOPPING_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
         raise Interrupted(signal.Signals(signum).name)
 
-    before = {each: signal.signal(each, stop) for each in STOPPING_SIGNALS}
-    try:
-        yield
-    finally:
-        for each, handler in before.items():
-            signal.signal(each, handler)
+    return signals_handled_by(stop)
 
 
 def running(pid):

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 
-from djangoapp_recovery import STOPPING_SIGNALS
+from djangoapp_recovery import STOPPING_SIGNALS, signals_handled_by
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_together(jobs):
                 os.kill(pid, signum)
 
     results = {}
-    with _signals_handled_by(pass_on):
+    with signals_handled_by(pass_on):
         for name, job in jobs.items():
             if stopped_by:
                 results[name] = {
@@ -66,21 +66,6 @@ def run_together(jobs):
             results[name] = _answer(pid, reading)
             del running[pid]
     return {name: results[name] for name in jobs}
-
-
-@contextlib.contextmanager
-def _signals_handled_by(handler):
-    """Stopping signals go to ``handler`` while the body runs (main thread only:
-    signals reach no other)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {each: signal.signal(each, handler) for each in STOPPING_SIGNALS}
-    try:
-        yield
-    finally:
-        for each, previous in before.items():
-            signal.signal(each, previous)
 
 
 def _start(job):
