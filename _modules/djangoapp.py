@@ -299,9 +299,7 @@ def release_apps(apps=None, version=None, test=None, **kwargs):
 def _apps_and_versions(apps, version):
     """``[(cfg, ref)]`` for ``release_apps``; every name and ref checked first."""
     wanted = []
-    for name, ref in __utils__["djangoapp_validate.apps_versions"](
-        apps, _checked_ref(version)
-    ):
+    for name, ref in __utils__["djangoapp_validate.apps_versions"](apps, version):
         cfg = _app(name, "apps")
         ref = ref or _checked_ref(cfg.get("version"))
         if not ref:

@@ -125,9 +125,10 @@ def apps_versions(apps, version=None, argument="apps"):
     """
     ``[(app, ref or None)]`` from ``apps``: a list of app names, names
     separated by commas, or a mapping of app to ref (then ``version`` must
-    be None). Every name and ref checked; SaltInvocationError naming
-    ``argument`` (or ``version``) otherwise.
+    be None). Every name and ref checked, each once; SaltInvocationError
+    naming ``argument`` (or ``version``) otherwise.
     """
+    version = None if version in (None, "") else ref(str(version))
     if isinstance(apps, dict):
         if version is not None:
             _fail("version: give it for every app, or each app's in apps, not both")
@@ -147,7 +148,7 @@ def apps_versions(apps, version=None, argument="apps"):
         _fail(f"{argument}: named more than once: {', '.join(repeated)}")
     for name, ref_ in named:
         app_name(name, argument)
-        if ref_ is not None:
+        if ref_ is not None and isinstance(apps, dict):
             ref(ref_, f"{argument}: {name}: version")
     return named
 
