@@ -87,7 +87,11 @@ SCENARIOS = {
 SCALE_PREFIX = "scale_"  # runs["scale_<N>"]: the code-only release on N apps at once
 # runs["together_<N>"]: the same, N apps by one djangoapp.release_apps
 TOGETHER_PREFIX = "together_"
-SCALE_WAYS = ((SCALE_PREFIX, "release"), (TOGETHER_PREFIX, "release_apps"))
+# each way of releasing N apps: its runs' prefix, its name in the table, in the targets
+SCALE_WAYS = (
+    (SCALE_PREFIX, "release", "one salt-call each"),
+    (TOGETHER_PREFIX, "release_apps", "by one djangoapp.release_apps"),
+)
 # Ours against the in-place script with a HUP, measured in the same run.
 RATIOS = {
     "release_code": "inplace_hup_code",
@@ -1248,10 +1252,7 @@ def speed_checks(rows: dict, runs: dict) -> list[tuple[str, bool, str]]:
             )
         )
     one = rows.get(f"{SCALE_PREFIX}1")
-    for prefix, how in (
-        (SCALE_PREFIX, "one salt-call each"),
-        (TOGETHER_PREFIX, "by one djangoapp.release_apps"),
-    ):
+    for prefix, _name, how in SCALE_WAYS:
         four = rows.get(f"{prefix}4")
         if one and four:
             checks.append(scale_check(one, four, how, runs.get("release_idle")))
@@ -1298,7 +1299,7 @@ def scale_table(runs: dict) -> str:
     ]
     base = None
     for count in counts:
-        for prefix, how in SCALE_WAYS:
+        for prefix, how, _description in SCALE_WAYS:
             records = runs.get(f"{prefix}{count}")
             if not records:
                 continue
